@@ -1,0 +1,70 @@
+"""Truncated-BPTT batches, the char-rnn way.
+
+The training ids are cut into `batch_size` contiguous streams laid side by side; step k takes
+window k (`seq_len` characters) of every stream. Row b of window k+1 continues row b of window k,
+so the recurrent state at the end of one window is the right initial state for the next.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from charrnn.errors import CorpusError
+
+
+class Batch(NamedTuple):
+    inputs: np.ndarray  # <int32>[batch, time]
+    targets: np.ndarray  # <int32>[batch, time]: inputs shifted one character ahead
+
+
+class StreamBatcher:
+    """Windows over `batch_size` parallel streams of `ids`; window `k` of an epoch is `batch(k)`."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
+        stream_len = (len(ids) - 1) // batch_size  # each stream needs one extra id for its last target
+        self.windows_per_epoch = stream_len // seq_len
+        if self.windows_per_epoch < 1:
+            need = batch_size * seq_len + 1
+            raise CorpusError(
+                f"the training split has {len(ids)} characters, but --batch-size {batch_size} × "
+                f"--seq-len {seq_len} needs at least {need}; use a longer corpus or smaller sizes"
+            )
+        self.batch_size, self.seq_len = batch_size, seq_len
+        used = self.windows_per_epoch * seq_len
+        # streams[b] = ids[b*stream_len : b*stream_len + used + 1]; a strided view, nothing copied.
+        self.streams = np.lib.stride_tricks.as_strided(
+            ids, shape=(batch_size, used + 1), strides=(ids.strides[0] * stream_len, ids.strides[0])
+        )
+
+    def batch(self, window: int) -> Batch:
+        start = window * self.seq_len
+        chunk = np.asarray(self.streams[:, start : start + self.seq_len + 1], dtype=np.int32)
+        return Batch(chunk[:, :-1], chunk[:, 1:])
+
+
+def evaluation_windows(ids: np.ndarray, batch_size: int, seq_len: int) -> list[tuple[np.ndarray, ...]]:
+    """Every target of `ids` exactly once, as masked windows over `batch_size` contiguous streams.
+
+    Returns (inputs, targets, weights) triples of shape [batch, time]; padding has weight 0, so a
+    validation pass covers the whole split with carried state and no character counted twice.
+    """
+    n_targets = len(ids) - 1
+    if n_targets < 1:
+        raise CorpusError("the validation split needs at least two characters")
+    batch_size = max(1, min(batch_size, n_targets))
+    stream_len = -(-n_targets // batch_size)
+    n_windows = -(-stream_len // seq_len)
+    padded = n_windows * seq_len
+    inputs = np.zeros((batch_size, padded), np.int32)
+    targets = np.zeros((batch_size, padded), np.int32)
+    weights = np.zeros((batch_size, padded), np.float32)
+    for b in range(batch_size):
+        start = b * stream_len
+        length = max(0, min(stream_len, n_targets - start))
+        inputs[b, :length] = ids[start : start + length]
+        targets[b, :length] = ids[start + 1 : start + 1 + length]
+        weights[b, :length] = 1.0
+    return [
+        (inputs[:, k : k + seq_len], targets[:, k : k + seq_len], weights[:, k : k + seq_len])
+        for k in range(0, padded, seq_len)
+    ]

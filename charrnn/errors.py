@@ -1,0 +1,25 @@
+"""User-facing errors: each one is printed as a single line by the CLI, never as a traceback."""
+
+
+class CharrnnError(Exception):
+    """A mistake the user can fix (bad input, missing run, ...); the message says how."""
+
+    exit_code: int = 1
+
+
+class UsageError(CharrnnError):
+    """A bad option value or combination; exits 2 like the CLI's own usage errors."""
+
+    exit_code = 2
+
+
+class CorpusError(CharrnnError):
+    """The corpus cannot be read, decoded or is too small."""
+
+
+class VocabularyError(CharrnnError):
+    """Text contains characters the model's vocabulary does not have."""
+
+
+class RunError(CharrnnError):
+    """A run directory is missing, incomplete or does not match the request."""

@@ -1,0 +1,125 @@
+"""CharRNN: embedding -> stacked recurrent layers -> logits, as Flax (Linen) modules.
+
+The model is a function of (tokens, carry) -> (logits, new carry), so training can run window
+after window (truncated BPTT) and sampling can run one character after another, with the
+recurrent state handed back and forth explicitly.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from charrnn.config import ModelConfig
+from charrnn.recurrence import Carry, Cell, matmul, recurrence
+
+ModelCarry = tuple[Carry, ...]  # one carry per layer
+
+
+def orthogonal_blocks(gates: int):
+    """Initialise [H, G*H] as G orthogonal H×H blocks: each gate's recurrence starts norm-preserving."""
+
+    def init(key, shape, dtype=jnp.float32):
+        hidden = shape[0]
+        keys = jax.random.split(key, gates)
+        blocks = [nn.initializers.orthogonal()(k, (hidden, hidden), dtype) for k in keys]
+        return jnp.concatenate(blocks, axis=1)
+
+    return init
+
+
+def gate_bias(kind: str, hidden: int):
+    """Zeros, except the LSTM forget gate at 1 so that early training remembers rather than forgets."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        bias = jnp.zeros(shape, dtype)
+        return bias.at[hidden : 2 * hidden].set(1.0) if kind == "lstm" else bias
+
+    return init
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer. The input projection of the whole window is a single matmul."""
+
+    cell: Cell
+    input_size: int
+    hidden_size: int
+
+    def setup(self) -> None:
+        width = self.cell.gates * self.hidden_size
+        self.input_kernel = self.param("input_kernel", nn.initializers.glorot_uniform(), (self.input_size, width))
+        self.recurrent_kernel = self.param(
+            "recurrent_kernel", orthogonal_blocks(self.cell.gates), (self.hidden_size, width)
+        )
+        self.bias = self.param("bias", gate_bias(self.cell.kind, self.hidden_size), (width,))
+        self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros_init(), (width,))
+
+    def __call__(self, x: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
+        """x: [T, B, D] time-major -> ([T, B, H], carry)."""
+        xp = matmul(x, self.input_kernel, self.cell.compute_dtype) + self.bias  # [T, B, G*H]
+        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, xp, carry)
+
+    def step(self, x: jax.Array, carry: Carry) -> Carry:
+        """x: [B, D], one time step (sampling)."""
+        xp = matmul(x, self.input_kernel, self.cell.compute_dtype) + self.bias
+        carry, _ = self.cell.step(carry, xp, self.recurrent_kernel, self.recurrent_bias)
+        return carry
+
+
+class CharRNN(nn.Module):
+    """The character language model. Call with tokens [B, T] and a carry from `initial_carry`."""
+
+    config: ModelConfig
+    unroll: int = 1
+
+    def setup(self) -> None:
+        cfg = self.config
+        cell = Cell(cfg.cell, cfg.dtype, self.unroll)
+        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size)
+        self.layers = [
+            RecurrentLayer(cell, cfg.embed_size if i == 0 else cfg.hidden_size, cfg.hidden_size, name=f"layer{i}")
+            for i in range(cfg.layers)
+        ]
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
+        self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
+
+    def __call__(self, tokens: jax.Array, carry: ModelCarry, *, train: bool = False) -> tuple[jax.Array, ModelCarry]:
+        """tokens: <int>[B, T] -> (logits <f32>[B, T, V], carry). `train` enables dropout (rng 'dropout')."""
+        x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
+        new_carry = []
+        for layer, layer_carry in zip(self.layers, carry, strict=True):
+            x, layer_carry = layer(x, layer_carry)
+            x = self.dropout(x, deterministic=not train)
+            new_carry.append(layer_carry)
+        x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
+        return self._logits(x), tuple(new_carry)
+
+    def step(self, token: jax.Array, carry: ModelCarry) -> tuple[jax.Array, ModelCarry]:
+        """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""
+        x = self.embed(token)
+        new_carry = []
+        for layer, layer_carry in zip(self.layers, carry, strict=True):
+            layer_carry = layer.step(x, layer_carry)
+            x = layer_carry[0]
+            new_carry.append(layer_carry)
+        return self._logits(x), tuple(new_carry)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        return matmul(x, self.head_kernel, self.config.dtype) + self.head_bias
+
+    def initial_carry(self, batch_size: int) -> ModelCarry:
+        return initial_carry(self.config, batch_size)
+
+
+def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
+    """Zero recurrent state for every layer: ((h, c), ...) for LSTM, ((h,), ...) otherwise."""
+    cell = Cell(config.cell)
+    return tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+    """Fresh parameters for `config`, from `key` alone."""
+    model = CharRNN(config)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return model.init(key, tokens, initial_carry(config, 1))["params"]

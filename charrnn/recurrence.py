@@ -1,0 +1,166 @@
+"""The recurrent cells and their time loop, with a hand-written backward pass.
+
+Every cell has the same shape of computation, which is what makes them fast:
+
+    gates_t = xp_t + h_{t-1} @ W + b        xp = x @ W_in for *all* time steps, one big matmul
+    carry_t = cell(gates_t, carry_{t-1})     elementwise only
+
+so the only matmul inside the time loop is the small ``h @ W``. The backward pass keeps that
+property: each reverse step does ``d_gates @ W.T`` and nothing else, and the weight gradient
+``sum_t h_{t-1}.T @ d_gates_t`` is one large matmul after the loop, instead of T small ones.
+
+Cells (all carries are tuples whose first element is the hidden output h):
+  * lstm:  gates i, f, g, o;  c' = f*c + i*g;  h' = o*tanh(c')           carry (h, c)
+  * gru:   gates r, z, n (cuDNN form: n = tanh(xn + r*(h@Wn + bn)));  h' = (1-z)*n + z*h
+  * rnn:   Elman, h' = tanh(xp + h@W + b)
+"""
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+Carry = tuple[jax.Array, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Which recurrence to run, and in which precision its matmul operands are fed."""
+
+    kind: str  # lstm | gru | rnn
+    compute_dtype: str = "float32"
+    unroll: int = 1
+
+    @property
+    def gates(self) -> int:
+        return {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
+
+    def zero_carry(self, batch_size: int, hidden_size: int) -> Carry:
+        # Separate buffers for h and c: the train step donates its state, and XLA refuses to donate
+        # one buffer twice.
+        return tuple(jnp.zeros((batch_size, hidden_size), jnp.float32) for _ in range(self.carry_size))
+
+    @property
+    def carry_size(self) -> int:
+        return 2 if self.kind == "lstm" else 1
+
+    # -- one step ---------------------------------------------------------------------------
+    def step(self, carry: Carry, xp: jax.Array, w: jax.Array, b: jax.Array) -> tuple[Carry, tuple]:
+        """Advance one time step. `xp`: [B, G*H] input projection. Returns (carry, saved-for-backward)."""
+        h = carry[0]
+        hp = matmul(h, w, self.compute_dtype) + b  # [B, G*H], the one matmul of the step
+        if self.kind == "lstm":
+            i, f, g, o = jnp.split(xp + hp, 4, axis=-1)
+            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+            c = f * carry[1] + i * g
+            return (o * jnp.tanh(c), c), (jnp.concatenate([i, f, g, o], axis=-1),)
+        if self.kind == "gru":
+            xr, xz, xn = jnp.split(xp, 3, axis=-1)
+            hr, hz, hn = jnp.split(hp, 3, axis=-1)
+            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            return ((1.0 - z) * n + z * h,), (jnp.concatenate([r, z, n], axis=-1), hn)
+        new_h = jnp.tanh(xp + hp)
+        return (new_h,), ()
+
+    def step_backward(self, saved: tuple, prev: Carry, new: Carry, d_carry: Carry) -> tuple:
+        """Gradients of one step given d(new carry): (d_xp, d_hp, d(prev carry) except via h @ W)."""
+        if self.kind == "lstm":
+            i, f, g, o = jnp.split(saved[0], 4, axis=-1)
+            dh, dc = d_carry
+            tanh_c = jnp.tanh(new[1])
+            dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+            d_gates = jnp.concatenate(
+                [
+                    dc * g * i * (1.0 - i),
+                    dc * prev[1] * f * (1.0 - f),
+                    dc * i * (1.0 - g * g),
+                    dh * tanh_c * o * (1.0 - o),
+                ],
+                axis=-1,
+            )
+            return d_gates, d_gates, (jnp.zeros_like(dh), dc * f)
+        if self.kind == "gru":
+            r, z, n = jnp.split(saved[0], 3, axis=-1)
+            (dh,) = d_carry
+            dn = dh * (1.0 - z) * (1.0 - n * n)
+            dr = dn * saved[1] * r * (1.0 - r)
+            dz = dh * (prev[0] - n) * z * (1.0 - z)
+            d_xp = jnp.concatenate([dr, dz, dn], axis=-1)
+            d_hp = jnp.concatenate([dr, dz, dn * r], axis=-1)
+            return d_xp, d_hp, (dh * z,)
+        (dh,) = d_carry
+        d_pre = dh * (1.0 - new[0] * new[0])
+        return d_pre, d_pre, (jnp.zeros_like(dh),)
+
+
+def matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
+    """a @ b with operands in `compute_dtype` and float32 accumulation and result."""
+    if compute_dtype == "float32":
+        return jnp.matmul(a, b)
+    dtype = jnp.dtype(compute_dtype)
+    return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+# -- the time loop ------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
+    """Run `cell` over time. xp: [T, B, G*H] (time-major), w: [H, G*H], b: [G*H].
+
+    Returns (hs [T, B, H], final carry). Differentiable in w, b, xp and carry.
+    """
+
+    def body(carry, xp_t):
+        carry, _ = cell.step(carry, xp_t, w, b)
+        return carry, carry[0]
+
+    carry, hs = jax.lax.scan(body, carry, xp, unroll=cell.unroll)
+    return hs, carry
+
+
+def _recurrence_forward(cell, w, b, xp, carry0):
+    def body(carry, xp_t):
+        new, saved = cell.step(carry, xp_t, w, b)
+        return new, (new, saved)
+
+    carry, (carries, saved) = jax.lax.scan(body, carry0, xp, unroll=cell.unroll)
+    return (carries[0], carry), (w, carry0, carries, saved)
+
+
+def _recurrence_backward(cell, residuals, cotangents):
+    w, carry0, carries, saved = residuals
+    d_hs, d_final = cotangents
+    # Carry of step t-1 for every t: carry0 followed by all but the last carry.
+    prevs = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries, strict=True))
+    w_t = w.T
+
+    def body(d_carry, inputs):
+        d_h_out, saved_t, prev_t, new_t = inputs
+        d_carry = (d_carry[0] + d_h_out, *d_carry[1:])
+        d_xp, d_hp, d_prev = cell.step_backward(saved_t, prev_t, new_t, d_carry)
+        d_prev = (d_prev[0] + matmul(d_hp, w_t, cell.compute_dtype), *d_prev[1:])
+        return d_prev, (d_xp, d_hp)
+
+    d_carry0, (d_xp, d_hp) = jax.lax.scan(
+        body, tuple(d_final), (d_hs, saved, prevs, carries), reverse=True, unroll=cell.unroll
+    )
+    # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
+    h_prev = prevs[0].reshape(-1, prevs[0].shape[-1])
+    d_w = matmul(h_prev.T, d_hp.reshape(-1, d_hp.shape[-1]), cell.compute_dtype)
+    d_b = d_hp.sum(axis=(0, 1))
+    return d_w, d_b, d_xp, d_carry0
+
+
+recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+
+
+def reference_recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry):
+    """The same loop differentiated by JAX itself: the ground truth the custom backward is tested against."""
+
+    def body(carry, xp_t):
+        carry, _ = cell.step(carry, xp_t, w, b)
+        return carry, carry[0]
+
+    carry, hs = jax.lax.scan(body, carry, xp)
+    return hs, carry

@@ -1,0 +1,121 @@
+"""Text generation on the device, one compiled chunk at a time.
+
+`sample_chunk` runs `chunk_size` steps of (sample a character -> embed -> recurrence -> logits)
+as one `lax.scan`: nothing per character crosses into Python. `sample_stream` calls it
+repeatedly, handing the recurrent state from chunk to chunk, and yields decoded text as soon as
+each chunk is ready, while the next one is already being computed.
+"""
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charrnn.config import ModelConfig
+from charrnn.errors import UsageError
+from charrnn.model import CharRNN, initial_carry
+from charrnn.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to pick each next character."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # keep only the k most likely characters (0 = all)
+    top_p: float = 1.0  # nucleus: keep the smallest set whose probability reaches top_p
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise UsageError(f"--temp must be a number >= 0, not {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+
+
+def pick(logits: jax.Array, key: jax.Array, options: SampleOptions) -> jax.Array:
+    """Next-character ids [B] from logits [B, V] under `options` (static: compiled per option set)."""
+    if options.temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits.astype(jnp.float32) / options.temperature
+    if 0 < options.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, options.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if options.top_p < 1.0:
+        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each entry
+        kept = jnp.where(before < options.top_p, ordered, jnp.inf)
+        logits = jnp.where(logits < kept.min(axis=-1, keepdims=True), -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_size: int) -> Callable:
+    """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key)."""
+    model = CharRNN(model_config)
+
+    def sample_chunk(params, carry, token, key):
+        def body(state, _):
+            carry, token, key = state
+            key, subkey = jax.random.split(key)
+            logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            token = pick(logits, subkey, options).astype(jnp.int32)
+            return (carry, token, key), token
+
+        (carry, token, key), tokens = jax.lax.scan(body, (carry, token, key), None, length=chunk_size)
+        return tokens, carry, token, key
+
+    return jax.jit(sample_chunk)
+
+
+@functools.lru_cache(maxsize=8)
+def make_prime(model_config: ModelConfig) -> Callable:
+    """Jitted (params, carry, tokens [B, T]) -> carry: warm the state on the prime text."""
+    model = CharRNN(model_config)
+    return jax.jit(lambda params, carry, tokens: model.apply({"params": params}, tokens, carry)[1])
+
+
+def sample_stream(
+    params,
+    model_config: ModelConfig,
+    vocab: Vocabulary,
+    *,
+    length: int,
+    prime: str = "",
+    options: SampleOptions = SampleOptions(),
+    num: int = 1,
+    seed: int = 0,
+    chunk_size: int = 256,
+) -> Iterator[list[str]]:
+    """Yield, chunk by chunk, the next piece of text of each of `num` samples (a list of `num` strings).
+
+    The state is warmed on `prime` (whose characters must be in `vocab`); the first character is
+    then drawn after the prime's last character, or after a newline when there is no prime.
+    """
+    carry = initial_carry(model_config, num)
+    if prime:
+        ids = vocab.encode(prime).astype(np.int32)
+        if len(ids) > 1:
+            carry = make_prime(model_config)(params, carry, jnp.tile(ids[None, :-1], (num, 1)))
+        start = int(ids[-1])
+    else:
+        start = vocab.index.get("\n", 0)
+    token = jnp.full((num,), start, jnp.int32)
+    key = jax.random.key(seed)
+    sample_chunk = make_sample_chunk(model_config, options, chunk_size)
+
+    remaining = length
+    pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
+    while pending is not None:
+        tokens, carry, token, key = pending
+        take = min(chunk_size, remaining)
+        remaining -= take
+        # Dispatch the next chunk before reading this one, so the device never waits for the host.
+        pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
+        ids = np.asarray(tokens[:take]).T  # [num, take]
+        yield [vocab.decode(row) for row in ids]

@@ -1,0 +1,114 @@
+"""The training step, the evaluation pass and the learning-rate schedule.
+
+Everything here is a pure function of explicit state: `train_step(state, inputs, targets, lr)`
+returns the next state. The recurrent carry lives in the state, so truncated BPTT needs nothing
+from the caller but the next window; its gradient is stopped between windows.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.model import CharRNN, ModelCarry, init_params, initial_carry
+
+
+class TrainState(struct.PyTreeNode):
+    """All that training carries from one step to the next, and all that a checkpoint must hold."""
+
+    step: jax.Array  # <int32>[]
+    params: Any
+    opt_state: Any
+    carry: ModelCarry  # recurrent state at the end of the previous window
+    key: jax.Array  # <uint32>[2] raw PRNG key data; per-step keys are fold_in(key, step)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam's scaling; the learning rate is applied by `train_step`.
+
+    Keeping the rate outside the optimizer lets one compiled step serve any schedule, including a
+    time budget whose length is only known as the run goes.
+    """
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam())
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup_steps`, then cosine decay to `min_lr_fraction` as progress goes 0 -> 1."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return config.learning_rate * warmup * (config.min_lr_fraction + (1.0 - config.min_lr_fraction) * cosine)
+
+
+def create_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainState:
+    """A fresh state: parameters and dropout keys from `train_config.seed` alone."""
+    key = jax.random.key(train_config.seed)
+    init_key, run_key = jax.random.split(key)
+    params = init_params(model_config, init_key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(train_config).init(params),
+        carry=initial_carry(model_config, train_config.batch_size),
+        key=jax.random.key_data(run_key),
+    )
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-character negative log-likelihood in nats: [B, T, V], [B, T] -> [B, T]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model_config: ModelConfig, train_config: TrainConfig) -> Callable:
+    """The jitted step (state, inputs, targets, learning_rate) -> (state, metrics).
+
+    Forward, backward, clipping and the update are one XLA program; the old state's buffers are
+    donated. Inputs may be sharded along the batch axis: nothing here assumes one device.
+    """
+    model = CharRNN(model_config, unroll=train_config.unroll)
+    optimizer = make_optimizer(train_config)
+
+    def loss_fn(params, carry, inputs, targets, key):
+        logits, carry = model.apply({"params": params}, inputs, carry, train=True, rngs={"dropout": key})
+        return cross_entropy(logits, targets).mean(), carry
+
+    def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, lr: jax.Array):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.carry, inputs, targets, key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, carry=jax.lax.stop_gradient(carry)
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model_config: ModelConfig) -> Callable:
+    """The jitted step (params, carry, inputs, targets, weights) -> (carry, summed nats, summed weight)."""
+    model = CharRNN(model_config)
+
+    def eval_step(params, carry, inputs, targets, weights):
+        logits, carry = model.apply({"params": params}, inputs, carry)
+        nats = cross_entropy(logits, targets)
+        return carry, jnp.sum(nats * weights), jnp.sum(weights)
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step: Callable, params: Any, model_config: ModelConfig, windows: Iterable[tuple]) -> float:
+    """Mean nats per character over all `windows` (from `evaluation_windows`), state carried across them."""
+    windows = list(windows)
+    carry = initial_carry(model_config, windows[0][0].shape[0])
+    total, count = jnp.zeros(()), jnp.zeros(())
+    for inputs, targets, weights in windows:
+        carry, nats, weight = eval_step(params, carry, inputs, targets, weights)
+        total, count = total + nats, count + weight
+    return float(total / count)  # the only host sync of the pass

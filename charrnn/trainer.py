@@ -1,0 +1,218 @@
+"""The training loop: budgets, evaluation, checkpoints and resume, as a generator of reports.
+
+`fit` never prints. It yields `StepReport`s and `EvalReport`s and ends with a `Finished`; the CLI
+decides how they look. The loop reads top to bottom: stop? -> reset the state at an epoch start
+-> next window -> step -> every `log_every` steps fetch the loss -> every `eval_every` steps
+validate and checkpoint.
+"""
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charrnn.batching import StreamBatcher, evaluation_windows
+from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import PreparedCorpus
+from charrnn.errors import CharrnnError, RunError
+from charrnn.model import initial_carry
+from charrnn.runs import Run
+from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_train_step
+
+
+class TrainingDiverged(CharrnnError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    epoch: float
+    loss: float  # mean training loss (nats/char) since the previous report
+    learning_rate: float
+    chars_per_second: float
+    elapsed: float  # seconds of training so far, across resumes
+    progress: float  # fraction of the budget used, 0..1 (nan when there is no budget)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    step: int
+    epoch: float
+    val_loss: float  # nats/char over the whole validation split
+    best_val_loss: float
+    is_best: bool
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "steps", "epochs", "time", "patience" or "interrupted"
+    step: int
+    best_val_loss: float
+    best_step: int
+
+
+Report = StepReport | EvalReport | Finished
+
+
+def step_budget(config: TrainConfig, windows_per_epoch: int) -> int | None:
+    """The number of steps the run may take, when fixed by --steps and/or --epochs."""
+    budgets = [config.steps] if config.steps else []
+    if config.epochs:
+        budgets.append(max(1, math.ceil(config.epochs * windows_per_epoch)))
+    return min(budgets) if budgets else None
+
+
+def fit(
+    run: Run,
+    corpus: PreparedCorpus,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    resume: bool = False,
+) -> Iterator[Report]:
+    """Train `model_config` on `corpus` into `run`, or continue the run's latest checkpoint."""
+    tc = train_config
+    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len)
+    windows = batcher.windows_per_epoch
+    total_steps = step_budget(tc, windows)
+    val_windows = evaluation_windows(corpus.val, tc.batch_size, tc.seq_len)
+    train_step = make_train_step(model_config, tc)
+    eval_step = make_eval_step(model_config)
+    store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
+
+    progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
+    if resume and store.latest_step() is not None:
+        abstract = jax.eval_shape(lambda: create_state(model_config, tc))
+        state, saved = store.restore(store.latest_step(), abstract)
+        progress.update(saved)
+    elif resume:
+        raise RunError(f"{run.directory} has no checkpoint to resume from")
+    else:
+        state = create_state(model_config, tc)
+
+    step = int(progress["step"])
+    started = time.monotonic() - float(progress["elapsed"])
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
+    def fraction_done() -> float:
+        parts = [step / total_steps] if total_steps else []
+        if tc.time_seconds:
+            parts.append(elapsed() / tc.time_seconds)
+        return max(parts) if parts else math.nan
+
+    def validate_and_save(val: bool = True) -> EvalReport | None:
+        nonlocal progress
+        val_loss = evaluate(eval_step, state.params, model_config, val_windows) if val else NOT_EVALUATED
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
+        is_best = val and val_loss < progress["best_val_loss"]
+        progress = {
+            "step": step,
+            "elapsed": elapsed(),
+            "best_val_loss": val_loss if is_best else progress["best_val_loss"],
+            "best_step": step if is_best else progress["best_step"],
+            "bad_evals": 0 if is_best else progress["bad_evals"] + int(val),
+        }
+        store.save(step, state, progress, val_loss)
+        if not val:
+            return None
+        epoch = step / windows
+        run.append_metrics(
+            {
+                "step": step,
+                "epoch": round(epoch, 4),
+                "train_loss": last_loss,
+                "val_loss": val_loss,
+                "val_bits_per_char": val_loss / math.log(2),
+                "learning_rate": last_lr,
+                "elapsed": round(elapsed(), 2),
+                "time": time.time(),
+            }
+        )
+        return EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed())
+
+    last_loss, last_lr = math.nan, tc.learning_rate
+    loss_sum, interval_start, interval_steps = jnp.zeros(()), time.monotonic(), 0
+    last_saved = step if resume else -1
+    reason = "interrupted"
+    with _stop_on_signals() as stop_requested, contextlib.closing(store):
+        while True:
+            if total_steps is not None and step >= total_steps:
+                reason = "steps" if tc.steps and step >= tc.steps else "epochs"
+                break
+            if tc.time_seconds and elapsed() >= tc.time_seconds:
+                reason = "time"
+                break
+            if tc.patience and progress["bad_evals"] >= tc.patience:
+                reason = "patience"
+                break
+            if stop_requested.is_set():
+                break
+
+            window = step % windows
+            if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
+                state = state.replace(carry=initial_carry(model_config, tc.batch_size))
+            batch = batcher.batch(window)
+            last_lr = learning_rate(tc, step, fraction_done() if not math.isnan(fraction_done()) else 0.0)
+            state, metrics = train_step(state, batch.inputs, batch.targets, np.float32(last_lr))
+            loss_sum = loss_sum + metrics["loss"]
+            step += 1
+            interval_steps += 1
+
+            if step % tc.log_every == 0 or step == total_steps:
+                last_loss = float(loss_sum) / interval_steps  # host sync, once per log_every steps
+                if not math.isfinite(last_loss):
+                    raise TrainingDiverged(
+                        f"training loss became {last_loss} by step {step}; the last good checkpoint is kept; "
+                        "try a lower --lr or --grad-clip"
+                    )
+                now = time.monotonic()
+                rate = interval_steps * tc.batch_size * tc.seq_len / max(now - interval_start, 1e-9)
+                yield StepReport(step, step / windows, last_loss, last_lr, rate, elapsed(), fraction_done())
+                loss_sum, interval_start, interval_steps = jnp.zeros(()), now, 0
+
+            if step % tc.eval_every == 0:
+                report = validate_and_save()
+                last_saved = step
+                yield report
+                interval_start = time.monotonic()  # the evaluation's time is not training throughput
+
+        if step != last_saved:
+            report = validate_and_save(val=reason != "interrupted")
+            if report:
+                yield report
+    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"])
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Turn the first SIGINT/SIGTERM into a request to stop after the current step (and checkpoint);
+    a second one interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,15 @@
+"""Small helpers shared by the commands' option parsing."""
+
+import dataclasses
+from typing import Any
+
+
+def default_of(config_class: type, name: str) -> Any:
+    """The dataclass default of `name`, for help texts: options default to None so that the
+    commands can tell 'not given' from 'given the default value' (which matters for --resume)."""
+    return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options the user actually gave."""
+    return {name: value for name, value in values.items() if value is not None}

@@ -1,0 +1,51 @@
+"""`charrnn prep FILE`: encode a corpus and show its statistics."""
+
+from typing import Annotated
+
+import typer
+
+from charrnn.config import TrainConfig
+
+from . import console
+from .options import default_of
+
+CorpusArgument = Annotated[
+    str,
+    typer.Argument(help="Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus."),
+]
+EncodingOption = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file.")]
+ErrorsOption = Annotated[
+    str, typer.Option("--errors", help="What to do with undecodable bytes: strict (stop), replace or ignore.")
+]
+ValFractionOption = Annotated[
+    float | None,
+    typer.Option(
+        "--val-fraction",
+        help=f"Fraction at the end held out for validation. [default: {default_of(TrainConfig, 'val_fraction')}]",
+    ),
+]
+
+
+def prep(
+    corpus: CorpusArgument = "pydoc",
+    val_fraction: ValFractionOption = None,
+    encoding: EncodingOption = "utf-8",
+    errors: ErrorsOption = "strict",
+) -> None:
+    """Prepare a corpus: vocabulary, encoded train/validation splits (cached), statistics."""
+    from charrnn.corpus import prepare
+
+    fraction = TrainConfig(val_fraction=val_fraction).val_fraction if val_fraction is not None else 0.1
+    prepared, cached = prepare(corpus, val_fraction=fraction, encoding=encoding, errors=errors)
+    show_stats(prepared.stats, prepared.directory, cached)
+
+
+def show_stats(stats: dict, directory, cached: bool) -> None:
+    common = "  ".join(f"{char!r}:{count}" for char, count in stats["most_common"])
+    console.info(
+        f"corpus {stats['source']}: {stats['characters']:,} characters, vocabulary {stats['vocab_size']:,} "
+        f"({stats['dtype']}); train {stats['train_characters']:,}, validation {stats['val_characters']:,}"
+        f"{' (cached)' if cached else ''}\n"
+        f"  most frequent: {common}\n"
+        f"  prepared in {directory}"
+    )

@@ -1,0 +1,240 @@
+"""`charrnn train [FILE]`: truncated-BPTT training into a run directory, resumable."""
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
+from charrnn.errors import RunError, UsageError
+
+from . import console
+from .options import default_of, given
+from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
+
+DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
+
+
+def _help(text: str, config_class: type, name: str) -> str:
+    return f"{text} [default: {default_of(config_class, name)}]"
+
+
+def train(
+    corpus: Annotated[
+        str | None,
+        typer.Argument(
+            help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation). "
+            "Defaults to pydoc, or to the corpus of the run given with --resume.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory. [default: runs/<corpus name>]")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
+    ] = None,
+    cell: Annotated[str | None, typer.Option(help=_help(f"Cell: {', '.join(CELLS)}.", ModelConfig, "cell"))] = None,
+    layers: Annotated[int | None, typer.Option(help=_help("Recurrent layers.", ModelConfig, "layers"))] = None,
+    hidden: Annotated[
+        int | None, typer.Option("--hidden", help=_help("Units per layer.", ModelConfig, "hidden_size"))
+    ] = None,
+    embed: Annotated[
+        int | None, typer.Option("--embed", help=_help("Embedding size.", ModelConfig, "embed_size"))
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help=_help("Dropout after each layer.", ModelConfig, "dropout"))
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help=_help(f"Matmul precision: {', '.join(DTYPES)}.", ModelConfig, "dtype")),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", help=_help("Parallel streams.", TrainConfig, "batch_size")),
+    ] = None,
+    seq_len: Annotated[
+        int | None,
+        typer.Option("--seq-len", "-t", help=_help("Characters per BPTT window.", TrainConfig, "seq_len")),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help=_help("Peak learning rate.", TrainConfig, "learning_rate"))
+    ] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option(help=_help("Global gradient-norm clip.", TrainConfig, "grad_clip"))
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help=_help("Warmup steps.", TrainConfig, "warmup_steps"))
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help=f"Stop after this many epochs. [default: {DEFAULT_EPOCHS:g} if no budget is given]"),
+    ] = None,
+    time: Annotated[str | None, typer.Option("--time", help="Stop after this long, e.g. 300, 90s, 10m, 1h30m.")] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many evaluations without a better validation loss.", show_default=False),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help=_help("Steps between validations/checkpoints.", TrainConfig, "eval_every")),
+    ] = None,
+    keep: Annotated[
+        int | None, typer.Option(help=_help("Newest checkpoints kept (plus the best).", TrainConfig, "keep"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_help("Random seed.", TrainConfig, "seed"))] = None,
+    unroll: Annotated[
+        int | None, typer.Option(help=_help("Time-loop unroll factor.", TrainConfig, "unroll"), hidden=True)
+    ] = None,
+    val_fraction: ValFractionOption = None,
+    encoding: EncodingOption = "utf-8",
+    errors: ErrorsOption = "strict",
+) -> None:
+    """Train a character-level model; progress on stderr, checkpoints in the run directory."""
+    model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
+    time_seconds = parse_duration(time) if time is not None else None
+    budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
+    train_options = given(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        learning_rate=lr,
+        grad_clip=grad_clip,
+        warmup_steps=warmup,
+        eval_every=eval_every,
+        keep=keep,
+        seed=seed,
+        unroll=unroll,
+        val_fraction=val_fraction,
+    )
+    ModelConfig(vocab_size=1, **model_options)  # reject bad values before any slow work
+    TrainConfig(**train_options, **budget_options)
+
+    from charrnn.runtime import configure_jax
+
+    configure_jax()
+    from charrnn.corpus import prepare
+    from charrnn.runs import Run, fresh_run_dir
+
+    if resume is not None:
+        run = Run(resume)
+        saved_model, saved_train, corpus_info = run.read_config()
+        conflicts = [
+            k
+            for k, v in {**model_options, **train_options}.items()
+            if v != (saved_model.to_dict() | saved_train.to_dict())[k]
+        ]
+        if conflicts:
+            names = ", ".join("--" + name.replace("_", "-") for name in conflicts)
+            raise UsageError(f"{names} differ from the run being resumed; drop them or start a new run with --out")
+        train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
+        source = corpus if corpus is not None else corpus_info["source"]
+        prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+        if prepared.stats["sha256"] != corpus_info["sha256"]:
+            raise RunError(
+                f"the corpus {source} has changed since {run.directory} was trained on it "
+                "(its contents differ); start a new run instead"
+            )
+        model_config = saved_model
+    else:
+        source = corpus if corpus is not None else "pydoc"
+        if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
+            budget_options["epochs"] = DEFAULT_EPOCHS
+        train_config = TrainConfig(**train_options, **budget_options)
+        prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+        model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
+        stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+        run = Run(out if out is not None else fresh_run_dir(stem))
+        if run.exists():
+            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+        run.directory.mkdir(parents=True, exist_ok=True)
+        prepared.vocab.save(run.vocab_path)
+        corpus_info = {
+            "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
+            "sha256": prepared.stats["sha256"],
+            "characters": prepared.stats["characters"],
+        }
+        run.write_config(model_config, train_config, corpus_info)
+    show_stats(prepared.stats, prepared.directory, cached)
+    _describe(run, model_config, train_config, resume is not None)
+    finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
+    console.info(
+        f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
+        f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
+        f"at step {finished.best_step}\n"
+        f"run saved in {run.directory}; sample with: charrnn sample {run.directory}"
+    )
+    if finished.reason == "interrupted":
+        console.info(f"resume with: charrnn train --resume {run.directory}")
+        raise typer.Exit(130)
+
+
+def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool) -> None:
+    budgets = [
+        f"{train_config.steps} steps" if train_config.steps else "",
+        f"{train_config.epochs:g} epochs" if train_config.epochs else "",
+        f"{train_config.time_seconds:g}s" if train_config.time_seconds else "",
+    ]
+    console.info(
+        f"{'resuming' if resuming else 'training'} {run.directory}: {model_config.layers}×{model_config.hidden_size} "
+        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}, "
+        f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
+        f"{train_config.learning_rate:g}; budget {', '.join(b for b in budgets if b)}"
+    )
+
+
+def _run_with_progress(run, prepared, model_config, train_config, resuming: bool):
+    """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from charrnn.trainer import EvalReport, Finished, StepReport, fit
+
+    val_text = "val -"
+    ticker = console.PlainTicker()
+    reports = fit(run, prepared, model_config, train_config, resume=resuming)
+    if not console.interactive():
+        for report in reports:
+            if isinstance(report, StepReport) and ticker.due():
+                console.info(
+                    f"step {report.step} epoch {report.epoch:.2f} loss {report.loss:.4f} lr {report.learning_rate:.2e} "
+                    f"{report.chars_per_second:,.0f} chars/s elapsed {console.format_duration(report.elapsed)}"
+                    + (f" ({report.progress:.0%})" if math.isfinite(report.progress) else "")
+                )
+            elif isinstance(report, EvalReport):
+                console.info(
+                    f"step {report.step} epoch {report.epoch:.2f} validation {report.val_loss:.4f} nats/char "
+                    f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}"
+                )
+            elif isinstance(report, Finished):
+                return report
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[loss]}  {task.fields[val]}  {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console.stderr, redirect_stdout=False, redirect_stderr=False) as progress:
+        task = progress.add_task("starting", total=1000, loss="", val=val_text, rate="")
+        for report in reports:
+            if isinstance(report, StepReport):
+                progress.update(
+                    task,
+                    completed=1000 * report.progress if math.isfinite(report.progress) else None,
+                    description=f"step {report.step} ep {report.epoch:.2f}",
+                    loss=f"loss {report.loss:.3f}",
+                    rate=f"{report.chars_per_second:,.0f} ch/s",
+                )
+            elif isinstance(report, EvalReport):
+                val_text = f"val {report.val_loss:.3f}{'*' if report.is_best else ''}"
+                progress.update(task, val=val_text)
+                progress.console.print(
+                    f"step {report.step} validation {report.val_loss:.4f} nats/char "
+                    f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}",
+                    markup=False,
+                )
+            elif isinstance(report, Finished):
+                return report
+    raise AssertionError("fit ended without a Finished report")
