@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 
 # Resolved at write time, so tests that swap sys.stderr still capture it.
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from charrnn.batching import StreamBatcher, evaluation_windows
+from charrnn.errors import CorpusError
+
+
+def test_windows_tile_each_stream_exactly():
+    ids = np.arange(1000, dtype=np.uint16)
+    batcher = StreamBatcher(ids, batch_size=4, seq_len=7)
+    stream_len = 999 // 4
+    assert batcher.windows_per_epoch == stream_len // 7
+    inputs = np.concatenate([batcher.batch(k).inputs for k in range(batcher.windows_per_epoch)], axis=1)
+    targets = np.concatenate([batcher.batch(k).targets for k in range(batcher.windows_per_epoch)], axis=1)
+    used = batcher.windows_per_epoch * 7
+    for b in range(4):
+        start = b * stream_len
+        np.testing.assert_array_equal(inputs[b], ids[start : start + used])
+        np.testing.assert_array_equal(targets[b], ids[start + 1 : start + used + 1])
+    assert inputs.dtype == np.int32
+
+
+def test_too_small_corpus_says_how_long_it_must_be():
+    with pytest.raises(CorpusError, match="at least 641"):
+        StreamBatcher(np.arange(100), batch_size=64, seq_len=10)
+
+
+@pytest.mark.parametrize(("n", "batch", "seq"), [(2, 4, 3), (101, 4, 10), (1000, 7, 13), (64, 64, 100)])
+def test_evaluation_windows_count_every_target_once(n, batch, seq):
+    ids = np.arange(n) % 251
+    windows = evaluation_windows(ids, batch, seq)
+    pairs = []
+    for inputs, targets, weights in windows:
+        assert inputs.shape == targets.shape == weights.shape
+        for b in range(inputs.shape[0]):
+            for t in range(inputs.shape[1]):
+                if weights[b, t]:
+                    pairs.append((b, t, inputs[b, t], targets[b, t]))
+    assert len(pairs) == n - 1
+    # Rebuild the text stream by stream: consecutive and in order.
+    by_stream = {}
+    for b, _, x, y in pairs:
+        by_stream.setdefault(b, []).append((x, y))
+    rebuilt = [pair for b in sorted(by_stream) for pair in by_stream[b]]
+    assert rebuilt == [(ids[i], ids[i + 1]) for i in range(n - 1)]

@@ -1,0 +1,144 @@
+"""The CLI as a user meets it: real processes, real pipes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import periodic_text
+
+CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
+TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16"]
+
+
+def charrnn(*args, input=None, check=True, cwd=None):
+    result = subprocess.run(
+        [*CHARRNN, *args], capture_output=True, text=True, input=input, cwd=cwd, env=os.environ | {"COLUMNS": "200"}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli")
+    env_cache = home / "cache"
+    os.environ["CHARRNN_CACHE"] = str(env_cache)  # module-scoped fixture: the autouse one is not active yet
+    (home / "text.txt").write_text(periodic_text(3000))
+    result = charrnn("train", "text.txt", *TINY, "--steps", "240", "--lr", "0.01", "--eval-every", "80", cwd=home)
+    return home, result
+
+
+def test_train_writes_a_complete_run_and_reports_on_stderr(trained_run):
+    home, result = trained_run
+    assert result.stdout == ""  # training prints nothing on stdout
+    assert "validation" in result.stderr and "Traceback" not in result.stderr
+    run = home / "runs" / "text"
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["hidden_size"] == 32 and config["train"]["steps"] == 240
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [80, 160, 240]
+    assert metrics[-1]["val_loss"] < 0.1  # it learned the periodic text
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["160", "240", "80"]
+
+
+def test_sample_streams_only_text_and_defaults_to_latest_run(trained_run):
+    home, _ = trained_run
+    result = charrnn("sample", "--temp", "0", "--prime", "hello", "-n", "40", "--seed", "1", cwd=home)
+    assert result.stdout == "hello world, hello world, hello world, hello "
+    assert result.stderr == ""
+
+
+def test_sample_num_prints_each_sample_after_a_separator(trained_run):
+    home, _ = trained_run
+    result = charrnn(
+        "sample",
+        "runs/text",
+        "--temp",
+        "0",
+        "--prime",
+        "hello w",
+        "-n",
+        "12",
+        "--num",
+        "2",
+        "--separator",
+        "|",
+        cwd=home,
+    )
+    assert result.stdout == "hello world, hello |hello world, hello "
+
+
+def test_sample_into_head_ends_quietly(trained_run):
+    home, _ = trained_run
+    command = " ".join(CHARRNN) + ' sample -n 2000000 --temp 1 | head -c 100; echo " ${PIPESTATUS[0]}" >&2'
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        timeout=120,
+    )
+    assert len(result.stdout) == 100
+    assert result.stderr.strip() == "0", result.stderr  # exit status 0 and nothing else on stderr
+
+
+def test_unknown_prime_character_is_named(trained_run):
+    home, _ = trained_run
+    result = charrnn("sample", "--prime", "hi Q", cwd=home, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "'i'" in result.stderr and "'Q'" in result.stderr
+    skipped = charrnn("sample", "--prime", "hQ", "--skip-unknown", "-n", "3", "--temp", "0", cwd=home)
+    assert skipped.stdout.startswith("h")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["train", "missing.txt"], 1, "does not exist"),
+        (["train", "text.txt", "--hidden", "0"], 2, "--hidden"),
+        (["train", "text.txt", "--time", "soon"], 2, "--time"),
+        (["train", "text.txt", "--cell", "transformer"], 2, "--cell"),
+        (["sample", "--temp", "-1"], 2, "--temp"),
+        (["sample", "nowhere"], 1, "not a charrnn run"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(tmp_path, args, code, fragment):
+    (tmp_path / "text.txt").write_text(periodic_text(3000))
+    result = charrnn(*args, check=False, cwd=tmp_path)
+    assert result.returncode == code
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sample_without_any_run_says_where_it_looked(tmp_path):
+    result = charrnn("sample", check=False, cwd=tmp_path)
+    assert result.returncode == 1
+    assert str(tmp_path / "runs") in result.stderr
+
+
+def test_help_is_fast_and_does_not_import_jax():
+    code = (
+        "import sys, typer.testing\n"
+        "from charrnn.cli.main import app\n"
+        "result = typer.testing.CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0 and 'sample' in result.stdout\n"
+        "for name in ['train', 'sample', 'prep', 'corpus']:\n"
+        "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
+        "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_prep_prints_statistics_to_stderr(tmp_path):
+    path = Path(tmp_path / "mixed.txt")
+    path.write_text("床前明月光，疑是地上霜。\r\n" * 20, encoding="utf-8", newline="")
+    result = charrnn("prep", str(path), cwd=tmp_path)
+    assert result.stdout == ""
+    assert "vocabulary 14" in result.stderr and "280 characters" in result.stderr and "train" in result.stderr
+    assert "(cached)" in charrnn("prep", str(path), cwd=tmp_path).stderr
