@@ -48,7 +48,7 @@ class TrainConfig:
     seq_len: int = 100
     learning_rate: float = 3e-3
     min_lr_fraction: float = 0.05  # cosine decay ends at learning_rate * min_lr_fraction
-    warmup_steps: int = 100
+    warmup_steps: int = 20
     grad_clip: float = 5.0  # global-norm clipping threshold
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None

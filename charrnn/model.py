@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from charrnn.config import ModelConfig
-from charrnn.recurrence import Carry, Cell, matmul, recurrence
+from charrnn.recurrence import Carry, Cell, project, recurrence
 
 ModelCarry = tuple[Carry, ...]  # one carry per layer
 
@@ -56,12 +56,12 @@ class RecurrentLayer(nn.Module):
 
     def __call__(self, x: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
         """x: [T, B, D] time-major -> ([T, B, H], carry)."""
-        xp = matmul(x, self.input_kernel, self.cell.compute_dtype) + self.bias  # [T, B, G*H]
+        xp = project(x, self.input_kernel, self.cell.compute_dtype) + self.bias  # [T, B, G*H]
         return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, xp, carry)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
         """x: [B, D], one time step (sampling)."""
-        xp = matmul(x, self.input_kernel, self.cell.compute_dtype) + self.bias
+        xp = project(x, self.input_kernel, self.cell.compute_dtype) + self.bias
         carry, _ = self.cell.step(carry, xp, self.recurrent_kernel, self.recurrent_bias)
         return carry
 
@@ -75,7 +75,9 @@ class CharRNN(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         cell = Cell(cfg.cell, cfg.dtype, self.unroll)
-        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size)
+        # N(0, 1) embeddings, as in torch and char-rnn: Flax's default (std 1/sqrt(embed)) makes the
+        # input signal so faint that the model sits at the unigram loss for the first ~100 steps.
+        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
         self.layers = [
             RecurrentLayer(cell, cfg.embed_size if i == 0 else cfg.hidden_size, cfg.hidden_size, name=f"layer{i}")
             for i in range(cfg.layers)
@@ -106,7 +108,7 @@ class CharRNN(nn.Module):
         return self._logits(x), tuple(new_carry)
 
     def _logits(self, x: jax.Array) -> jax.Array:
-        return matmul(x, self.head_kernel, self.config.dtype) + self.head_bias
+        return project(x, self.head_kernel, self.config.dtype) + self.head_bias
 
     def initial_carry(self, batch_size: int) -> ModelCarry:
         return initial_carry(self.config, batch_size)

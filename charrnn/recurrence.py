@@ -51,10 +51,13 @@ class Cell:
         h = carry[0]
         hp = matmul(h, w, self.compute_dtype) + b  # [B, G*H], the one matmul of the step
         if self.kind == "lstm":
-            i, f, g, o = jnp.split(xp + hp, 4, axis=-1)
-            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-            c = f * carry[1] + i * g
-            return (o * jnp.tanh(c), c), (jnp.concatenate([i, f, g, o], axis=-1),)
+            # One sigmoid over all four gates, using tanh(x) = 2*sigmoid(2x) - 1 for the g block: the
+            # activations come out as one [B, 4H] array, saved for the backward pass without a concat.
+            hidden = h.shape[-1]
+            activations = jax.nn.sigmoid((xp + hp) * _lstm_gate_scale(hidden))
+            i, f, g, o = jnp.split(activations, 4, axis=-1)
+            c = f * carry[1] + i * (2.0 * g - 1.0)
+            return (o * jnp.tanh(c), c), (activations,)
         if self.kind == "gru":
             xr, xz, xn = jnp.split(xp, 3, axis=-1)
             hr, hz, hn = jnp.split(hp, 3, axis=-1)
@@ -65,22 +68,24 @@ class Cell:
         return (new_h,), ()
 
     def step_backward(self, saved: tuple, prev: Carry, new: Carry, d_carry: Carry) -> tuple:
-        """Gradients of one step given d(new carry): (d_xp, d_hp, d(prev carry) except via h @ W)."""
+        """Gradients of one step given d(new carry): (d_xp, d_hp, d(prev carry) except via h @ W).
+
+        d_hp, the gradient of h @ W + b, is None where it equals d_xp (LSTM and RNN: both enter the
+        same sum), so the backward loop does not store the same [T, B, G*H] array twice.
+        """
         if self.kind == "lstm":
-            i, f, g, o = jnp.split(saved[0], 4, axis=-1)
+            activations = saved[0]
+            i, f, g, o = jnp.split(activations, 4, axis=-1)
+            g = 2.0 * g - 1.0
             dh, dc = d_carry
             tanh_c = jnp.tanh(new[1])
             dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-            d_gates = jnp.concatenate(
-                [
-                    dc * g * i * (1.0 - i),
-                    dc * prev[1] * f * (1.0 - f),
-                    dc * i * (1.0 - g * g),
-                    dh * tanh_c * o * (1.0 - o),
-                ],
-                axis=-1,
-            )
-            return d_gates, d_gates, (jnp.zeros_like(dh), dc * f)
+            # d loss / d activation, then through the (scaled) sigmoid: for the g block this is
+            # 2*dg * 2*a*(1-a) = dg * (1 - g^2), as tanh requires.
+            d_activations = jnp.concatenate([dc * g, dc * prev[1], 2.0 * dc * i, dh * tanh_c], axis=-1)
+            hidden = dh.shape[-1]
+            d_gates = d_activations * _lstm_gate_scale(hidden) * activations * (1.0 - activations)
+            return d_gates, None, (jnp.zeros_like(dh), dc * f)
         if self.kind == "gru":
             r, z, n = jnp.split(saved[0], 3, axis=-1)
             (dh,) = d_carry
@@ -92,7 +97,12 @@ class Cell:
             return d_xp, d_hp, (dh * z,)
         (dh,) = d_carry
         d_pre = dh * (1.0 - new[0] * new[0])
-        return d_pre, d_pre, (jnp.zeros_like(dh),)
+        return d_pre, None, (jnp.zeros_like(dh),)
+
+
+def _lstm_gate_scale(hidden: int) -> jax.Array:
+    """[1, 1, 2, 1] per gate block (i, f, g, o): the g block's pre-activation is doubled."""
+    return jnp.repeat(jnp.array([1.0, 1.0, 2.0, 1.0], jnp.float32), hidden)
 
 
 def matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
@@ -103,6 +113,46 @@ def matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str) -> jax.Array:
+    """sum over leading axes of inputs^T d_outputs: [..., D], [..., N] -> [D, N], one large matmul.
+
+    The formulation is chosen by measurement on XLA's CPU backend: for float32 a plain 2-D
+    transpose-matmul ran at ~185 GFLOP/s; for bfloat16 only the einsum form reached full speed
+    (290 GFLOP/s against ~120 for the 2-D forms and for what autodiff of a matmul emits).
+    """
+    if compute_dtype == "float32":
+        return inputs.reshape(-1, inputs.shape[-1]).T @ d_outputs.reshape(-1, d_outputs.shape[-1])
+    dtype = jnp.dtype(compute_dtype)
+    return jnp.einsum(
+        "...d,...n->dn", inputs.astype(dtype), d_outputs.astype(dtype), preferred_element_type=jnp.float32
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x: jax.Array, w: jax.Array, compute_dtype: str) -> jax.Array:
+    """x @ w for x: [..., D], w: [D, N] (input projections, logits), with a backward pass whose two
+    large matmuls use the fastest formulation (see `weight_gradient`)."""
+    return matmul(x, w, compute_dtype)
+
+
+def _project_forward(x, w, compute_dtype):
+    return matmul(x, w, compute_dtype), (x, w)
+
+
+def _project_backward(compute_dtype, residuals, d_out):
+    x, w = residuals
+    d_x = matmul(d_out, _operand(w.T, compute_dtype), compute_dtype).astype(x.dtype)
+    return d_x, weight_gradient(x, d_out, compute_dtype)
+
+
+project.defvjp(_project_forward, _project_backward)
+
+
+def _operand(w: jax.Array, compute_dtype: str) -> jax.Array:
+    """The weight as the loop's matmuls read it: cast once, outside the loop, not once per step."""
+    return w.astype(jnp.dtype(compute_dtype))
+
+
 # -- the time loop ------------------------------------------------------------------------------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
@@ -110,6 +160,8 @@ def recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Car
 
     Returns (hs [T, B, H], final carry). Differentiable in w, b, xp and carry.
     """
+
+    w = _operand(w, cell.compute_dtype)
 
     def body(carry, xp_t):
         carry, _ = cell.step(carry, xp_t, w, b)
@@ -120,8 +172,10 @@ def recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Car
 
 
 def _recurrence_forward(cell, w, b, xp, carry0):
+    w_operand = _operand(w, cell.compute_dtype)
+
     def body(carry, xp_t):
-        new, saved = cell.step(carry, xp_t, w, b)
+        new, saved = cell.step(carry, xp_t, w_operand, b)
         return new, (new, saved)
 
     carry, (carries, saved) = jax.lax.scan(body, carry0, xp, unroll=cell.unroll)
@@ -133,21 +187,22 @@ def _recurrence_backward(cell, residuals, cotangents):
     d_hs, d_final = cotangents
     # Carry of step t-1 for every t: carry0 followed by all but the last carry.
     prevs = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries, strict=True))
-    w_t = w.T
+    w_t = _operand(w.T, cell.compute_dtype)
 
     def body(d_carry, inputs):
         d_h_out, saved_t, prev_t, new_t = inputs
         d_carry = (d_carry[0] + d_h_out, *d_carry[1:])
         d_xp, d_hp, d_prev = cell.step_backward(saved_t, prev_t, new_t, d_carry)
-        d_prev = (d_prev[0] + matmul(d_hp, w_t, cell.compute_dtype), *d_prev[1:])
+        d_hp_t = d_xp if d_hp is None else d_hp
+        d_prev = (d_prev[0] + matmul(d_hp_t, w_t, cell.compute_dtype), *d_prev[1:])
         return d_prev, (d_xp, d_hp)
 
     d_carry0, (d_xp, d_hp) = jax.lax.scan(
         body, tuple(d_final), (d_hs, saved, prevs, carries), reverse=True, unroll=cell.unroll
     )
+    d_hp = d_xp if d_hp is None else d_hp
     # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
-    h_prev = prevs[0].reshape(-1, prevs[0].shape[-1])
-    d_w = matmul(h_prev.T, d_hp.reshape(-1, d_hp.shape[-1]), cell.compute_dtype)
+    d_w = weight_gradient(prevs[0], d_hp, cell.compute_dtype)
     d_b = d_hp.sum(axis=(0, 1))
     return d_w, d_b, d_xp, d_carry0
 

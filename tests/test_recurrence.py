@@ -91,3 +91,18 @@ def test_bfloat16_operands_stay_close_to_float32():
     assert hs16.dtype == jnp.float32
     np.testing.assert_allclose(hs16, hs32, atol=0.05)
     assert not np.allclose(hs16, hs32, atol=1e-7)  # really computed in lower precision
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_projection_gradient_matches_autodiff(dtype):
+    from charrnn.recurrence import matmul, project
+
+    x = jax.random.normal(jax.random.key(0), (4, 3, 6))
+    w = jax.random.normal(jax.random.key(1), (6, 5))
+    ct = jax.random.normal(jax.random.key(2), (4, 3, 5))
+    ours = jax.vjp(lambda x, w: project(x, w, dtype), x, w)[1](ct)
+    reference = jax.vjp(lambda x, w: jnp.matmul(x, w), x, w)[1](ct)
+    tolerance = 1e-5 if dtype == "float32" else 0.1
+    for got, want in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(project(x, w, dtype), matmul(x, w, dtype))
