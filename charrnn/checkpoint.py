@@ -7,6 +7,8 @@ complete, so an interrupted save never replaces a good checkpoint. We keep the n
 checkpoints and, in addition, the one with the best validation loss.
 """
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,41 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from charrnn.errors import CharrnnError
+
 NOT_EVALUATED = 1e9  # val_loss recorded for a checkpoint saved without a validation pass (e.g. on Ctrl-C)
+
+
+class CheckpointWriteError(CharrnnError):
+    """A checkpoint could not be written (disk full, permissions...); earlier ones are untouched."""
+
+
+def _root_cause(error: BaseException) -> str:
+    """The most telling message in an exception chain: an OSError's strerror if there is one."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _ignore_closed_event_loop_reports() -> None:
+    """After a failed background save (disk full), tensorstore's I/O callbacks still try to reach
+    orbax's already-closed asyncio loop and print "Event loop is closed" tracebacks through
+    sys.excepthook. They say nothing the user needs (the failure itself is reported in one line),
+    so exactly these are dropped; every other exception still reaches the previous hook."""
+    previous = sys.excepthook
+    if getattr(previous, "charrnn_filter", False):
+        return
+
+    def hook(kind, value, traceback):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, traceback)
+
+    hook.charrnn_filter = True
+    sys.excepthook = hook
 
 
 def _val_loss(metrics: dict) -> float:
@@ -38,6 +74,8 @@ class CheckpointStore:
             create=create,
             cleanup_tmp_directories=True,
         )
+        _ignore_closed_event_loop_reports()
+        self.directory = Path(directory)
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(), options=options, item_names=("state", "progress")
         )
@@ -52,13 +90,18 @@ class CheckpointStore:
         return self.manager.best_step()
 
     def save(self, step: int, state: Any, progress: dict, val_loss: float) -> None:
-        """Start writing checkpoint `step` in the background; `wait` or `close` makes it durable."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
-            metrics={"val_loss": float(val_loss)},
-            force=True,
-        )
+        """Start writing checkpoint `step` in the background; `wait` or `close` makes it durable.
+
+        Writing happens in a temporary directory renamed when complete, so a failure (raised here
+        or by the next `save`/`wait`/`close`) leaves every earlier checkpoint as it was.
+        """
+        with self._failures(f"could not write checkpoint {step}"):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+                metrics={"val_loss": float(val_loss)},
+                force=True,
+            )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Load checkpoint `step` onto this process's devices, whatever device kind wrote it."""
@@ -73,8 +116,21 @@ class CheckpointStore:
         return restored.state, dict(restored.progress)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._failures("could not finish writing a checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with self._failures("could not finish writing a checkpoint"):
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+    @contextlib.contextmanager
+    def _failures(self, what: str):
+        try:
+            yield
+        except CharrnnError:
+            raise
+        except Exception as error:
+            raise CheckpointWriteError(
+                f"{what} in {self.directory}: {_root_cause(error)}; earlier checkpoints are intact"
+            ) from error

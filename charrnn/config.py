@@ -39,22 +39,40 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
+    def parameter_count(self) -> int:
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden_size
+        count = self.vocab_size * self.embed_size + self.hidden_size * self.vocab_size + self.vocab_size
+        for layer in range(self.layers):
+            inputs = self.embed_size if layer == 0 else self.hidden_size
+            count += (inputs + self.hidden_size + 2) * gates
+        return count
+
+    def check_fits_in_memory(self, available_bytes: int) -> None:
+        """Refuse a model whose training state (params, gradients, two Adam moments) cannot fit."""
+        needed = 16 * self.parameter_count()
+        if needed > available_bytes:
+            raise UsageError(
+                f"a {self.layers}×{self.hidden_size} {self.cell.upper()} has {self.parameter_count():,} parameters "
+                f"and needs about {needed / 2**30:.1f} GiB to train; this machine has {available_bytes / 2**30:.1f} GiB"
+            )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: truncated BPTT over `batch_size` parallel streams, windows of `seq_len` characters."""
 
-    batch_size: int = 64
-    seq_len: int = 100
+    batch_size: int = 32
+    seq_len: int = 32
     learning_rate: float = 3e-3
     min_lr_fraction: float = 0.05  # cosine decay ends at learning_rate * min_lr_fraction
     warmup_steps: int = 20
     grad_clip: float = 5.0  # global-norm clipping threshold
+    beta2: float = 0.999  # Adam's second-moment decay
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None
     time_seconds: float | None = None
     patience: int | None = None  # stop after this many evaluations without a new best validation loss
-    eval_every: int = 200  # steps between validation passes (and checkpoints)
+    eval_every: int = 500  # steps between validation passes (and checkpoints)
     log_every: int = 10  # steps between fetching the loss from the device
     keep: int = 3  # newest checkpoints kept, besides the best one
     seed: int = 0

@@ -1,5 +1,7 @@
 """Loading a trained run's parameters for sampling or scoring."""
 
+from collections.abc import Callable
+
 import jax
 
 from charrnn.checkpoint import CheckpointStore
@@ -9,18 +11,33 @@ from charrnn.runs import Run
 from charrnn.train import create_state
 
 
-def load_params(run: Run, which: str = "best") -> tuple[dict, ModelConfig]:
-    """The parameters of the run's best (lowest validation loss) or latest checkpoint."""
+def load_params(
+    run: Run, which: str = "best", warn: Callable[[str], None] = lambda _: None
+) -> tuple[dict, ModelConfig]:
+    """The parameters of the run's best (lowest validation loss) or latest checkpoint.
+
+    A damaged checkpoint is skipped with a warning, falling back to the newest one that loads.
+    """
+    from charrnn.trainer import restore_newest_good
+
     model_config, train_config, _ = run.read_config()
+    no_checkpoint = RunError(f"{run.directory} has no checkpoint yet; let training reach its first evaluation")
     if not run.checkpoints_dir.exists():
-        raise RunError(f"{run.directory} has no checkpoint yet; let training reach its first evaluation")
+        raise no_checkpoint
     store = CheckpointStore(run.checkpoints_dir, keep=train_config.keep, create=False)
     try:
-        step = store.best_step() if which == "best" else store.latest_step()
-        if step is None:
-            raise RunError(f"{run.directory} has no checkpoint yet; let training reach its first evaluation")
+        steps = store.steps()
+        if not steps:
+            raise no_checkpoint
+        preferred = store.best_step() if which == "best" else store.latest_step()
         abstract = jax.eval_shape(lambda: create_state(model_config, train_config))
-        state, _ = store.restore(step, abstract)
+        try:
+            state, _ = store.restore(preferred, abstract)
+        except Exception as error:  # noqa: BLE001 - unreadable: fall back to the newest readable one
+            warn(f"checkpoint {preferred} is damaged ({type(error).__name__}); using an earlier one")
+            state, _, notices = restore_newest_good(store, abstract, [s for s in steps if s != preferred])
+            for notice in notices:
+                warn(notice)
     finally:
         store.close()
     return state.params, model_config

@@ -7,7 +7,11 @@ runs/<corpus stem>/
     checkpoints/    orbax checkpoints: the newest few and the best by validation loss
 """
 
+import contextlib
 import json
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,41 @@ class Run:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / "train.lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for one training process. A second one is refused with the owner's PID; a
+        lock left by a process that no longer exists (kill -9, power loss) is taken over."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        owner = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if _read_lock(self.lock_path) == owner:  # this process holds it already (nested use)
+                    yield
+                    return
+                if _lock_is_live(self.lock_path):
+                    pid = self.lock_path.read_text().split()[0]
+                    raise RunError(
+                        f"{self.directory} is being trained by process {pid}; wait for it or stop it "
+                        f"(if no such process is running, delete {self.lock_path})"
+                    ) from None
+                self.lock_path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(descriptor, "w") as file:
+                file.write(owner + "\n")
+            break
+        else:
+            raise RunError(f"could not lock {self.directory}; delete {self.lock_path} if no training is running")
+        try:
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
     def write_config(self, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any]) -> None:
         data = {"format": 1, "model": model.to_dict(), "train": train.to_dict(), "corpus": corpus}
         temporary = self.config_path.with_suffix(".json.tmp")
@@ -71,6 +110,31 @@ class Run:
             return []
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+
+def _read_lock(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _lock_is_live(path: Path) -> bool:
+    """Whether the process named in a lock file still runs (on this host; other hosts are trusted)."""
+    try:
+        pid_text, host = (path.read_text().split() + ["", ""])[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False  # unreadable or half-written: its writer died before finishing it
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fresh_run_dir(stem: str, root: Path | None = None) -> Path:

@@ -54,12 +54,26 @@ def pick(logits: jax.Array, key: jax.Array, options: SampleOptions) -> jax.Array
     return jax.random.categorical(key, logits, axis=-1)
 
 
+def matmul_operands(params, dtype: str):
+    """Kernels cast to the matmul precision once, before the loop: one-stream sampling is bound by
+    reading the weights, so each step should read them in the narrow type, not re-cast them."""
+    if dtype == "float32":
+        return params
+
+    def cast(path, leaf):
+        return leaf.astype(dtype) if str(getattr(path[-1], "key", "")).endswith("kernel") else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 @functools.lru_cache(maxsize=8)
 def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_size: int) -> Callable:
     """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key)."""
     model = CharRNN(model_config)
 
     def sample_chunk(params, carry, token, key):
+        params = matmul_operands(params, model_config.dtype)
+
         def body(state, _):
             carry, token, key = state
             key, subkey = jax.random.split(key)

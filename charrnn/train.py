@@ -34,7 +34,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     Keeping the rate outside the optimizer lets one compiled step serve any schedule, including a
     time budget whose length is only known as the run goes.
     """
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam())
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b2=config.beta2))
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:

@@ -8,11 +8,13 @@ validate and checkpoint.
 
 import contextlib
 import math
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -59,9 +61,15 @@ class Finished:
     step: int
     best_val_loss: float
     best_step: int
+    signal: int = 0  # the signal that interrupted the run, if any
 
 
-Report = StepReport | EvalReport | Finished
+@dataclass(frozen=True)
+class Notice:
+    message: str  # something the user should know, e.g. a damaged checkpoint was skipped
+
+
+Report = StepReport | EvalReport | Finished | Notice
 
 
 def step_budget(config: TrainConfig, windows_per_epoch: int) -> int | None:
@@ -80,7 +88,39 @@ def fit(
     *,
     resume: bool = False,
 ) -> Iterator[Report]:
-    """Train `model_config` on `corpus` into `run`, or continue the run's latest checkpoint."""
+    """Train `model_config` on `corpus` into `run`, or continue the run's latest checkpoint.
+
+    The run is locked for the duration, so two processes never write the same checkpoints.
+    """
+    with run.lock():
+        yield from _fit(run, corpus, model_config, train_config, resume=resume)
+
+
+def restore_newest_good(
+    store: CheckpointStore, abstract_state, steps: list[int], *, quarantine: Path | None = None
+) -> tuple[object, dict, list[str]]:
+    """Restore the newest of `steps` that loads; return (state, progress, notices about skipped ones).
+
+    With `quarantine`, damaged checkpoints are moved there (not deleted: nothing is thrown away),
+    so that training can write those steps again.
+    """
+    notices = []
+    for step in sorted(steps, reverse=True):
+        try:
+            state, progress = store.restore(step, abstract_state)
+            return state, progress, notices
+        except Exception as error:  # noqa: BLE001 - any failure to read means "damaged": try the previous one
+            note = f"checkpoint {step} is damaged ({type(error).__name__}); falling back to an earlier one"
+            if quarantine is not None:
+                quarantine.mkdir(parents=True, exist_ok=True)
+                target = quarantine / f"{step}-{int(time.time())}"
+                shutil.move(store.directory / str(step), target)
+                note += f" (moved to {target})"
+            notices.append(note)
+    raise RunError(f"no checkpoint of {store.directory} could be read: all {len(steps)} are damaged")
+
+
+def _fit(run, corpus, model_config, train_config, *, resume):
     tc = train_config
     batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len)
     windows = batcher.windows_per_epoch
@@ -91,9 +131,16 @@ def fit(
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
-    if resume and store.latest_step() is not None:
+    if resume and store.steps():
         abstract = jax.eval_shape(lambda: create_state(model_config, tc))
-        state, saved = store.restore(store.latest_step(), abstract)
+        state, saved, notices = restore_newest_good(
+            store, abstract, store.steps(), quarantine=run.directory / "damaged-checkpoints"
+        )
+        for notice in notices:
+            yield Notice(notice)
+        if notices:  # the manager's list of steps changed under it
+            store.close()
+            store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
         progress.update(saved)
     elif resume:
         raise RunError(f"{run.directory} has no checkpoint to resume from")
@@ -129,7 +176,8 @@ def fit(
         if not val:
             return None
         epoch = step / windows
-        run.append_metrics(
+        _append_metrics(
+            run,
             {
                 "step": step,
                 "epoch": round(epoch, 4),
@@ -139,7 +187,7 @@ def fit(
                 "learning_rate": last_lr,
                 "elapsed": round(elapsed(), 2),
                 "time": time.time(),
-            }
+            },
         )
         return EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed())
 
@@ -193,14 +241,25 @@ def fit(
             report = validate_and_save(val=reason != "interrupted")
             if report:
                 yield report
-    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"])
+    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
+
+
+def _append_metrics(run: Run, record: dict) -> None:
+    try:
+        run.append_metrics(record)
+    except OSError as error:
+        raise CharrnnError(f"could not append to {run.metrics_path}: {error.strerror or error}") from error
+
+
+class StopRequest(threading.Event):
+    signal: int = 0
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def _stop_on_signals() -> Iterator[StopRequest]:
     """Turn the first SIGINT/SIGTERM into a request to stop after the current step (and checkpoint);
     a second one interrupts at once."""
-    stop = threading.Event()
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -208,6 +267,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.signal = signum
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -10,6 +10,7 @@ from charrnn import __version__
 from charrnn.errors import CharrnnError
 
 from . import console
+from .bench_cmd import bench
 from .corpus_cmd import corpus_app
 from .prep_cmd import prep
 from .sample_cmd import sample
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command()(prep)
 app.command()(train)
 app.command()(sample)
+app.command()(bench)
 app.add_typer(corpus_app, name="corpus")
 
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from charrnn.errors import RunError, UsageError
+from charrnn.errors import CharrnnError, RunError, UsageError
+
+from . import console
 
 
 def sample(
@@ -65,7 +67,7 @@ def sample(
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise UsageError(f"the prime has characters this model never saw: {shown} (--skip-unknown drops them)")
         prime = "".join(c for c in prime if c in vocab)
-    params, model_config = load_params(run, checkpoint)
+    params, model_config = load_params(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
 
     try:
@@ -80,6 +82,11 @@ def sample(
 
         silence_stdout()
         raise typer.Exit(0) from None
+    except OSError as error:  # e.g. `> /dev/full`: say so in one line, and do not try to flush again
+        from .main import silence_stdout
+
+        silence_stdout()
+        raise CharrnnError(f"cannot write the sample: {error.strerror or error}") from None
 
 
 def _write_samples(stream, prime: str, num: int, separator: str) -> None:

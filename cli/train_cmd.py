@@ -1,6 +1,8 @@
 """`charrnn train [FILE]`: truncated-BPTT training into a run directory, resumable."""
 
+import contextlib
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -48,7 +50,10 @@ def train(
     ] = None,
     dtype: Annotated[
         str | None,
-        typer.Option(help=_help(f"Matmul precision: {', '.join(DTYPES)}.", ModelConfig, "dtype")),
+        typer.Option(
+            help=f"Matmul precision: {', '.join(DTYPES)}. [default: bfloat16 on GPU/TPU and on CPUs with native "
+            "bf16 instructions, else float32]"
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
@@ -108,7 +113,7 @@ def train(
         unroll=unroll,
         val_fraction=val_fraction,
     )
-    ModelConfig(vocab_size=1, **model_options)  # reject bad values before any slow work
+    ModelConfig(vocab_size=1, **model_options).check_fits_in_memory(_memory_bytes())  # fail before slow work
     TrainConfig(**train_options, **budget_options)
 
     from charrnn.runtime import configure_jax
@@ -117,57 +122,72 @@ def train(
     from charrnn.corpus import prepare
     from charrnn.runs import Run, fresh_run_dir
 
-    if resume is not None:
-        run = Run(resume)
-        saved_model, saved_train, corpus_info = run.read_config()
-        conflicts = [
-            k
-            for k, v in {**model_options, **train_options}.items()
-            if v != (saved_model.to_dict() | saved_train.to_dict())[k]
-        ]
-        if conflicts:
-            names = ", ".join("--" + name.replace("_", "-") for name in conflicts)
-            raise UsageError(f"{names} differ from the run being resumed; drop them or start a new run with --out")
-        train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
-        source = corpus if corpus is not None else corpus_info["source"]
-        prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
-        if prepared.stats["sha256"] != corpus_info["sha256"]:
-            raise RunError(
-                f"the corpus {source} has changed since {run.directory} was trained on it "
-                "(its contents differ); start a new run instead"
-            )
-        model_config = saved_model
-    else:
-        source = corpus if corpus is not None else "pydoc"
-        if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
-            budget_options["epochs"] = DEFAULT_EPOCHS
-        train_config = TrainConfig(**train_options, **budget_options)
-        prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
-        model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
-        stem = "stdin" if source == "-" else Path(source).stem or "corpus"
-        run = Run(out if out is not None else fresh_run_dir(stem))
-        if run.exists():
-            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
-        run.directory.mkdir(parents=True, exist_ok=True)
-        prepared.vocab.save(run.vocab_path)
-        corpus_info = {
-            "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
-            "sha256": prepared.stats["sha256"],
-            "characters": prepared.stats["characters"],
-        }
-        run.write_config(model_config, train_config, corpus_info)
-    show_stats(prepared.stats, prepared.directory, cached)
-    _describe(run, model_config, train_config, resume is not None)
-    finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
-    console.info(
-        f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
-        f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
-        f"at step {finished.best_step}\n"
-        f"run saved in {run.directory}; sample with: charrnn sample {run.directory}"
-    )
-    if finished.reason == "interrupted":
-        console.info(f"resume with: charrnn train --resume {run.directory}")
-        raise typer.Exit(130)
+    with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
+        if resume is not None:
+            run = Run(resume)
+            saved_model, saved_train, corpus_info = run.read_config()
+            held.enter_context(run.lock())  # refuse at once if another process trains this run
+            conflicts = [
+                k
+                for k, v in {**model_options, **train_options}.items()
+                if v != (saved_model.to_dict() | saved_train.to_dict())[k]
+            ]
+            if conflicts:
+                names = ", ".join("--" + name.replace("_", "-") for name in conflicts)
+                raise UsageError(f"{names} differ from the run being resumed; drop them or start a new run with --out")
+            train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
+            source = corpus if corpus is not None else corpus_info["source"]
+            prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+            if prepared.stats["sha256"] != corpus_info["sha256"]:
+                raise RunError(
+                    f"the corpus {source} has changed since {run.directory} was trained on it "
+                    "(its contents differ); start a new run instead"
+                )
+            model_config = saved_model
+        else:
+            source = corpus if corpus is not None else "pydoc"
+            if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
+                budget_options["epochs"] = DEFAULT_EPOCHS
+            train_config = TrainConfig(**train_options, **budget_options)
+            prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+            if "dtype" not in model_options:
+                from charrnn.runtime import default_dtype
+
+                model_options["dtype"] = default_dtype()
+            model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
+            model_config.check_fits_in_memory(_memory_bytes())
+            stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+            run = Run(out if out is not None else fresh_run_dir(stem))
+            if run.exists():
+                raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+            run.directory.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run.lock())
+            prepared.vocab.save(run.vocab_path)
+            corpus_info = {
+                "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
+                "sha256": prepared.stats["sha256"],
+                "characters": prepared.stats["characters"],
+            }
+            run.write_config(model_config, train_config, corpus_info)
+        show_stats(prepared.stats, prepared.directory, cached)
+        _describe(run, model_config, train_config, resume is not None)
+        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
+        console.info(
+            f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
+            f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
+            f"at step {finished.best_step}\n"
+            f"run saved in {run.directory}; sample with: charrnn sample {run.directory}"
+        )
+        if finished.reason == "interrupted":
+            console.info(f"resume with: charrnn train --resume {run.directory}")
+            raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool) -> None:
@@ -188,7 +208,7 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
     """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from charrnn.trainer import EvalReport, Finished, StepReport, fit
+    from charrnn.trainer import EvalReport, Finished, Notice, StepReport, fit
 
     val_text = "val -"
     ticker = console.PlainTicker()
@@ -206,6 +226,8 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
                     f"step {report.step} epoch {report.epoch:.2f} validation {report.val_loss:.4f} nats/char "
                     f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}"
                 )
+            elif isinstance(report, Notice):
+                console.info(f"charrnn: warning: {report.message}")
             elif isinstance(report, Finished):
                 return report
     columns = (
@@ -235,6 +257,8 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
                     f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}",
                     markup=False,
                 )
+            elif isinstance(report, Notice):
+                progress.console.print(f"charrnn: warning: {report.message}", markup=False)
             elif isinstance(report, Finished):
                 return report
     raise AssertionError("fit ended without a Finished report")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from charrnn.cli import corpus_cmd
-from charrnn.cli.corpus_cmd import corpus_app
 from typer.testing import CliRunner
 
 from charrnn import catalog
 from charrnn.catalog import CorpusEntry, cached_path, fetch, find_entry, load_catalog
+from charrnn.cli import corpus_cmd
+from charrnn.cli.corpus_cmd import corpus_app
 from charrnn.errors import CharrnnError
 
 TEXT = "To be, or not to be: that is the question.\n床前明月光，疑是地上霜。\n".encode()

@@ -142,3 +142,46 @@ def test_prep_prints_statistics_to_stderr(tmp_path):
     assert result.stdout == ""
     assert "vocabulary 14" in result.stderr and "280 characters" in result.stderr and "train" in result.stderr
     assert "(cached)" in charrnn("prep", str(path), cwd=tmp_path).stderr
+
+
+def test_bench_reports_throughput_against_the_peak(tmp_path):
+    result = charrnn(
+        "bench",
+        "--cell",
+        "gru",
+        "--dtype",
+        "float32",
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--vocab",
+        "20",
+        "-b",
+        "2",
+        "-t",
+        "4",
+        "--steps",
+        "1",
+        "--streams",
+        "3",
+        "--chunk",
+        "8",
+        "--peak-size",
+        "128",
+        "--json",
+        cwd=tmp_path,
+    )
+    report = json.loads(result.stdout)
+    assert set(report["peak_gflops"]) == {"float32", "bfloat16"}
+    assert all(v > 0 for v in report["peak_gflops"].values())
+    (model,) = report["models"]
+    assert model["cell"] == "gru" and model["dtype"] == "float32"
+    train = model["train"]
+    assert train["chars_per_second"] > 0
+    assert train["fraction_of_peak"] == pytest.approx(train["gflops"] / report["peak_gflops"]["float32"])
+    assert model["sample_1"]["chars_per_second"] > 0 and model["sample_3"]["chars_per_second"] > 0
+    startup = report["startup"]
+    assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]

@@ -1,0 +1,162 @@
+"""Measuring speed on the machine at hand: training, sampling, compilation, start-up.
+
+Every throughput is reported next to the machine's matmul peak, measured in the same process
+(a large square GEMM through XLA), so that figures from a busy or a different machine can still
+be compared as a fraction of what the hardware gave at that moment.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charrnn.checkpoint import CheckpointStore
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.model import initial_carry
+from charrnn.recurrence import Cell
+from charrnn.runs import Run
+from charrnn.sampling import SampleOptions, make_sample_chunk
+from charrnn.train import create_state, make_train_step
+from charrnn.vocab import Vocabulary
+
+
+def forward_flops_per_char(config: ModelConfig) -> float:
+    """Matmul FLOPs of one character through the model: input and recurrent projections, logits."""
+    gates = Cell(config.cell).gates * config.hidden_size
+    total = 0.0
+    for layer in range(config.layers):
+        inputs = config.embed_size if layer == 0 else config.hidden_size
+        total += 2.0 * (inputs + config.hidden_size) * gates
+    return total + 2.0 * config.hidden_size * config.vocab_size
+
+
+def train_flops_per_char(config: ModelConfig) -> float:
+    """Forward plus backward: each matmul is done three times (forward, input and weight gradients)."""
+    return 3.0 * forward_flops_per_char(config)
+
+
+def _best_time(function, *args, repeats: int, inner: int) -> float:
+    """The fastest of `repeats` timings of `inner` calls: the least disturbed by other processes."""
+    jax.block_until_ready(function(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            result = function(*args)
+        jax.block_until_ready(result)
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
+
+
+def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a [size, size] @ [size, size] GEMM (float32 accumulation for bfloat16 operands)."""
+    a = jax.random.normal(jax.random.key(0), (size, size)).astype(dtype)
+    gemm = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+    seconds = _best_time(gemm, a, repeats=repeats, inner=max(1, int(2e10 // (2 * size**3))))
+    return 2.0 * size**3 / seconds / 1e9
+
+
+def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int, repeats: int = 3) -> dict[str, Any]:
+    """Steady-state training throughput on random tokens (the work does not depend on the text)."""
+    batch, length = train_config.batch_size, train_config.seq_len
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, model_config.vocab_size, (batch, length), dtype=np.int32)
+    targets = np.roll(inputs, -1, axis=1)
+    step = make_train_step(model_config, train_config)
+    state = create_state(model_config, train_config)
+    lr = np.float32(1e-3)
+    start = time.perf_counter()
+    state, metrics = step(state, inputs, targets, lr)
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, inputs, targets, lr)
+        jax.block_until_ready(metrics)
+        best = min(best, (time.perf_counter() - start) / steps)
+    chars = batch * length / best
+    return {
+        "compile_seconds": compile_seconds,
+        "step_seconds": best,
+        "chars_per_second": chars,
+        "gflops": chars * train_flops_per_char(model_config) / 1e9,
+    }
+
+
+def bench_sample(model_config: ModelConfig, streams: int, chunk_size: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """Sampling throughput of `streams` independent samples, whole chunks compiled as one scan."""
+    params = create_state(model_config, TrainConfig(batch_size=1, seq_len=1)).params
+    sample_chunk = make_sample_chunk(model_config, SampleOptions(temperature=1.0), chunk_size)
+    carry = initial_carry(model_config, streams)
+    token = jnp.zeros((streams,), jnp.int32)
+    start = time.perf_counter()
+    jax.block_until_ready(sample_chunk(params, carry, token, jax.random.key(0)))
+    compile_seconds = time.perf_counter() - start
+    seconds = _best_time(sample_chunk, params, carry, token, jax.random.key(1), repeats=repeats, inner=2)
+    chars = streams * chunk_size / seconds
+    return {
+        "compile_seconds": compile_seconds,
+        "chars_per_second": chars,
+        "gflops": chars * forward_flops_per_char(model_config) / 1e9,
+    }
+
+
+def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
+    """A run with untrained parameters, so `charrnn sample` can be timed in a fresh process."""
+    run = Run(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    alphabet = "".join(chr(c) for c in range(32, 127))[: model_config.vocab_size - 1] + "\n"
+    Vocabulary.from_text(alphabet).save(run.vocab_path)
+    train_config = TrainConfig(batch_size=1, seq_len=1)
+    run.write_config(model_config, train_config, {"source": "bench", "sha256": "", "characters": 0})
+    store = CheckpointStore(run.checkpoints_dir)
+    store.save(0, create_state(model_config, train_config), {"step": 0}, 1.0)
+    store.close()
+    return run
+
+
+def time_to_first_character(run: Run, cache: Path, length: int = 1) -> float:
+    """Wall time of `charrnn sample RUN -n length` in a new process using compilation cache `cache`."""
+    env = os.environ | {"CHARRNN_CACHE": str(cache)}
+    env.pop("CHARRNN_NO_COMPILE_CACHE", None)
+    command = [sys.executable, "-m", "charrnn.cli.main", "sample", str(run.directory), "-n", str(length), "--seed", "0"]
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def startup_times(model_config: ModelConfig) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as scratch:
+        run = write_bench_run(Path(scratch) / "run", model_config)
+        cache = Path(scratch) / "cache"
+        cold = time_to_first_character(run, cache)
+        warm = min(time_to_first_character(run, cache) for _ in range(2))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "charrnn.cli.main", "--help"], check=True, capture_output=True)
+        help_seconds = time.perf_counter() - start
+    return {"first_char_cold_seconds": cold, "first_char_warm_seconds": warm, "help_seconds": help_seconds}
+
+
+def machine() -> dict[str, Any]:
+    device = jax.devices()[0]
+    return {
+        "platform": device.platform,
+        "device": device.device_kind,
+        "devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+    }
+
+
+def to_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2)

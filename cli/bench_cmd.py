@@ -1,0 +1,130 @@
+"""`charrnn bench`: how fast training and sampling run here, as a fraction of the matmul peak."""
+
+import sys
+from typing import Annotated
+
+import typer
+
+from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig
+
+from . import console
+
+
+def bench(
+    cell: Annotated[str, typer.Option(help=f"Cell to measure: {', '.join(CELLS)} or all.")] = "all",
+    dtype: Annotated[str, typer.Option(help=f"Precision: {', '.join(DTYPES)} or all.")] = "all",
+    layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option("--hidden", help="Units per layer.")] = 512,
+    embed: Annotated[int, typer.Option("--embed", help="Embedding size.")] = 64,
+    vocab: Annotated[int, typer.Option("--vocab", help="Vocabulary size.")] = 65,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams.")] = 64,
+    seq_len: Annotated[int, typer.Option("--seq-len", "-t", help="Characters per window.")] = 100,
+    steps: Annotated[int, typer.Option(help="Timed training steps per repeat (best of 3 repeats).")] = 5,
+    streams: Annotated[int, typer.Option(help="Streams for the batched sampling figure.")] = 64,
+    chunk: Annotated[int, typer.Option(help="Characters per compiled sampling chunk.")] = 256,
+    peak_size: Annotated[int, typer.Option(help="Matrix size of the peak GEMM.")] = 2048,
+    startup: Annotated[bool, typer.Option(help="Also time `charrnn sample` in fresh processes.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Measure training and sampling throughput, compile and start-up times, against the matmul peak."""
+    cells = list(CELLS) if cell == "all" else [cell]
+    dtypes = list(DTYPES) if dtype == "all" else [dtype]
+    configs = [
+        ModelConfig(vocab_size=vocab, cell=c, layers=layers, hidden_size=hidden, embed_size=embed, dtype=d)
+        for c in cells
+        for d in dtypes
+    ]
+    train_config = TrainConfig(batch_size=batch_size, seq_len=seq_len)
+
+    from charrnn.runtime import configure_jax
+
+    configure_jax()
+    from charrnn import bench as measure
+
+    console.info("measuring the matmul peak")
+    results = {
+        "machine": measure.machine(),
+        "peak_gflops": {d: measure.matmul_peak(d, peak_size) for d in DTYPES},
+        "config": {
+            "layers": layers,
+            "hidden": hidden,
+            "embed": embed,
+            "vocab": vocab,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+        },
+        "models": [],
+    }
+    for config in configs:
+        console.info(f"measuring {config.cell} {config.dtype}")
+        train = measure.bench_train(config, train_config, steps)
+        one = measure.bench_sample(config, 1, chunk)
+        many = measure.bench_sample(config, streams, chunk)
+        results["models"].append(
+            {
+                "cell": config.cell,
+                "dtype": config.dtype,
+                "train": train
+                | {
+                    "fraction_of_peak": train["gflops"] / results["peak_gflops"][config.dtype],
+                    "fraction_of_fp32_peak": train["gflops"] / results["peak_gflops"]["float32"],
+                },
+                "sample_1": one,
+                f"sample_{streams}": many,
+            }
+        )
+    if startup:
+        console.info("timing `charrnn sample` in fresh processes (cold, then warm compilation cache)")
+        results["startup"] = measure.startup_times(configs[0])
+    if as_json:
+        sys.stdout.write(measure.to_json(results) + "\n")
+    else:
+        _table(results, streams)
+
+
+def _table(results: dict, streams: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    peaks = results["peak_gflops"]
+    config = results["config"]
+    table = Table(
+        title=f"charrnn bench: {config['layers']}×{config['hidden']}, embed {config['embed']}, vocab "
+        f"{config['vocab']}, batch {config['batch_size']}×{config['seq_len']} — matmul peak "
+        f"{peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16 ({results['machine']['device']})"
+    )
+    for column in (
+        "cell",
+        "dtype",
+        "train chars/s",
+        "train GFLOP/s",
+        "% of peak",
+        "% of fp32 peak",
+        "sample 1 ch/s",
+        f"sample {streams} ch/s",
+        "compile train s",
+        "compile sample s",
+    ):
+        table.add_column(column, justify="right")
+    for model in results["models"]:
+        train = model["train"]
+        table.add_row(
+            model["cell"],
+            model["dtype"],
+            f"{train['chars_per_second']:,.0f}",
+            f"{train['gflops']:.0f}",
+            f"{100 * train['fraction_of_peak']:.0f}%",
+            f"{100 * train['fraction_of_fp32_peak']:.0f}%",
+            f"{model['sample_1']['chars_per_second']:,.0f}",
+            f"{model[f'sample_{streams}']['chars_per_second']:,.0f}",
+            f"{train['compile_seconds']:.2f}",
+            f"{model['sample_1']['compile_seconds']:.2f}",
+        )
+    out = Console(soft_wrap=False, width=200 if not sys.stdout.isatty() else None)
+    out.print(table)
+    if "startup" in results:
+        s = results["startup"]
+        out.print(
+            f"first sampled character in a fresh process: {s['first_char_cold_seconds']:.2f} s cold cache, "
+            f"{s['first_char_warm_seconds']:.2f} s warm; `charrnn --help` {s['help_seconds']:.2f} s"
+        )
