@@ -8,7 +8,9 @@ checkpoints and, in addition, the one with the best validation loss.
 """
 
 import contextlib
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, RunError
 
 NOT_EVALUATED = 1e9  # val_loss recorded for a checkpoint saved without a validation pass (e.g. on Ctrl-C)
 
@@ -114,6 +116,29 @@ class CheckpointStore:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
         )
         return restored.state, dict(restored.progress)
+
+    def restore_newest_good(
+        self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None
+    ) -> tuple[Any, dict, list[str]]:
+        """Restore the newest of `steps` that loads; return (state, progress, notices about skipped ones).
+
+        With `quarantine`, damaged checkpoints are moved there (not deleted: nothing is thrown away),
+        so that training can write those steps again.
+        """
+        notices = []
+        for step in sorted(steps, reverse=True):
+            try:
+                state, progress = self.restore(step, abstract_state)
+                return state, progress, notices
+            except Exception as error:  # any failure to read means "damaged": try the previous one
+                note = f"checkpoint {step} is damaged ({type(error).__name__}); falling back to an earlier one"
+                if quarantine is not None:
+                    quarantine.mkdir(parents=True, exist_ok=True)
+                    target = quarantine / f"{step}-{int(time.time())}"
+                    shutil.move(self.directory / str(step), target)
+                    note += f" (moved to {target})"
+                notices.append(note)
+        raise RunError(f"no checkpoint of {self.directory} could be read: all {len(steps)} are damaged")
 
     def wait(self) -> None:
         with self._failures("could not finish writing a checkpoint"):

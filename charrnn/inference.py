@@ -18,8 +18,6 @@ def load_params(
 
     A damaged checkpoint is skipped with a warning, falling back to the newest one that loads.
     """
-    from charrnn.trainer import restore_newest_good
-
     model_config, train_config, _ = run.read_config()
     no_checkpoint = RunError(f"{run.directory} has no checkpoint yet; let training reach its first evaluation")
     if not run.checkpoints_dir.exists():
@@ -33,9 +31,9 @@ def load_params(
         abstract = jax.eval_shape(lambda: create_state(model_config, train_config))
         try:
             state, _ = store.restore(preferred, abstract)
-        except Exception as error:  # noqa: BLE001 - unreadable: fall back to the newest readable one
+        except Exception as error:  # unreadable: fall back to the newest readable one
             warn(f"checkpoint {preferred} is damaged ({type(error).__name__}); using an earlier one")
-            state, _, notices = restore_newest_good(store, abstract, [s for s in steps if s != preferred])
+            state, _, notices = store.restore_newest_good(abstract, [s for s in steps if s != preferred])
             for notice in notices:
                 warn(notice)
     finally:

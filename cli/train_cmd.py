@@ -1,6 +1,7 @@
 """`charrnn train [FILE]`: truncated-BPTT training into a run directory, resumable."""
 
 import contextlib
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -46,7 +47,8 @@ def train(
         int | None, typer.Option("--embed", help=_help("Embedding size.", ModelConfig, "embed_size"))
     ] = None,
     dropout: Annotated[
-        float | None, typer.Option(help=_help("Dropout after each layer.", ModelConfig, "dropout"))
+        float | None,
+        typer.Option(help="Dropout after each layer. [default: 0, or 0.25 when the budget covers over 4 epochs]"),
     ] = None,
     dtype: Annotated[
         str | None,
@@ -156,6 +158,12 @@ def train(
                 model_options["dtype"] = default_dtype()
             model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
             model_config.check_fits_in_memory(_memory_bytes())
+            if dropout is None:  # regularise only runs long enough to start memorising the text
+                from charrnn.trainer import auto_dropout, planned_epochs
+
+                epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
+                model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
+                console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
             stem = "stdin" if source == "-" else Path(source).stem or "corpus"
             run = Run(out if out is not None else fresh_run_dir(stem))
             if run.exists():

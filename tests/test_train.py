@@ -106,11 +106,15 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     losses, _, final, run_a = train_run(tmp_path, "a", text_path, **options)
     assert final.reason == "steps" and final.step == 30
 
+    # Interrupted (no final checkpoint, like kill -9) at three points, resumed each time.
     partial, _, _, run_b = train_run(tmp_path, "b", text_path, stop_after=15, **options)
     assert max(partial) == 15
-    resumed, _, final_b, _ = train_run(tmp_path, "b", text_path, resume=True, **options)
+    resumed, _, _, _ = train_run(tmp_path, "b", text_path, resume=True, stop_after=23, **options)
     assert min(resumed) == 11  # restarted from the checkpoint of step 10
-    assert {k: resumed[k] for k in range(11, 31)} == {k: losses[k] for k in range(11, 31)}
+    assert {k: resumed[k] for k in range(11, 24)} == {k: losses[k] for k in range(11, 24)}
+    resumed, _, final_b, _ = train_run(tmp_path, "b", text_path, resume=True, **options)
+    assert min(resumed) == 21 and final_b.step == 30
+    assert {k: resumed[k] for k in range(21, 31)} == {k: losses[k] for k in range(21, 31)}
     a, b = latest_params(run_a), latest_params(run_b)
     assert int(a.step) == int(b.step) == 30
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
