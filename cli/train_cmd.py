@@ -135,8 +135,13 @@ def train(
                 if v != (saved_model.to_dict() | saved_train.to_dict())[k]
             ]
             if conflicts:
-                names = ", ".join("--" + name.replace("_", "-") for name in conflicts)
-                raise UsageError(f"{names} differ from the run being resumed; drop them or start a new run with --out")
+                flags = {"hidden_size": "hidden", "embed_size": "embed", "learning_rate": "lr"}
+                flags["warmup_steps"] = "warmup"
+                names = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in conflicts)
+                raise UsageError(
+                    f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
+                    "drop it or start a new run with --out"
+                )
             train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
             source = corpus if corpus is not None else corpus_info["source"]
             prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
