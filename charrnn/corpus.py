@@ -105,7 +105,10 @@ def prepare(
     ids = vocab.encode(text)
     n_val = max(2, int(round(len(ids) * val_fraction)))
     if len(ids) - n_val < 2:
-        raise CorpusError(f"corpus {source} is too short: {len(ids)} characters")
+        raise CorpusError(
+            f"corpus {source} is too short: {len(ids)} characters; training needs at least "
+            "--batch-size × --seq-len + 1 characters (1,025 with the defaults) plus the validation part"
+        )
     counts = Counter(text)
     stats = {
         "source": "standard input" if source == "-" else source,
