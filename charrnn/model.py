@@ -110,9 +110,6 @@ class CharRNN(nn.Module):
     def _logits(self, x: jax.Array) -> jax.Array:
         return project(x, self.head_kernel, self.config.dtype) + self.head_bias
 
-    def initial_carry(self, batch_size: int) -> ModelCarry:
-        return initial_carry(self.config, batch_size)
-
 
 def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
     """Zero recurrent state for every layer: ((h, c), ...) for LSTM, ((h,), ...) otherwise."""

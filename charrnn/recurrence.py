@@ -208,14 +208,3 @@ def _recurrence_backward(cell, residuals, cotangents):
 
 
 recurrence.defvjp(_recurrence_forward, _recurrence_backward)
-
-
-def reference_recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry):
-    """The same loop differentiated by JAX itself: the ground truth the custom backward is tested against."""
-
-    def body(carry, xp_t):
-        carry, _ = cell.step(carry, xp_t, w, b)
-        return carry, carry[0]
-
-    carry, hs = jax.lax.scan(body, carry, xp)
-    return hs, carry

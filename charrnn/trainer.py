@@ -214,7 +214,8 @@ def _fit(run, corpus, model_config, train_config, *, resume):
             if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
                 state = state.replace(carry=initial_carry(model_config, tc.batch_size))
             batch = batcher.batch(window)
-            last_lr = learning_rate(tc, step, fraction_done() if not math.isnan(fraction_done()) else 0.0)
+            done = fraction_done()
+            last_lr = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
             state, metrics = train_step(state, batch.inputs, batch.targets, np.float32(last_lr))
             loss_sum = loss_sum + metrics["loss"]
             step += 1

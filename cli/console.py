@@ -2,7 +2,6 @@
 
 import math
 import os
-import sys
 import time
 
 from rich.console import Console
@@ -40,7 +39,3 @@ class PlainTicker:
             self.last = now
             return True
         return False
-
-
-def flush_stdout() -> None:
-    sys.stdout.flush()
