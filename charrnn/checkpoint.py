@@ -8,6 +8,9 @@ checkpoints and, in addition, the one with the best validation loss.
 """
 
 import contextlib
+import logging
+import os
+import re
 import shutil
 import sys
 import time
@@ -28,31 +31,34 @@ class CheckpointWriteError(CharrnnError):
 
 
 def _root_cause(error: BaseException) -> str:
-    """The most telling message in an exception chain: an OSError's strerror if there is one."""
+    """The most telling message in an exception chain: an OSError's strerror if there is one
+    (tensorstore reports it as text: ``... [os_error_code='28']``)."""
     seen = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
+        if code := re.search(r"os_error_code='(\d+)'", str(seen)):
+            return os.strerror(int(code.group(1)))
         seen = seen.__cause__ or seen.__context__
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _ignore_closed_event_loop_reports() -> None:
     """After a failed background save (disk full), tensorstore's I/O callbacks still try to reach
-    orbax's already-closed asyncio loop and print "Event loop is closed" tracebacks through
-    sys.excepthook. They say nothing the user needs (the failure itself is reported in one line),
-    so exactly these are dropped; every other exception still reaches the previous hook."""
-    previous = sys.excepthook
+    orbax's already-closed asyncio loop and report "Event loop is closed" as unraisable exceptions
+    (a bare traceback on stderr). They say nothing the user needs (the failure itself is reported in
+    one line), so exactly these are dropped; every other report still reaches the previous hook."""
+    previous = sys.unraisablehook
     if getattr(previous, "charrnn_filter", False):
         return
 
-    def hook(kind, value, traceback):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
+    def hook(report) -> None:
+        if report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed":
             return
-        previous(kind, value, traceback)
+        previous(report)
 
     hook.charrnn_filter = True
-    sys.excepthook = hook
+    sys.unraisablehook = hook
 
 
 def _val_loss(metrics: dict) -> float:
@@ -77,6 +83,7 @@ class CheckpointStore:
             cleanup_tmp_directories=True,
         )
         _ignore_closed_event_loop_reports()
+        self._writing: int | None = None  # the step being written in the background
         self.directory = Path(directory)
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(), options=options, item_names=("state", "progress")
@@ -97,6 +104,8 @@ class CheckpointStore:
         Writing happens in a temporary directory renamed when complete, so a failure (raised here
         or by the next `save`/`wait`/`close`) leaves every earlier checkpoint as it was.
         """
+        self.wait()  # a failure of the previous background save is reported as that step's
+        self._writing = step
         with self._failures(f"could not write checkpoint {step}"):
             self.manager.save(
                 step,
@@ -141,12 +150,13 @@ class CheckpointStore:
         raise RunError(f"no checkpoint of {self.directory} could be read: all {len(steps)} are damaged")
 
     def wait(self) -> None:
-        with self._failures("could not finish writing a checkpoint"):
+        with self._failures(f"could not write checkpoint {self._writing}"):
             self.manager.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        with self._failures("could not finish writing a checkpoint"):
-            self.manager.wait_until_finished()
+        self.wait()
+        with self._failures("could not close the checkpoint manager"):
             self.manager.close()
 
     @contextlib.contextmanager
@@ -156,6 +166,9 @@ class CheckpointStore:
         except CharrnnError:
             raise
         except Exception as error:
+            # orbax's background tasks that failed alongside are logged by asyncio when collected:
+            # the one-line error below already says everything, so those logs are silenced.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
             raise CheckpointWriteError(
                 f"{what} in {self.directory}: {_root_cause(error)}; earlier checkpoints are intact"
             ) from error

@@ -187,11 +187,8 @@ def test_disk_filling_up_during_training_is_one_line_and_keeps_checkpoints(corpu
         assert process.returncode == 1, stderr
         errors = [line for line in stderr.splitlines() if line.startswith("charrnn: error")]
         assert len(errors) == 1 and "No space left on device" in errors[0] and "intact" in errors[0]
-        # Known leftover: tensorstore's I/O callbacks may print "Event loop is closed" tracebacks
-        # after orbax's failed background save; nothing else may.
-        raised = {line.strip() for line in stderr.splitlines() if re.match(r"\s*\w+(Error|Exception):", line)}
-        assert raised <= {"RuntimeError: Event loop is closed"}, raised
-        assert "charrnn/" not in stderr  # no traceback through our own code
+        # No traceback at all: neither ours nor the leftovers of orbax's and tensorstore's background I/O.
+        assert "Traceback" not in stderr and "ERROR:" not in stderr, stderr
         (mount / "filler").unlink()
         params, _ = load_params(Run(mount / "run"), "latest")  # the earlier checkpoints still load
         assert params
