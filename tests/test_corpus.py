@@ -1,24 +1,60 @@
+import io
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from charrnn.corpus import builtin_text, prepare, read_text
+from charrnn.corpus import builtin_text, prepare, read_chunks
 from charrnn.errors import CorpusError
+from charrnn.vocab import Vocabulary
+
+MIXED = "line one\r\nline two 床前明月光\r\n" * 50 + "🎉 end\n"
+
+
+def read_text(source: str, **options) -> str:
+    return "".join(read_chunks(source, **options))
 
 
 def test_prepare_splits_caches_and_round_trips(tmp_path):
-    text = "line one\r\nline two 床前明月光\r\n" * 50
     path = tmp_path / "c.txt"
-    path.write_bytes(text.encode("utf-8"))
+    path.write_bytes(MIXED.encode("utf-8"))
     prepared, cached = prepare(str(path), val_fraction=0.2)
     assert not cached
-    assert len(prepared.train) + len(prepared.val) == len(text)
-    assert len(prepared.val) == round(len(text) * 0.2)
-    assert prepared.vocab.decode(np.concatenate([prepared.train, prepared.val])) == text
+    assert len(prepared.train) + len(prepared.val) == len(MIXED)
+    assert len(prepared.val) == round(len(MIXED) * 0.2)
+    assert prepared.vocab.decode(np.concatenate([prepared.train, prepared.val])) == MIXED
     assert prepared.train.dtype == np.uint8  # < 256 distinct characters
     assert isinstance(prepared.train, np.memmap)
     again, cached = prepare(str(path), val_fraction=0.2)
     assert cached and again.directory == prepared.directory
-    assert prepared.stats["most_common"][0][0] == " " or prepared.stats["most_common"][0][1] > 0
+    most_common = prepared.stats["most_common"]
+    assert all(count == MIXED.count(char) for char, count in most_common)
+    assert [count for _, count in most_common] == sorted((MIXED.count(c) for c in set(MIXED)), reverse=True)[:10]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 7, 64, 1 << 20])
+def test_streaming_in_chunks_matches_encoding_the_whole_text(tmp_path, chunk_bytes):
+    """Chunks split multi-byte characters and the train/validation boundary: the ids must not change."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(MIXED.encode("utf-8"))
+    prepared, _ = prepare(str(path), val_fraction=0.3, chunk_bytes=chunk_bytes, root=tmp_path / f"p{chunk_bytes}")
+    reference = Vocabulary.from_text(MIXED)
+    assert prepared.vocab == reference
+    expected = reference.encode(MIXED)
+    assert np.array_equal(np.concatenate([prepared.train, prepared.val]), expected)
+    assert len(prepared.train) == len(MIXED) - round(len(MIXED) * 0.3)
+
+
+def test_standard_input_is_prepared_like_a_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.txt"
+    path.write_bytes(MIXED.encode("utf-8"))
+    from_file, _ = prepare(str(path), root=tmp_path / "a")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(MIXED.encode("utf-8"))))
+    from_stdin, _ = prepare("-", root=tmp_path / "b", chunk_bytes=5)
+    assert from_stdin.stats["sha256"] == from_file.stats["sha256"]
+    assert from_stdin.stats["source"] == "standard input"
+    assert np.array_equal(from_stdin.train, from_file.train) and np.array_equal(from_stdin.val, from_file.val)
 
 
 def test_builtin_corpus_is_real_text():
@@ -27,12 +63,20 @@ def test_builtin_corpus_is_real_text():
     assert "the" in text and "\n" in text
 
 
-def test_invalid_utf8_names_the_byte_offset(tmp_path):
+@pytest.mark.parametrize("chunk_bytes", [3, 1 << 20])
+def test_invalid_utf8_names_the_byte_offset(tmp_path, chunk_bytes):
     path = tmp_path / "bad.txt"
-    path.write_bytes(b"hello \xff world")
-    with pytest.raises(CorpusError, match="offset 6"):
-        read_text(str(path))
-    assert read_text(str(path), errors="replace") == "hello \ufffd world"
+    path.write_bytes("héllo wörld ".encode() * 3 + b"\xff tail")  # the bad byte is at offset 3 × 14 = 42
+    with pytest.raises(CorpusError, match=r"offset 42\)"):
+        read_text(str(path), chunk_bytes=chunk_bytes)
+    assert read_text(str(path), errors="replace", chunk_bytes=chunk_bytes).endswith("wörld \ufffd tail")
+
+
+def test_truncated_character_at_the_end_is_an_error(tmp_path):
+    path = tmp_path / "cut.txt"
+    path.write_bytes("abc床".encode()[:-1])
+    with pytest.raises(CorpusError, match=r"offset 3\)"):
+        read_text(str(path), chunk_bytes=2)
 
 
 @pytest.mark.parametrize(
@@ -50,3 +94,33 @@ def test_unusable_corpora_are_clear_errors(tmp_path, content, message):
 def test_directory_is_rejected(tmp_path):
     with pytest.raises(CorpusError, match="directory"):
         read_text(str(tmp_path))
+
+
+def test_unknown_encoding_is_rejected(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("abc")
+    with pytest.raises(CorpusError, match="unknown --encoding 'klingon'"):
+        read_text(str(path), encoding="klingon")
+
+
+def test_a_long_single_line_is_prepared_in_bounded_memory(tmp_path):
+    """64 MB of text without a newline, in 1 MB chunks: memory stays far below the size of the text
+    (reading it whole takes ~6× its size: bytes, str, UTF-32 code points, ids)."""
+    path = tmp_path / "line.txt"
+    with path.open("wb") as out:
+        for _ in range(64):
+            out.write((b"to be or not to be, that is the question " * 30_000)[: 1 << 20])
+    script = (
+        "import resource, sys; from charrnn.corpus import prepare; from pathlib import Path\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "prepared, _ = prepare(sys.argv[1], root=Path(sys.argv[2]), chunk_bytes=1 << 20)\n"
+        "print(len(prepared.train) + len(prepared.val), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp_path / "prep")], capture_output=True, text=True, check=True
+    )
+    characters, before_kb, peak_kb = map(int, done.stdout.split())
+    assert characters == 64 << 20
+    # The ids themselves (64 MB of uint8) are written through a memory map, and count in the resident
+    # size as pages are touched; everything else must stay within a few chunks' worth.
+    assert (peak_kb - before_kb) * 1024 < (64 << 20) + (40 << 20), (before_kb, peak_kb)

@@ -1,8 +1,10 @@
 """Long end-to-end runs: excluded by default, run with `pytest -m slow`."""
 
 import json
+import resource
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -19,3 +21,19 @@ def test_builtin_corpus_trains_to_readable_text(tmp_path):
     ).stdout
     words = sample.split()
     assert sum(w in {"the", "of", "is", "a", "to", "and"} for w in words) > 20
+
+
+def test_a_200_megabyte_single_line_is_prepared_quickly_in_bounded_memory(tmp_path):
+    path = tmp_path / "line.txt"
+    with path.open("wb") as out:
+        for i in range(200):
+            verse = f"{i:03d} all the world's a stage, and all the men and women merely players; "
+            out.write((verse * 20_000).encode()[: 1 << 20])
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "charrnn.cli.main", "prep", str(path)], capture_output=True, text=True, check=True
+    )
+    seconds = time.monotonic() - started
+    assert "209,715,200 characters" in done.stderr
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    assert peak_kb < 600_000 and seconds < 60, (peak_kb, seconds)
