@@ -77,6 +77,7 @@ class TrainConfig:
     keep: int = 3  # newest checkpoints kept, besides the best one
     seed: int = 0
     val_fraction: float = 0.1
+    max_val_chars: int = 1_000_000  # a validation pass reads at most this much of the split (its start)
     unroll: int = 1  # lax.scan unroll of the time loop
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class TrainConfig:
         _check(self.log_every >= 1, "log_every must be positive")
         _check(self.keep >= 1, f"--keep must be positive, not {self.keep}")
         _check(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
+        _check(self.max_val_chars >= 2, f"max_val_chars must be at least 2, not {self.max_val_chars}")
         _check(self.unroll >= 1, f"--unroll must be positive, not {self.unroll}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from conftest import periodic_text
 
-from charrnn.batching import StreamBatcher
+from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.runs import Run
-from charrnn.train import create_state, learning_rate, make_train_step
-from charrnn.trainer import EvalReport, Finished, StepReport, fit
+from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_train_step
+from charrnn.trainer import EvalReport, Finished, Notice, StepReport, fit
 from charrnn.vocab import Vocabulary
 
 SMALL = {"layers": 1, "hidden_size": 32, "embed_size": 8}
@@ -144,3 +144,19 @@ def test_patience_stops_early(tmp_path):
     )
     assert final.reason == "patience"
     assert final.step < 400
+
+
+def test_validation_reads_at_most_max_val_chars(tmp_path):
+    text_path = tmp_path / "text.txt"
+    text_path.write_text(periodic_text(2000))
+    prepared, _ = prepare(str(text_path), val_fraction=0.1)
+    model_config = ModelConfig(vocab_size=len(prepared.vocab), **SMALL)
+    train_config = TrainConfig(batch_size=4, seq_len=10, steps=2, eval_every=2, max_val_chars=50)
+    run = Run(tmp_path / "v")
+    run.directory.mkdir()
+    reports = list(fit(run, prepared, model_config, train_config))
+    assert "the first 50 of 200 validation characters" in [r for r in reports if isinstance(r, Notice)][0].message
+    (report,) = [r for r in reports if isinstance(r, EvalReport)]
+    params = latest_params(run).params
+    windows = evaluation_windows(prepared.val[:50], 4, 10)
+    assert report.val_loss == evaluate(make_eval_step(model_config), params, model_config, windows)
