@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from charrnn.errors import CorpusError
+from charrnn.errors import CorpusError, UsageError
 from charrnn.paths import cache_dir
 from charrnn.vocab import Vocabulary
 
@@ -70,7 +70,11 @@ def read_chunks(
     try:
         decoder = codecs.getincrementaldecoder(encoding)(errors)
     except LookupError as error:
-        raise CorpusError(f"unknown --encoding {encoding!r}") from error
+        raise UsageError(f"unknown --encoding {encoding!r}") from error
+    try:
+        codecs.lookup_error(errors)
+    except LookupError as error:
+        raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}") from error
     with ExitStack() as stack:
         stream, label = _open_source(source, stack)
         offset = 0  # bytes read before the current chunk

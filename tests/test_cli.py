@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,34 @@ def test_user_mistakes_are_one_line_errors(tmp_path, args, code, fragment):
     assert result.returncode == code
     assert fragment in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_corpus_is_one_line(tmp_path):
+    """Root reads any file, so as root the check runs without the capabilities that allow it."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text(periodic_text(3000))
+    secret.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot be denied")
+    result = subprocess.run(
+        [*prefix, *CHARRNN, "train", str(secret), *TINY, "--steps", "1"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"charrnn: error: corpus {secret} is not readable (permission denied)\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corpus_of_one_long_line_trains(tmp_path):
+    """No newline anywhere (a minified file, a 200 MB single line at full size: see test_slow.py)."""
+    line = "".join(f"{i % 97:02d}-{i % 89:02d}," for i in range(20_000))
+    (tmp_path / "line.txt").write_text(line)
+    result = charrnn("train", "line.txt", *TINY, "--steps", "2", "--eval-every", "2", cwd=tmp_path)
+    assert "validation" in result.stderr
+    sample = charrnn("sample", "-n", "50", "--seed", "1", cwd=tmp_path).stdout
+    assert len(sample) == 50 and set(sample) <= set(line)
 
 
 def test_sample_without_any_run_says_where_it_looked(tmp_path):

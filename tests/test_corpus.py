@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from charrnn.corpus import builtin_text, prepare, read_chunks
-from charrnn.errors import CorpusError
+from charrnn.errors import CorpusError, UsageError
 from charrnn.vocab import Vocabulary
 
 MIXED = "line one\r\nline two 床前明月光\r\n" * 50 + "🎉 end\n"
@@ -99,8 +99,10 @@ def test_directory_is_rejected(tmp_path):
 def test_unknown_encoding_is_rejected(tmp_path):
     path = tmp_path / "x.txt"
     path.write_text("abc")
-    with pytest.raises(CorpusError, match="unknown --encoding 'klingon'"):
+    with pytest.raises(UsageError, match="unknown --encoding 'klingon'"):
         read_text(str(path), encoding="klingon")
+    with pytest.raises(UsageError, match="--errors must be strict, replace or ignore, not 'banana'"):
+        read_text(str(path), errors="banana")
 
 
 def test_a_long_single_line_is_prepared_in_bounded_memory(tmp_path):
