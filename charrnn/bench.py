@@ -129,7 +129,8 @@ def time_to_first_character(run: Run, cache: Path, length: int = 1) -> float:
     """Wall time of `charrnn sample RUN -n length` in a new process using compilation cache `cache`."""
     env = os.environ | {"CHARRNN_CACHE": str(cache)}
     env.pop("CHARRNN_NO_COMPILE_CACHE", None)
-    command = [sys.executable, "-m", "charrnn.cli.main", "sample", str(run.directory), "-n", str(length), "--seed", "0"]
+    launcher = [sys.executable, "-m", "charrnn.cli.launch"]  # as the installed command starts
+    command = [*launcher, "sample", str(run.directory), "-n", str(length), "--seed", "0"]
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
