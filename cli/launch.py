@@ -36,7 +36,7 @@ def hugepage_environment(environ: dict[str, str]) -> dict[str, str] | None:
 
 def main() -> None:
     args = sys.argv[1:]
-    if args and args[0] in COMPUTING_COMMANDS and not {"-h", "--help"} & set(args):
+    if sys.executable and args and args[0] in COMPUTING_COMMANDS and not {"-h", "--help"} & set(args):
         environment = hugepage_environment(dict(os.environ))
         if environment is not None:
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
