@@ -121,67 +121,17 @@ def train(
     from charrnn.runtime import configure_jax
 
     configure_jax()
-    from charrnn.corpus import prepare
-    from charrnn.runs import Run, fresh_run_dir
+    from charrnn.runs import Run
 
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
         if resume is not None:
-            run = Run(resume)
-            saved_model, saved_train, corpus_info = run.read_config()
-            held.enter_context(run.lock())  # refuse at once if another process trains this run
-            conflicts = [
-                k
-                for k, v in {**model_options, **train_options}.items()
-                if v != (saved_model.to_dict() | saved_train.to_dict())[k]
-            ]
-            if conflicts:
-                flags = {"hidden_size": "hidden", "embed_size": "embed", "learning_rate": "lr"}
-                flags["warmup_steps"] = "warmup"
-                names = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in conflicts)
-                raise UsageError(
-                    f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
-                    "drop it or start a new run with --out"
-                )
-            train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
-            source = corpus if corpus is not None else corpus_info["source"]
-            prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
-            if prepared.stats["sha256"] != corpus_info["sha256"]:
-                raise RunError(
-                    f"the corpus {source} has changed since {run.directory} was trained on it "
-                    "(its contents differ); start a new run instead"
-                )
-            model_config = saved_model
+            run, prepared, cached, model_config, train_config = _resume_run(
+                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
+            )
         else:
-            source = corpus if corpus is not None else "pydoc"
-            if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
-                budget_options["epochs"] = DEFAULT_EPOCHS
-            train_config = TrainConfig(**train_options, **budget_options)
-            prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
-            if "dtype" not in model_options:
-                from charrnn.runtime import default_dtype
-
-                model_options["dtype"] = default_dtype()
-            model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
-            model_config.check_fits_in_memory(_memory_bytes())
-            if dropout is None:  # regularise only runs long enough to start memorising the text
-                from charrnn.trainer import auto_dropout, planned_epochs
-
-                epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
-                model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
-                console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
-            stem = "stdin" if source == "-" else Path(source).stem or "corpus"
-            run = Run(out if out is not None else fresh_run_dir(stem))
-            if run.exists():
-                raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
-            run.directory.mkdir(parents=True, exist_ok=True)
-            held.enter_context(run.lock())
-            prepared.vocab.save(run.vocab_path)
-            corpus_info = {
-                "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
-                "sha256": prepared.stats["sha256"],
-                "characters": prepared.stats["characters"],
-            }
-            run.write_config(model_config, train_config, corpus_info)
+            run, prepared, cached, model_config, train_config = _new_run(
+                corpus, out, model_options, train_options, budget_options, dropout is None, held, encoding, errors
+            )
         show_stats(prepared.stats, prepared.directory, cached)
         _describe(run, model_config, train_config, resume is not None)
         finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
@@ -194,6 +144,72 @@ def train(
         if finished.reason == "interrupted":
             console.info(f"resume with: charrnn train --resume {run.directory}")
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
+
+
+def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors):
+    """The run to continue, checked against what was asked: same model and training options (budgets
+    may change), and the same corpus, byte for byte."""
+    from charrnn.corpus import prepare
+
+    saved_model, saved_train, corpus_info = run.read_config()
+    held.enter_context(run.lock())  # refuse at once if another process trains this run
+    saved = saved_model.to_dict() | saved_train.to_dict()
+    conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
+    if conflicts:
+        flags = {"hidden_size": "hidden", "embed_size": "embed", "learning_rate": "lr", "warmup_steps": "warmup"}
+        names = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in conflicts)
+        raise UsageError(
+            f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
+            f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
+        )
+    train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
+    source = corpus if corpus is not None else corpus_info["source"]
+    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    if prepared.stats["sha256"] != corpus_info["sha256"]:
+        raise RunError(
+            f"the corpus {source} has changed since {run.directory} was trained on it "
+            "(its contents differ); start a new run instead"
+        )
+    return run, prepared, cached, saved_model, train_config
+
+
+def _new_run(corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors):
+    """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
+    (10 epochs, the device's precision, dropout by the budget's length)."""
+    from charrnn.corpus import prepare
+    from charrnn.runs import Run, fresh_run_dir
+
+    source = corpus if corpus is not None else "pydoc"
+    if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
+        budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
+    train_config = TrainConfig(**train_options, **budget_options)
+    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    if "dtype" not in model_options:
+        from charrnn.runtime import default_dtype
+
+        model_options = model_options | {"dtype": default_dtype()}
+    model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
+    model_config.check_fits_in_memory(_memory_bytes())
+    if choose_dropout:  # regularise only runs long enough to start memorising the text
+        from charrnn.trainer import auto_dropout, planned_epochs
+
+        epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
+        model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
+        console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
+    stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+    run = Run(out if out is not None else fresh_run_dir(stem))
+    if run.exists():
+        raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+    run.directory.mkdir(parents=True, exist_ok=True)
+    held.enter_context(run.lock())
+    prepared.vocab.save(run.vocab_path)
+    corpus_info = {
+        "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
+        "sha256": prepared.stats["sha256"],
+        "characters": prepared.stats["characters"],
+    }
+    run.write_config(model_config, train_config, corpus_info)
+    return run, prepared, cached, model_config, train_config
 
 
 def _memory_bytes() -> int:

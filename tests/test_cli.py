@@ -144,6 +144,22 @@ def test_a_corpus_of_one_long_line_trains(tmp_path):
     assert len(sample) == 50 and set(sample) <= set(line)
 
 
+def test_resume_refuses_other_options_and_a_changed_corpus_and_touches_nothing(tmp_path):
+    (tmp_path / "text.txt").write_text(periodic_text(3000))
+    charrnn("train", "text.txt", "--out", "run", *TINY, "--steps", "2", cwd=tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    other = charrnn("train", "--resume", "run", "--hidden", "64", "--lr", "0.1", check=False, cwd=tmp_path)
+    assert other.returncode == 2
+    assert other.stderr == (
+        "charrnn: error: --hidden, --lr differ from the run being resumed; drop them or start a new run with --out\n"
+    )
+    (tmp_path / "text.txt").write_text(periodic_text(3000).upper())
+    changed = charrnn("train", "--resume", "run", check=False, cwd=tmp_path)
+    assert changed.returncode == 1
+    assert "has changed since run was trained on it" in changed.stderr and len(changed.stderr.splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+
+
 def test_sample_without_any_run_says_where_it_looked(tmp_path):
     result = charrnn("sample", check=False, cwd=tmp_path)
     assert result.returncode == 1
