@@ -59,11 +59,17 @@ def _open_source(source: str, stack: ExitStack) -> tuple[BinaryIO, str]:
 
 
 def read_chunks(
-    source: str, *, encoding: str = "utf-8", errors: str = "strict", chunk_bytes: int = CHUNK_BYTES
+    source: str,
+    *,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    chunk_bytes: int = CHUNK_BYTES,
+    label: str | None = None,
 ) -> Iterator[str]:
     """The corpus text of a path, ``-`` (stdin) or the built-in name, exactly as stored (``\\r\\n``
     kept), as decoded chunks of about `chunk_bytes` bytes each. Every problem is a CorpusError that
-    says what to do: missing, empty, binary (a NUL byte), undecodable (with the byte offset)."""
+    says what to do: missing, empty, binary (a NUL byte), undecodable (with the byte offset).
+    `label` names the corpus in those messages (default: `source`)."""
     if source == BUILTIN_NAME and not Path(source).exists():
         yield builtin_text()
         return
@@ -76,7 +82,8 @@ def read_chunks(
     except LookupError as error:
         raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}") from error
     with ExitStack() as stack:
-        stream, label = _open_source(source, stack)
+        stream, opened = _open_source(source, stack)
+        label = label or opened
         offset = 0  # bytes read before the current chunk
         while True:
             try:
@@ -143,7 +150,7 @@ def prepare(
             label = source
 
         def chunks() -> Iterator[str]:
-            return read_chunks(source, encoding=encoding, errors=errors, chunk_bytes=chunk_bytes)
+            return read_chunks(source, encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=label)
 
         digest = hashlib.sha256()
         counts = np.zeros(CODE_POINTS, dtype=np.int64)

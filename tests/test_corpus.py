@@ -57,6 +57,12 @@ def test_standard_input_is_prepared_like_a_file(tmp_path, monkeypatch):
     assert np.array_equal(from_stdin.train, from_file.train) and np.array_equal(from_stdin.val, from_file.val)
 
 
+def test_bad_standard_input_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello \xff world" * 100)))
+    with pytest.raises(CorpusError, match=r"^corpus standard input is not valid utf-8 \(bad byte at offset 6\)"):
+        prepare("-", root=tmp_path)
+
+
 def test_builtin_corpus_is_real_text():
     text = builtin_text()
     assert len(text) > 100_000
