@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     max_val_chars: int = 1_000_000  # a validation pass reads at most this much of the split (its start)
-    unroll: int = 1  # lax.scan unroll of the time loop
+    unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's DEFAULT_UNROLL
 
     def __post_init__(self) -> None:
         _check(1 <= self.batch_size <= 1 << 20, f"--batch-size must be positive, not {self.batch_size}")
@@ -102,7 +102,7 @@ class TrainConfig:
         _check(self.keep >= 1, f"--keep must be positive, not {self.keep}")
         _check(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
         _check(self.max_val_chars >= 2, f"max_val_chars must be at least 2, not {self.max_val_chars}")
-        _check(self.unroll >= 1, f"--unroll must be positive, not {self.unroll}")
+        _check(self.unroll is None or self.unroll >= 1, f"--unroll must be positive, not {self.unroll}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

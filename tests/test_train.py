@@ -160,3 +160,18 @@ def test_validation_reads_at_most_max_val_chars(tmp_path):
     params = latest_params(run).params
     windows = evaluation_windows(prepared.val[:50], 4, 10)
     assert report.val_loss == evaluate(make_eval_step(model_config), params, model_config, windows)
+
+
+def test_the_rnn_default_unroll_computes_the_same_step():
+    """The Elman RNN unrolls its time loop by default (speed); the update must not change."""
+    vocab, batcher = batches(periodic_text(), 4, 9)
+    model_config = ModelConfig(vocab_size=len(vocab), cell="rnn", **SMALL)
+    results = []
+    for unroll in (None, 1):
+        train_config = TrainConfig(batch_size=4, seq_len=9, unroll=unroll)
+        state = create_state(model_config, train_config)
+        state, metrics = make_train_step(model_config, train_config)(state, *batcher.batch(0), np.float32(1e-2))
+        results.append((float(metrics["loss"]), jax.tree.leaves(state.params)))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
