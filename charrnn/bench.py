@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import GATES, ModelConfig, TrainConfig
 from charrnn.model import initial_carry
-from charrnn.recurrence import Cell
 from charrnn.runs import Run
 from charrnn.sampling import SampleOptions, make_sample_chunk
 from charrnn.train import create_state, make_train_step
@@ -30,7 +29,7 @@ from charrnn.vocab import Vocabulary
 
 def forward_flops_per_char(config: ModelConfig) -> float:
     """Matmul FLOPs of one character through the model: input and recurrent projections, logits."""
-    gates = Cell(config.cell).gates * config.hidden_size
+    gates = GATES[config.cell] * config.hidden_size
     total = 0.0
     for layer in range(config.layers):
         inputs = config.embed_size if layer == 0 else config.hidden_size

@@ -86,7 +86,7 @@ class CheckpointStore:
         self._writing: int | None = None  # the step being written in the background
         self.directory = Path(directory)
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=options, item_names=("state", "progress")
+            self.directory.absolute(), options=options, item_names=("state", "progress")
         )
 
     def steps(self) -> list[int]:
@@ -126,21 +126,22 @@ class CheckpointStore:
         )
         return restored.state, dict(restored.progress)
 
-    def restore_newest_good(
+    def restore_first_good(
         self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None
     ) -> tuple[Any, dict, list[str]]:
-        """Restore the newest of `steps` that loads; return (state, progress, notices about skipped ones).
+        """Restore the first of `steps`, in the order given, that loads; return (state, progress,
+        notices about the damaged ones skipped).
 
         With `quarantine`, damaged checkpoints are moved there (not deleted: nothing is thrown away),
         so that training can write those steps again.
         """
         notices = []
-        for step in sorted(steps, reverse=True):
+        for step in steps:
             try:
                 state, progress = self.restore(step, abstract_state)
                 return state, progress, notices
             except Exception as error:  # any failure to read means "damaged": try the previous one
-                note = f"checkpoint {step} is damaged ({type(error).__name__}); falling back to an earlier one"
+                note = f"checkpoint {step} is damaged ({type(error).__name__}); falling back to another"
                 if quarantine is not None:
                     quarantine.mkdir(parents=True, exist_ok=True)
                     target = quarantine / f"{step}-{int(time.time())}"

@@ -8,6 +8,7 @@ from typing import Any, Self
 from charrnn.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per cell: the width of its fused matmul
 DTYPES = ("float32", "bfloat16")
 
 
@@ -40,7 +41,7 @@ class ModelConfig:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def parameter_count(self) -> int:
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden_size
+        gates = GATES[self.cell] * self.hidden_size
         count = self.vocab_size * self.embed_size + self.hidden_size * self.vocab_size + self.vocab_size
         for layer in range(self.layers):
             inputs = self.embed_size if layer == 0 else self.hidden_size
@@ -110,6 +111,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to pick each next character."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # keep only the k most likely characters (0 = all)
+    top_p: float = 1.0  # nucleus: keep the smallest set whose probability reaches top_p
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise UsageError(f"--temp must be a number >= 0, not {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
 
 
 def parse_duration(text: str) -> float:

@@ -27,15 +27,13 @@ def load_params(
         steps = store.steps()
         if not steps:
             raise no_checkpoint
-        preferred = store.best_step() if which == "best" else store.latest_step()
+        preferred = store.best_step() if which == "best" else None
+        preferred = max(steps) if preferred is None else preferred
         abstract = jax.eval_shape(lambda: create_state(model_config, train_config))
-        try:
-            state, _ = store.restore(preferred, abstract)
-        except Exception as error:  # unreadable: fall back to the newest readable one
-            warn(f"checkpoint {preferred} is damaged ({type(error).__name__}); using an earlier one")
-            state, _, notices = store.restore_newest_good(abstract, [s for s in steps if s != preferred])
-            for notice in notices:
-                warn(notice)
+        fallbacks = sorted((s for s in steps if s != preferred), reverse=True)  # newest readable next
+        state, _, notices = store.restore_first_good(abstract, [preferred, *fallbacks])
+        for notice in notices:
+            warn(notice)
     finally:
         store.close()
     return state.params, model_config

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from charrnn.config import GATES
+
 Carry = tuple[jax.Array, ...]
 
 # Time-loop unroll per cell, by measurement (2×512, B64×T100 training step, interleaved runs): the
@@ -39,7 +41,7 @@ class Cell:
 
     @property
     def gates(self) -> int:
-        return {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
+        return GATES[self.kind]
 
     def zero_carry(self, batch_size: int, hidden_size: int) -> Carry:
         # Separate buffers for h and c: the train step donates its state, and XLA refuses to donate

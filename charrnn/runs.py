@@ -129,11 +129,11 @@ def _lock_is_live(path: Path) -> bool:
     if host != socket.gethostname():
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError means it exists, under another user
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -9,33 +9,14 @@ each chunk is ready, while the next one is already being computed.
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charrnn.config import ModelConfig
-from charrnn.errors import UsageError
+from charrnn.config import ModelConfig, SampleOptions
 from charrnn.model import CharRNN, initial_carry
 from charrnn.vocab import Vocabulary
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """How to pick each next character."""
-
-    temperature: float = 1.0  # 0 = greedy (argmax)
-    top_k: int = 0  # keep only the k most likely characters (0 = all)
-    top_p: float = 1.0  # nucleus: keep the smallest set whose probability reaches top_p
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise UsageError(f"--temp must be a number >= 0, not {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
-        if not (0 < self.top_p <= 1):
-            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
 
 
 def pick(logits: jax.Array, key: jax.Array, options: SampleOptions) -> jax.Array:

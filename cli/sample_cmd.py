@@ -47,7 +47,7 @@ def sample(
             raise UsageError(f"cannot read --prime-file {prime_file}: {error}") from error
     prime = prime or ""
 
-    from charrnn.sampling import SampleOptions
+    from charrnn.config import SampleOptions
 
     options = SampleOptions(temperature=temp, top_k=top_k, top_p=top_p)
 

@@ -166,7 +166,7 @@ def test_sample_without_any_run_says_where_it_looked(tmp_path):
     assert str(tmp_path / "runs") in result.stderr
 
 
-def test_help_is_fast_and_does_not_import_jax():
+def test_help_and_option_errors_do_not_import_jax():
     code = (
         "import sys, typer.testing\n"
         "from charrnn.cli.main import app\n"
@@ -174,6 +174,9 @@ def test_help_is_fast_and_does_not_import_jax():
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
         "for name in ['train', 'sample', 'prep', 'corpus']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
+        "from charrnn.errors import UsageError\n"
+        "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0']):\n"
+        "    assert isinstance(typer.testing.CliRunner().invoke(app, args).exception, UsageError), args\n"
         "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
