@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import GATES, ModelConfig, TrainConfig
-from charrnn.model import initial_carry
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.model import initial_carry, parameter_shapes
 from charrnn.runs import Run
 from charrnn.sampling import SampleOptions, make_sample_chunk
 from charrnn.train import create_state, make_train_step
@@ -28,13 +28,10 @@ from charrnn.vocab import Vocabulary
 
 
 def forward_flops_per_char(config: ModelConfig) -> float:
-    """Matmul FLOPs of one character through the model: input and recurrent projections, logits."""
-    gates = GATES[config.cell] * config.hidden_size
-    total = 0.0
-    for layer in range(config.layers):
-        inputs = config.embed_size if layer == 0 else config.hidden_size
-        total += 2.0 * (inputs + config.hidden_size) * gates
-    return total + 2.0 * config.hidden_size * config.vocab_size
+    """Matmul FLOPs of one character through the model: 2 per weight of every matmul kernel in the
+    parameter tree (input and recurrent projections, logits; the embedding is a lookup)."""
+    kernels = jax.tree_util.tree_leaves_with_path(parameter_shapes(config))
+    return sum(2.0 * leaf.size for path, leaf in kernels if str(getattr(path[-1], "key", "")).endswith("kernel"))
 
 
 def train_flops_per_char(config: ModelConfig) -> float:

@@ -7,8 +7,9 @@ from typing import Any, Self
 
 from charrnn.errors import UsageError
 
-CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per cell: the width of its fused matmul
+# The registered cells (charrnn/cells.py), by name: here so that `--help` can list them without
+# importing JAX. A test checks that the two agree.
+CELLS = ("lstm", "gru", "rnn", "lstm-peephole", "lstm-coupled", "lstm-ln", "gru-ln")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -17,7 +18,7 @@ class ModelConfig:
     """Shape of the network: embedding -> `layers` recurrent layers -> logits over the vocabulary."""
 
     vocab_size: int
-    cell: str = "lstm"  # lstm | gru | rnn (Elman, tanh)
+    cell: str = "lstm"  # one of CELLS (charrnn/cells.py)
     layers: int = 2
     hidden_size: int = 512
     embed_size: int = 64
@@ -41,19 +42,18 @@ class ModelConfig:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def parameter_count(self) -> int:
-        gates = GATES[self.cell] * self.hidden_size
-        count = self.vocab_size * self.embed_size + self.hidden_size * self.vocab_size + self.vocab_size
-        for layer in range(self.layers):
-            inputs = self.embed_size if layer == 0 else self.hidden_size
-            count += (inputs + self.hidden_size + 2) * gates
-        return count
+        """Trainable parameters, counted on the parameter tree (imports JAX; computes nothing)."""
+        from charrnn.model import parameter_count
+
+        return parameter_count(self)
 
     def check_fits_in_memory(self, available_bytes: int) -> None:
         """Refuse a model whose training state (params, gradients, two Adam moments) cannot fit."""
-        needed = 16 * self.parameter_count()
+        count = self.parameter_count()
+        needed = 16 * count
         if needed > available_bytes:
             raise UsageError(
-                f"a {self.layers}×{self.hidden_size} {self.cell.upper()} has {self.parameter_count():,} parameters "
+                f"a {self.layers}×{self.hidden_size} {self.cell.upper()} has {count:,} parameters "
                 f"and needs about {needed / 2**30:.1f} GiB to train; this machine has {available_bytes / 2**30:.1f} GiB"
             )
 
@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     max_val_chars: int = 1_000_000  # a validation pass reads at most this much of the split (its start)
-    unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's DEFAULT_UNROLL
+    unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's default_unroll
 
     def __post_init__(self) -> None:
         _check(1 <= self.batch_size <= 1 << 20, f"--batch-size must be positive, not {self.batch_size}")

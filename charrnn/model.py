@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from charrnn.cells import Carry, Cell, make_cell
 from charrnn.config import ModelConfig
-from charrnn.recurrence import Carry, Cell, project, recurrence
+from charrnn.recurrence import project, recurrence, step
 
 ModelCarry = tuple[Carry, ...]  # one carry per layer
 
@@ -27,19 +28,12 @@ def orthogonal_blocks(gates: int):
     return init
 
 
-def gate_bias(kind: str, hidden: int):
-    """Zeros, except the LSTM forget gate at 1 so that early training remembers rather than forgets."""
-
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        bias = jnp.zeros(shape, dtype)
-        return bias.at[hidden : 2 * hidden].set(1.0) if kind == "lstm" else bias
-
-    return init
-
-
 class RecurrentLayer(nn.Module):
-    """One recurrent layer. The input projection of the whole window is a single matmul."""
+    """One recurrent layer. The input projection of the whole window is a single matmul.
+
+    Parameters: input_kernel [D, G*H], recurrent_kernel [H, G*H], bias and recurrent_bias [G*H],
+    then the cell's own (`Cell.parameters`), created in that order.
+    """
 
     cell: Cell
     input_size: int
@@ -51,19 +45,30 @@ class RecurrentLayer(nn.Module):
         self.recurrent_kernel = self.param(
             "recurrent_kernel", orthogonal_blocks(self.cell.gates), (self.hidden_size, width)
         )
-        self.bias = self.param("bias", gate_bias(self.cell.kind, self.hidden_size), (width,))
+        self.bias = self.param("bias", self.cell.bias_init(self.hidden_size), (width,))
         self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros_init(), (width,))
+        self.own = {
+            name: self.param(name, init, shape)
+            for name, (shape, init) in self.cell.parameters(self.hidden_size).items()
+        }
 
-    def __call__(self, x: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
-        """x: [T, B, D] time-major -> ([T, B, H], carry)."""
-        xp = project(x, self.input_kernel, self.cell.compute_dtype) + self.bias  # [T, B, G*H]
-        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, xp, carry)
+    def __call__(self, x: jax.Array, carry: Carry, keep: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+        """x: [T, B, D] time-major -> ([T, B, H], carry). keep: None or [T, B, 1], 0 to reset before step t."""
+        xp = self._input(x)  # [T, B, G*H]
+        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, self._step_params(), xp, carry, keep)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
         """x: [B, D], one time step (sampling)."""
-        xp = project(x, self.input_kernel, self.cell.compute_dtype) + self.bias
-        carry, _ = self.cell.step(carry, xp, self.recurrent_kernel, self.recurrent_bias)
+        carry, _ = step(
+            self.cell, carry, self._input(x), self.recurrent_kernel, self.recurrent_bias, self._step_params()
+        )
         return carry
+
+    def _input(self, x: jax.Array) -> jax.Array:
+        return self.cell.project_input(project(x, self.input_kernel, self.cell.compute_dtype), self.bias, self.own)
+
+    def _step_params(self) -> dict:
+        return {name: self.own[name] for name in self.cell.step_parameters}
 
 
 class CharRNN(nn.Module):
@@ -74,7 +79,7 @@ class CharRNN(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        cell = Cell(cfg.cell, cfg.dtype, self.unroll)
+        cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
         # N(0, 1) embeddings, as in torch and char-rnn: Flax's default (std 1/sqrt(embed)) makes the
         # input signal so faint that the model sits at the unigram loss for the first ~100 steps.
         self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
@@ -86,12 +91,19 @@ class CharRNN(nn.Module):
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
 
-    def __call__(self, tokens: jax.Array, carry: ModelCarry, *, train: bool = False) -> tuple[jax.Array, ModelCarry]:
-        """tokens: <int>[B, T] -> (logits <f32>[B, T, V], carry). `train` enables dropout (rng 'dropout')."""
+    def __call__(
+        self, tokens: jax.Array, carry: ModelCarry, *, train: bool = False, resets: jax.Array | None = None
+    ) -> tuple[jax.Array, ModelCarry]:
+        """tokens: <int>[B, T] -> (logits <f32>[B, T, V], carry). `train` enables dropout (rng 'dropout').
+
+        resets: None, or bool/float [B, T], true where every layer's state is zeroed before reading
+        tokens[:, t] (a document boundary): from there on the outputs are those of a fresh state.
+        """
         x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
+        keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
         for layer, layer_carry in zip(self.layers, carry, strict=True):
-            x, layer_carry = layer(x, layer_carry)
+            x, layer_carry = layer(x, layer_carry, keep)
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
@@ -112,8 +124,8 @@ class CharRNN(nn.Module):
 
 
 def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
-    """Zero recurrent state for every layer: ((h, c), ...) for LSTM, ((h,), ...) otherwise."""
-    cell = Cell(config.cell)
+    """Zero recurrent state for every layer: ((h, c), ...) for the LSTMs, ((h,), ...) otherwise."""
+    cell = make_cell(config.cell)
     return tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
 
 
@@ -122,3 +134,13 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     model = CharRNN(config)
     tokens = jnp.zeros((1, 1), jnp.int32)
     return model.init(key, tokens, initial_carry(config, 1))["params"]
+
+
+def parameter_shapes(config: ModelConfig) -> dict:
+    """The parameter tree of `config` as shapes (`jax.ShapeDtypeStruct`), without computing anything."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Number of trainable parameters, from the parameter tree itself."""
+    return sum(leaf.size for leaf in jax.tree.leaves(parameter_shapes(config)))

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model import CharRNN, ModelCarry, init_params, initial_carry
-from charrnn.recurrence import DEFAULT_UNROLL
 
 
 class TrainState(struct.PyTreeNode):
@@ -70,7 +70,7 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig) -> Cal
     Forward, backward, clipping and the update are one XLA program; the old state's buffers are
     donated. Inputs may be sharded along the batch axis: nothing here assumes one device.
     """
-    model = CharRNN(model_config, unroll=train_config.unroll or DEFAULT_UNROLL[model_config.cell])
+    model = CharRNN(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
     optimizer = make_optimizer(train_config)
 
     def loss_fn(params, carry, inputs, targets, key):

@@ -11,7 +11,7 @@ from . import console
 
 
 def bench(
-    cell: Annotated[str, typer.Option(help=f"Cell to measure: {', '.join(CELLS)} or all.")] = "all",
+    cell: Annotated[str, typer.Option(help=f"Cells to measure, comma-separated: {', '.join(CELLS)}; or all.")] = "all",
     dtype: Annotated[str, typer.Option(help=f"Precision: {', '.join(DTYPES)} or all.")] = "all",
     layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
     hidden: Annotated[int, typer.Option("--hidden", help="Units per layer.")] = 512,
@@ -27,7 +27,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure training and sampling throughput, compile and start-up times, against the matmul peak."""
-    cells = list(CELLS) if cell == "all" else [cell]
+    cells = list(CELLS) if cell == "all" else [name.strip() for name in cell.split(",")]
     dtypes = list(DTYPES) if dtype == "all" else [dtype]
     configs = [
         ModelConfig(vocab_size=vocab, cell=c, layers=layers, hidden_size=hidden, embed_size=embed, dtype=d)
@@ -64,6 +64,7 @@ def bench(
             {
                 "cell": config.cell,
                 "dtype": config.dtype,
+                "parameters": config.parameter_count(),
                 "train": train
                 | {
                     "fraction_of_peak": train["gflops"] / results["peak_gflops"][config.dtype],
@@ -96,6 +97,7 @@ def _table(results: dict, streams: int) -> None:
     for column in (
         "cell",
         "dtype",
+        "params",
         "train chars/s",
         "train GFLOP/s",
         "% of peak",
@@ -111,6 +113,7 @@ def _table(results: dict, streams: int) -> None:
         table.add_row(
             model["cell"],
             model["dtype"],
+            f"{model['parameters']:,}",
             f"{train['chars_per_second']:,.0f}",
             f"{train['gflops']:.0f}",
             f"{100 * train['fraction_of_peak']:.0f}%",

@@ -115,12 +115,13 @@ def train(
         unroll=unroll,
         val_fraction=val_fraction,
     )
-    ModelConfig(vocab_size=1, **model_options).check_fits_in_memory(_memory_bytes())  # fail before slow work
+    asked = ModelConfig(vocab_size=1, **model_options)  # option mistakes are reported before JAX loads
     TrainConfig(**train_options, **budget_options)
 
     from charrnn.runtime import configure_jax
 
     configure_jax()
+    asked.check_fits_in_memory(_memory_bytes())  # counted on the parameter tree: fail before slow work
     from charrnn.runs import Run
 
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit

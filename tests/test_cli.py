@@ -196,7 +196,7 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     result = charrnn(
         "bench",
         "--cell",
-        "gru",
+        "gru,lstm-ln",
         "--dtype",
         "float32",
         "--layers",
@@ -225,10 +225,16 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     report = json.loads(result.stdout)
     assert set(report["peak_gflops"]) == {"float32", "bfloat16"}
     assert all(v > 0 for v in report["peak_gflops"].values())
-    (model,) = report["models"]
-    assert model["cell"] == "gru" and model["dtype"] == "float32"
+    gru, model = report["models"]
+    assert (gru["cell"], model["cell"], model["dtype"]) == ("gru", "lstm-ln", "float32")
+    # From the parameter tree: embed 20×8, head 16×20 + 20, input 8×64, recurrent 16×64, 2 biases and
+    # 2 gains of 64, cell gain and shift of 16.
+    assert model["parameters"] == 160 + 340 + 512 + 1024 + 4 * 64 + 2 * 16
+    assert gru["parameters"] == 160 + 340 + (8 + 16 + 2) * 48
     train = model["train"]
     assert train["chars_per_second"] > 0
+    matmul_weights = 8 * 64 + 16 * 64 + 16 * 20  # 3 matmuls (forward, 2 backward) × 2 FLOPs per weight
+    assert train["gflops"] == pytest.approx(train["chars_per_second"] * 6 * matmul_weights / 1e9)
     assert train["fraction_of_peak"] == pytest.approx(train["gflops"] / report["peak_gflops"]["float32"])
     assert model["sample_1"]["chars_per_second"] > 0 and model["sample_3"]["chars_per_second"] > 0
     startup = report["startup"]

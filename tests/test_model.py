@@ -3,11 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN, init_params, initial_carry
 
 
-@pytest.fixture(params=["lstm", "gru", "rnn"])
+@pytest.fixture(params=list(REGISTRY))
 def model_setup(request):
     config = ModelConfig(vocab_size=11, cell=request.param, layers=2, hidden_size=16, embed_size=8)
     params = init_params(config, jax.random.key(0))
@@ -35,16 +36,21 @@ def test_single_steps_equal_the_scan(model_setup):
     np.testing.assert_allclose(jnp.stack(outputs, axis=1), whole, rtol=1e-5, atol=1e-5)
 
 
-def test_initialisation_follows_the_recipe():
-    config = ModelConfig(vocab_size=7, cell="lstm", layers=1, hidden_size=8, embed_size=4)
-    params = init_params(config, jax.random.key(3))["layer0"]
-    bias = np.asarray(params["bias"])
-    np.testing.assert_array_equal(bias[8:16], 1.0)  # forget gate
-    np.testing.assert_array_equal(np.delete(bias, np.s_[8:16]), 0.0)
-    recurrent = np.asarray(params["recurrent_kernel"])
-    for gate in range(4):
-        block = recurrent[:, gate * 8 : (gate + 1) * 8]
-        np.testing.assert_allclose(block.T @ block, np.eye(8), atol=1e-5)
+def test_a_reset_gives_the_outputs_of_a_fresh_state(model_setup):
+    config, model, params, tokens = model_setup
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(4), c.shape), initial_carry(config, 3))
+    resets = np.zeros(tokens.shape, bool)
+    resets[0, 5] = resets[2, 5] = True  # streams 0 and 2 start a new document at position 5
+    logits, final = model.apply({"params": params}, tokens, carry, resets=resets)
+    fresh, fresh_final = model.apply({"params": params}, tokens[np.array([0, 2]), 5:], initial_carry(config, 2))
+    np.testing.assert_allclose(logits[np.array([0, 2]), 5:], fresh, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(fresh_final), strict=True):
+        np.testing.assert_allclose(a[np.array([0, 2])], b, rtol=1e-5, atol=1e-6)
+    unreset, _ = model.apply({"params": params}, tokens, carry)
+    np.testing.assert_array_equal(logits[:, :5], unreset[:, :5])  # before the reset, and
+    np.testing.assert_array_equal(logits[1], unreset[1])  # the stream without one: unchanged
+    none_reset, _ = model.apply({"params": params}, tokens, carry, resets=np.zeros(tokens.shape, bool))
+    np.testing.assert_array_equal(none_reset, unreset)
 
 
 def test_dropout_changes_training_outputs_only():

@@ -6,6 +6,7 @@ import pytest
 from conftest import periodic_text
 
 from charrnn.batching import StreamBatcher, evaluation_windows
+from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
@@ -22,7 +23,7 @@ def batches(text, batch_size, seq_len):
     return vocab, StreamBatcher(vocab.encode(text), batch_size, seq_len)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", list(REGISTRY))
 def test_small_model_learns_a_periodic_text(cell):
     vocab, batcher = batches(periodic_text(), 8, 16)
     model_config = ModelConfig(vocab_size=len(vocab), cell=cell, **SMALL)

@@ -1,0 +1,290 @@
+"""Every registered cell against an independent textbook implementation, and the old cells and runs
+against what the code before the cell registry computed."""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cell_reference import CASES, pack, reference_outputs
+from conftest import periodic_text
+
+from charrnn.cells import REGISTRY, make_cell
+from charrnn.checkpoint import CheckpointStore
+from charrnn.config import CELLS, ModelConfig, TrainConfig
+from charrnn.model import RecurrentLayer, init_params, parameter_count
+from charrnn.sampling import sample_stream
+from charrnn.train import create_state
+from charrnn.vocab import Vocabulary
+
+DATA = Path(__file__).parent / "data"
+NAMES = list(REGISTRY)
+
+
+def test_the_names_help_shows_are_the_registered_cells():
+    assert CELLS == tuple(REGISTRY)
+    assert set(TEXTBOOK) == set(REGISTRY)  # a new cell needs its textbook reference below
+
+
+# -- textbook cells: one Python step each, written from the papers' equations -------------------
+sigmoid, tanh = jax.nn.sigmoid, jnp.tanh
+
+
+def ln(v):
+    return (v - v.mean(-1, keepdims=True)) / jnp.sqrt(v.var(-1, keepdims=True) + 1e-5)
+
+
+def blocks(v, n):
+    return jnp.split(v, n, axis=-1)
+
+
+def affine(p, x, h):
+    return x @ p["input_kernel"] + p["bias"] + h @ p["recurrent_kernel"] + p["recurrent_bias"]
+
+
+def lstm(p, x, state):
+    h, c = state
+    i, f, g, o = blocks(affine(p, x, h), 4)
+    c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    return sigmoid(o) * tanh(c), c
+
+
+def lstm_peephole(p, x, state):
+    h, c = state
+    p_i, p_f, p_o = p["peephole"]
+    i, f, g, o = blocks(affine(p, x, h), 4)
+    c_new = sigmoid(f + p_f * c) * c + sigmoid(i + p_i * c) * tanh(g)
+    return sigmoid(o + p_o * c_new) * tanh(c_new), c_new
+
+
+def lstm_coupled(p, x, state):
+    h, c = state
+    f, g, o = blocks(affine(p, x, h), 3)
+    c = sigmoid(f) * c + (1 - sigmoid(f)) * tanh(g)
+    return sigmoid(o) * tanh(c), c
+
+
+def lstm_ln(p, x, state):
+    h, c = state
+    x_part = ln(x @ p["input_kernel"]) * p["input_gain"] + p["bias"]
+    h_part = ln(h @ p["recurrent_kernel"]) * p["recurrent_gain"] + p["recurrent_bias"]
+    i, f, g, o = blocks(x_part + h_part, 4)
+    c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    return sigmoid(o) * tanh(ln(c) * p["cell_gain"] + p["cell_shift"]), c
+
+
+def gru_equations(x_part, h_part, h):
+    xr, xz, xn = blocks(x_part, 3)
+    hr, hz, hn = blocks(h_part, 3)
+    r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+    n = tanh(xn + r * hn)
+    return ((1 - z) * n + z * h,)
+
+
+def gru(p, x, state):
+    (h,) = state
+    x_part = x @ p["input_kernel"] + p["bias"]
+    return gru_equations(x_part, h @ p["recurrent_kernel"] + p["recurrent_bias"], h)
+
+
+def gru_ln(p, x, state):
+    (h,) = state
+    x_part = ln(x @ p["input_kernel"]) * p["input_gain"] + p["bias"]
+    h_part = ln(h @ p["recurrent_kernel"]) * p["recurrent_gain"] + p["recurrent_bias"]
+    return gru_equations(x_part, h_part, h)
+
+
+def rnn(p, x, state):
+    (h,) = state
+    return (tanh(affine(p, x, h)),)
+
+
+TEXTBOOK = {
+    "lstm": lstm,
+    "gru": gru,
+    "rnn": rnn,
+    "lstm-peephole": lstm_peephole,
+    "lstm-coupled": lstm_coupled,
+    "lstm-ln": lstm_ln,
+    "gru-ln": gru_ln,
+}
+
+
+def textbook_layer(name, params, xs, carry, resets=None):
+    """xs: [T, B, D]; resets: None or bool [T, B] (zero the state before step t)."""
+    outputs = []
+    for t in range(xs.shape[0]):
+        if resets is not None:
+            carry = tuple(jnp.where(resets[t][:, None], 0.0, c) for c in carry)
+        carry = TEXTBOOK[name](params, xs[t], carry)
+        outputs.append(carry[0])
+    return jnp.stack(outputs), carry
+
+
+def random_layer(name, *, dtype="float32", unroll=1, steps=4, batch=3, inputs=4, hidden=5, seed=0):
+    """A layer, and random parameters (gains near 1, everything else, peepholes included, non-zero),
+    inputs and carry."""
+    cell = make_cell(name, dtype, unroll)
+    layer = RecurrentLayer(cell, inputs, hidden)
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+    xs = jax.random.normal(next(keys), (steps, batch, inputs))
+    carry = tuple(jax.random.normal(next(keys), (batch, hidden)) for _ in range(cell.carry_size))
+    shapes = jax.eval_shape(layer.init, next(keys), xs, carry)["params"]  # the layer's own parameter tree
+
+    def randomise(path, leaf):
+        noise = jax.random.normal(next(keys), leaf.shape)
+        return 1.0 + 0.3 * noise if path[-1].key.endswith("gain") else 0.5 * noise
+
+    return layer, jax.tree_util.tree_map_with_path(randomise, dict(shapes)), xs, carry
+
+
+def objective(run):
+    # Weights every output and the final carry differently, so every cotangent path is exercised.
+    def loss(params, xs, carry):
+        hs, final = run(params, xs, carry)
+        weights = jnp.arange(hs.size, dtype=hs.dtype).reshape(hs.shape) / hs.size
+        return jnp.sum(jnp.sin(hs) * weights) + sum(jnp.sum(c**2) * (k + 1) for k, c in enumerate(final))
+
+    return loss
+
+
+@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_and_every_gradient_match_autodiff_of_the_textbook_cell(name, with_resets):
+    layer, params, xs, carry = random_layer(name, unroll=2 if with_resets else 1, seed=len(name))
+    resets = jnp.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]], bool) if with_resets else None
+    keep = None if resets is None else (1.0 - resets.astype(jnp.float32))[:, :, None]
+
+    def ours(params, xs, carry):
+        return layer.apply({"params": params}, xs, carry, keep)
+
+    def reference(params, xs, carry):
+        return textbook_layer(name, params, xs, carry, resets)
+
+    (hs, final), (hs_ref, final_ref) = jax.jit(ours)(params, xs, carry), reference(params, xs, carry)
+    np.testing.assert_allclose(hs, hs_ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(final, final_ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    grads = jax.jit(jax.grad(objective(ours), argnums=(0, 1, 2)))(params, xs, carry)
+    grads_ref = jax.grad(objective(reference), argnums=(0, 1, 2))(params, xs, carry)
+    assert set(grads[0]) == set(grads_ref[0]) == set(params)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    for param in params:  # every parameter matters: none is silently left out of the computation
+        assert np.abs(np.asarray(grads[0][param])).max() > 0, param
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_operands_stay_close_to_float32(name):
+    layer, params, xs, carry = random_layer(name, seed=2)
+    layer16 = layer.clone(cell=make_cell(name, "bfloat16", 1))
+    hs32, _ = layer.apply({"params": params}, xs, carry)
+    hs16, _ = layer16.apply({"params": params}, xs, carry)
+    assert hs16.dtype == jnp.float32
+    np.testing.assert_allclose(hs16, hs32, atol=0.06)
+    assert not np.allclose(hs16, hs32, atol=1e-7)  # really computed in lower precision
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_follow_the_recipe_and_are_counted_from_the_tree(name):
+    config = ModelConfig(vocab_size=7, cell=name, layers=2, hidden_size=8, embed_size=4)
+    params = init_params(config, jax.random.key(3))
+    cell = make_cell(name)
+    layer = params["layer0"]
+    width = cell.gates * 8
+    assert layer["input_kernel"].shape == (4, width) and layer["recurrent_kernel"].shape == (8, width)
+    bias = np.asarray(layer["bias"])
+    forget = np.zeros(width, bool)
+    if cell.forget_gate is not None:
+        forget[cell.forget_gate * 8 : (cell.forget_gate + 1) * 8] = True
+    np.testing.assert_array_equal(bias[forget], 1.0)  # remember at first
+    np.testing.assert_array_equal(bias[~forget], 0.0)
+    for gate in range(cell.gates):  # each gate's recurrence starts norm-preserving
+        block = np.asarray(layer["recurrent_kernel"])[:, gate * 8 : (gate + 1) * 8]
+        np.testing.assert_allclose(block.T @ block, np.eye(8), atol=1e-5)
+    for own, (shape, _) in cell.parameters(8).items():
+        assert layer[own].shape == shape
+        expected = 1.0 if own.endswith("gain") else 0.0  # gains 1, shifts and peepholes 0
+        np.testing.assert_array_equal(layer[own], expected)
+    assert parameter_count(config) == config.parameter_count() == sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_parameter_count_of_the_default_lstm_is_unchanged():
+    # The formula that counted it before the count came from the parameter tree.
+    vocab, embed, hidden = 65, 64, 512
+    expected = (
+        vocab * embed + hidden * vocab + vocab + (embed + hidden + 2) * 4 * hidden + (2 * hidden + 2) * 4 * hidden
+    )
+    assert ModelConfig(vocab_size=vocab).parameter_count() == expected
+
+
+def test_bench_flops_count_every_matmul_kernel_of_the_tree():
+    from charrnn.bench import forward_flops_per_char
+
+    # The formula that counted them before: input and recurrent projections, then the logits.
+    expected = 2 * ((64 + 512) * 4 * 512 + (512 + 512) * 4 * 512) + 2 * 512 * 65
+    assert forward_flops_per_char(ModelConfig(vocab_size=65)) == expected
+    coupled = ModelConfig(vocab_size=65, cell="lstm-coupled")  # three gate blocks, the LSTM's matmuls otherwise
+    assert forward_flops_per_char(coupled) == 2 * ((64 + 512) * 3 * 512 + (512 + 512) * 3 * 512) + 2 * 512 * 65
+
+
+@pytest.mark.parametrize("cell, dtype", CASES)
+def test_lstm_gru_and_rnn_compute_bit_for_bit_what_they_did_before_the_registry(cell, dtype):
+    recorded = np.load(DATA / "old_cells.npz")[f"{cell}-{dtype}"]
+    outputs = reference_outputs([(cell, dtype)])[f"{cell}-{dtype}"]
+    assert pack(outputs).shape == recorded.shape
+    offset = 0
+    for name in sorted(outputs):  # name by name, so a failure says what changed
+        size = outputs[name].size
+        np.testing.assert_array_equal(outputs[name].ravel(), recorded[offset : offset + size], err_msg=name)
+        offset += size
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_restore_sample(name, tmp_path):
+    text = periodic_text(400)
+    vocab = Vocabulary.from_text(text)
+    model_config = ModelConfig(vocab_size=len(vocab), cell=name, layers=1, hidden_size=8, embed_size=4)
+    train_config = TrainConfig(batch_size=2, seq_len=8)
+    state = create_state(model_config, train_config)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.save(1, state, {"step": 1}, 1.0)
+    store.wait()
+    restored, _ = store.restore(1, jax.eval_shape(lambda: create_state(model_config, train_config)))
+    store.close()
+    assert jax.tree.structure(restored.params) == jax.tree.structure(state.params)
+    for got, want in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    sample = "".join(s[0] for s in sample_stream(restored.params, model_config, vocab, length=30, prime="hel"))
+    assert len(sample) == 30 and set(sample) <= set(vocab.chars)
+
+
+def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_path):
+    """tests/data/old-run-lstm was trained (4 steps) by the code of commit 62452a4 on
+    periodic_text(600); the sample and the resumed validation loss below are what that code gave."""
+    from charrnn.corpus import prepare
+    from charrnn.inference import load_params
+    from charrnn.runs import Run
+    from charrnn.trainer import EvalReport, fit
+
+    shutil.copytree(DATA / "old-run-lstm", tmp_path / "run")
+    run = Run(tmp_path / "run")
+    params, model_config = load_params(run)
+    vocab = run.read_vocab()
+    text = "".join(s[0] for s in sample_stream(params, model_config, vocab, length=40, prime="hel", seed=1))
+    assert (
+        "hel" + text == "helhlwdeololdwelh,ol  hh lwodwww,,,oeollddo"
+    )  # `charrnn sample RUN -n 40 --seed 1 --prime hel`
+
+    (tmp_path / "corpus.txt").write_text(periodic_text(600))
+    _, train_config, _ = run.read_config()
+    prepared, _ = prepare(str(tmp_path / "corpus.txt"), val_fraction=train_config.val_fraction)
+    reports = list(fit(run, prepared, model_config, dataclasses.replace(train_config, steps=8), resume=True))
+    (last,) = [r for r in reports if isinstance(r, EvalReport)]
+    assert last.step == 8
+    assert last.val_loss == pytest.approx(2.2025527954101562, rel=1e-6)  # `charrnn train --resume RUN --steps 8`
