@@ -93,7 +93,7 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option(help=_help("Random seed.", TrainConfig, "seed"))] = None,
     unroll: Annotated[
-        int | None, typer.Option(help="Time-loop unroll factor. [default: 2 for rnn, 1 otherwise]", hidden=True)
+        int | None, typer.Option(help="Time-loop unroll factor. [default: the cell's own, by measurement]", hidden=True)
     ] = None,
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",

@@ -174,8 +174,13 @@ def test_help_and_option_errors_do_not_import_jax():
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
         "for name in ['train', 'sample', 'prep', 'corpus']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
+        "from charrnn.config import CELLS\n"
+        "for name in ['train', 'bench']:\n"  # every registered cell is offered
+        "    text = typer.testing.CliRunner().invoke(app, [name, '--help'], env={'COLUMNS': '400'}).stdout\n"
+        "    assert all(cell in text for cell in CELLS), text\n"
         "from charrnn.errors import UsageError\n"
-        "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0']):\n"
+        "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0'],\n"
+        "             ['train', 'x', '--cell', 'transformer']):\n"
         "    assert isinstance(typer.testing.CliRunner().invoke(app, args).exception, UsageError), args\n"
         "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules))\n"
     )
