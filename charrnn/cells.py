@@ -57,7 +57,7 @@ class Cell:
     name: ClassVar[str]
     gates: ClassVar[int]  # gate blocks: the fused matmuls are [*, gates * hidden]
     carry_size: ClassVar[int] = 1
-    default_unroll: ClassVar[int] = 1  # time-loop unroll for training, by measurement
+    default_unroll: ClassVar[int] = 1  # time-loop unroll for training: 1 unless measured faster
     forget_gate: ClassVar[int | None] = None  # gate block whose bias starts at 1
     step_parameters: ClassVar[tuple[str, ...]] = ()  # own parameters read inside the loop
 
