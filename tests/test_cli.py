@@ -180,8 +180,10 @@ def test_help_and_option_errors_do_not_import_jax():
         "    assert all(cell in text for cell in CELLS), text\n"
         "from charrnn.errors import UsageError\n"
         "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0'],\n"
-        "             ['train', 'x', '--cell', 'transformer']):\n"
+        "             ['train', 'x', '--cell', 'transformer'], ['bench', '--cell', 'lstm-ln,transformer']):\n"
         "    assert isinstance(typer.testing.CliRunner().invoke(app, args).exception, UsageError), args\n"
+        "error = typer.testing.CliRunner().invoke(app, ['bench', '--cell', 'lstm-ln,transformer']).exception\n"
+        "assert str(error).endswith(\"not 'transformer'\"), error\n"  # a comma-separated list, each checked
         "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -201,7 +203,7 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     result = charrnn(
         "bench",
         "--cell",
-        "gru,lstm-ln",
+        "lstm-ln",
         "--dtype",
         "float32",
         "--layers",
@@ -230,12 +232,11 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     report = json.loads(result.stdout)
     assert set(report["peak_gflops"]) == {"float32", "bfloat16"}
     assert all(v > 0 for v in report["peak_gflops"].values())
-    gru, model = report["models"]
-    assert (gru["cell"], model["cell"], model["dtype"]) == ("gru", "lstm-ln", "float32")
+    (model,) = report["models"]
+    assert (model["cell"], model["dtype"]) == ("lstm-ln", "float32")
     # From the parameter tree: embed 20×8, head 16×20 + 20, input 8×64, recurrent 16×64, 2 biases and
     # 2 gains of 64, cell gain and shift of 16.
     assert model["parameters"] == 160 + 340 + 512 + 1024 + 4 * 64 + 2 * 16
-    assert gru["parameters"] == 160 + 340 + (8 + 16 + 2) * 48
     train = model["train"]
     assert train["chars_per_second"] > 0
     matmul_weights = 8 * 64 + 16 * 64 + 16 * 20  # 3 matmuls (forward, 2 backward) × 2 FLOPs per weight
