@@ -151,8 +151,17 @@ def objective(run):
     return loss
 
 
-@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
-@pytest.mark.parametrize("name", NAMES)
+# Resets are the loop's, not the cells': two cells (carries of two arrays and of one, plain and
+# normalised) check them in the quick suite, the others with -m slow.
+RESET_CASES = [
+    pytest.param(name, True, id=f"{name}-resets", marks=() if name in ("lstm", "gru-ln") else pytest.mark.slow)
+    for name in NAMES
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "with_resets"), [pytest.param(name, False, id=f"{name}-no-resets") for name in NAMES] + RESET_CASES
+)
 def test_outputs_and_every_gradient_match_autodiff_of_the_textbook_cell(name, with_resets):
     layer, params, xs, carry = random_layer(name, unroll=2 if with_resets else 1, seed=len(name))
     resets = jnp.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]], bool) if with_resets else None
@@ -232,7 +241,10 @@ def test_bench_flops_count_every_matmul_kernel_of_the_tree():
     assert forward_flops_per_char(coupled) == 2 * ((64 + 512) * 3 * 512 + (512 + 512) * 3 * 512) + 2 * 512 * 65
 
 
-@pytest.mark.parametrize("cell, dtype", CASES)
+@pytest.mark.parametrize(
+    ("cell", "dtype"),
+    [pytest.param(*case, marks=pytest.mark.slow if case == ("gru", "bfloat16") else ()) for case in CASES],
+)
 def test_lstm_gru_and_rnn_compute_bit_for_bit_what_they_did_before_the_registry(cell, dtype):
     recorded = np.load(DATA / "old_cells.npz")[f"{cell}-{dtype}"]
     outputs = reference_outputs([(cell, dtype)])[f"{cell}-{dtype}"]
