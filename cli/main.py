@@ -12,8 +12,10 @@ from charrnn.errors import CharrnnError
 from . import console
 from .bench_cmd import bench
 from .corpus_cmd import corpus_app
+from .eval_cmd import eval_
 from .prep_cmd import prep
 from .sample_cmd import sample
+from .score_cmd import score
 from .train_cmd import train
 
 app = typer.Typer(
@@ -29,6 +31,8 @@ app.command()(prep)
 app.command()(train)
 app.command()(sample)
 app.command()(bench)
+app.command()(score)
+app.command("eval")(eval_)
 app.add_typer(corpus_app, name="corpus")
 
 
@@ -48,12 +52,41 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback.
+
+    Output for every command: when the reader of stdout goes away (``| head``), the command ends
+    quietly with exit 0, since the reader has what it wanted; any other failure to write stdout
+    (``> /dev/full``) is one line and exit 1.
+    """
     try:
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            if isinstance(done.__context__, BrokenPipeError):  # typer turns a broken pipe into exit 1
+                raise done.__context__ from None
+            sys.stdout.flush()  # deliver the last output now, where a failure can still be reported
+            raise
     except CharrnnError as error:
         console.info(f"charrnn: error: {error}")
         sys.exit(error.exit_code)
+    except BrokenPipeError:
+        silence_stdout()
+        sys.exit(0)
+    except OSError as error:
+        if not _stdout_failed():
+            raise
+        silence_stdout()
+        console.info(f"charrnn: error: cannot write to standard output: {error.strerror or error}")
+        sys.exit(1)
+
+
+def _stdout_failed() -> bool:
+    """Whether standard output is what failed: output it could not write is still waiting."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 def silence_stdout() -> None:
