@@ -217,6 +217,10 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "3",
         "--chunk",
         "8",
+        "--score-rows",
+        "4",
+        "--score-length",
+        "8",
         "--peak-size",
         "128",
         "--json",
@@ -231,5 +235,8 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     assert train["chars_per_second"] > 0
     assert train["fraction_of_peak"] == pytest.approx(train["gflops"] / report["peak_gflops"]["float32"])
     assert model["sample_1"]["chars_per_second"] > 0 and model["sample_3"]["chars_per_second"] > 0
+    score = model["score"]
+    assert score["rows"] == 4 and score["length"] == 8 and score["chars_per_second"] > 0
+    assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
     startup = report["startup"]
     assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]

@@ -65,7 +65,7 @@ def reference_logprob(model, line: str) -> float:
 
 def test_line_scores_equal_a_one_line_at_a_time_reference(model):
     # Lengths across several buckets, an empty line, and one longer than a compiled chunk (carried across chunks).
-    lines = word_lines(40, seed=1) + ["", "the cat " * 90]
+    lines = word_lines(10, seed=1) + ["", "the cat " * 90]
     assert len(lines[-1]) + 1 > scoring.MAX_LENGTH
     scores = model.score(lines)
     assert [s.number for s in scores] == list(range(1, len(lines) + 1))
@@ -83,7 +83,7 @@ def test_a_line_scores_the_same_alone_and_in_any_batch(model):
 
 
 def test_context_scores_equal_eval_over_the_same_text(model):
-    lines = word_lines(50, seed=3)
+    lines = word_lines(20, seed=3)
     text = "".join(line + "\n" for line in lines)
     carried = model.score(lines, context=True)
     evaluated = model.eval(text)
