@@ -6,8 +6,8 @@ from typing import NamedTuple
 import jax
 
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import ModelConfig
-from charrnn.errors import RunError, UsageError
+from charrnn.config import ModelConfig, parse_checkpoint
+from charrnn.errors import RunError
 from charrnn.model import init_params
 from charrnn.runs import Run
 
@@ -16,19 +16,6 @@ class LoadedParams(NamedTuple):
     params: dict
     model_config: ModelConfig
     step: int  # the checkpoint the parameters came from
-
-
-def parse_checkpoint(which: str | int) -> str | int:
-    """``best``, ``latest`` or a step number (as given to ``--checkpoint``)."""
-    if isinstance(which, int) or which in ("best", "latest"):
-        return which
-    try:
-        step = int(which)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise UsageError(f"--checkpoint must be best, latest or a step number, not {which!r}")
-    return step
 
 
 def load_checkpoint(run: Run, which: str | int = "best", warn: Callable[[str], None] = lambda _: None) -> LoadedParams:

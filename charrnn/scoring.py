@@ -41,6 +41,7 @@ MIN_LENGTH = 8  # shortest length bucket
 MAX_LENGTH = 512  # longest compiled chunk; longer lines are scored in several chunks with carried state
 ROW_STEPS = (8, 64, 256)  # rows of a chunk: the first chunk is small (a quick first line), then larger
 LOGITS_BYTES = 1 << 28  # cap on a chunk's float32 logits (rows × length × vocabulary × 4)
+CHUNK_CHARS = 1 << 15  # cap on rows × length: each layer's input projection is 4H floats per character
 POOL_LINES = 8192  # lines read ahead of the output, at most
 
 
@@ -222,8 +223,8 @@ def _bucket(length: int) -> int:
 
 
 def _max_rows(length: int, vocab_size: int) -> int:
-    """Largest row count whose logits fit in LOGITS_BYTES (a power of two, at least 1)."""
-    fit = max(1, LOGITS_BYTES // (4 * length * vocab_size))
+    """Largest row count within CHUNK_CHARS whose logits fit in LOGITS_BYTES (a power of two, at least 1)."""
+    fit = max(1, min(CHUNK_CHARS // length, LOGITS_BYTES // (4 * length * vocab_size)))
     return min(ROW_STEPS[-1], 1 << (fit.bit_length() - 1))
 
 

@@ -89,7 +89,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def load_model(run_dir: Path | None, checkpoint: str):
     """The run's model (`charrnn.load`), with JAX configured the CLI's way."""
-    from charrnn.inference import parse_checkpoint
+    from charrnn.config import parse_checkpoint
 
     which = parse_checkpoint(checkpoint)  # a bad value fails before JAX is loaded
     from charrnn.runtime import configure_jax

@@ -172,10 +172,11 @@ def test_help_and_option_errors_do_not_import_jax():
         "from charrnn.cli.main import app\n"
         "result = typer.testing.CliRunner().invoke(app, ['--help'])\n"
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
-        "for name in ['train', 'sample', 'prep', 'corpus']:\n"
+        "for name in ['train', 'sample', 'prep', 'corpus', 'score', 'eval']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
         "from charrnn.errors import UsageError\n"
-        "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0']):\n"
+        "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0'],\n"
+        "             ['score', '--unknown', 'x'], ['score', '--checkpoint', 'x'], ['eval', '--streams', '0']):\n"
         "    assert isinstance(typer.testing.CliRunner().invoke(app, args).exception, UsageError), args\n"
         "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules))\n"
     )
