@@ -71,9 +71,10 @@ def html_page(scores: Iterable[LineScore], vocab: Vocabulary, title: str, summar
                 continue
             n += 1
             tip = html.escape(_tip(char, k, score, vocab)).replace("\n", "&#10;")
-            text = "↵\n" if char == "\n" else html.escape(char)
+            text = "↵" if char == "\n" else html.escape(char)
             body.append(
                 f'<span id="c{n}" class="s{level(float(score.details.logprob[k]))}" data-tip="{tip}">{text}</span>'
+                + ("\n" if char == "\n" else "")
             )
         if score.chars == 0:
             body.append("\n")
