@@ -56,9 +56,8 @@ def reference_logprob(model, line: str) -> float:
     """One line alone, unpadded, one plain forward pass: sum of log p(next char), newline included."""
     ids = model.vocab.encode(line + "\n").astype(np.int32)
     inputs = np.concatenate([[model.vocab.index["\n"]], ids[:-1]])[None]
-    logits, _ = CharRNN(model.model_config).apply(
-        {"params": model.params}, inputs, initial_carry(model.model_config, 1)
-    )
+    forward = jax.jit(CharRNN(model.model_config).apply)  # unpadded: one compile per line length
+    logits, _ = forward({"params": model.params}, inputs, initial_carry(model.model_config, 1))
     logp = jax.nn.log_softmax(logits[0], axis=-1)
     return float(np.take_along_axis(np.asarray(logp), ids[:, None], axis=1).sum())
 
@@ -273,3 +272,29 @@ def test_html_page_renders_in_a_headless_browser(home, tmp_path):
     assert dom.count('id="c') == characters
     assert dom.count("data-tip=") == characters
     assert "likeliest:" in dom and "p = " in dom
+
+
+def test_show_prints_the_text_itself(home, monkeypatch):
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(app, ["score", "runs/words", "--show"], input="the cat\nQ dog\n", color=False)
+    assert isinstance(result.exception, charrnn.errors.VocabularyError)  # 'Q' on line 2; line 1 came first
+    assert result.stdout == "the cat↵\n"
+    skipped = CliRunner().invoke(app, ["score", "runs/words", "--show", "--unknown", "skip"], input="Q dog\n")
+    assert skipped.exit_code == 0 and skipped.stdout == "Q dog↵\n" and "1 unknown characters left out" in skipped.stderr
+
+
+def test_validation_split_comes_from_the_cache_or_a_clear_error(home, monkeypatch, tmp_path):
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("CHARRNN_CACHE", str(home / "cache"))  # where training prepared the corpus
+    run = tmp_path / "moved"
+    shutil.copytree(home / "runs/words", run)
+    config = json.loads((run / "config.json").read_text())
+    config["corpus"]["source"] = str(tmp_path / "gone.txt")
+    (run / "config.json").write_text(json.dumps(config))
+    cached = CliRunner().invoke(app, ["eval", str(run), "--json"])  # the corpus is gone, its preparation is not
+    assert cached.exit_code == 0, cached.output
+    config["corpus"]["sha256"] = "0" * 64
+    (run / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["eval", str(run)])
+    assert isinstance(result.exception, charrnn.errors.RunError)
+    assert "gone.txt, which is gone; give a FILE to evaluate" in str(result.exception)
