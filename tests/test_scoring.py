@@ -298,3 +298,13 @@ def test_validation_split_comes_from_the_cache_or_a_clear_error(home, monkeypatc
     result = CliRunner().invoke(app, ["eval", str(run)])
     assert isinstance(result.exception, charrnn.errors.RunError)
     assert "gone.txt, which is gone; give a FILE to evaluate" in str(result.exception)
+
+
+def test_a_ragged_file_compiles_a_handful_of_programs(model):
+    rng = random.Random(8)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    scoring.make_score_chunk.cache_clear()  # count this test's compilations only
+    scores = model.score(lines)
+    assert [s.text for s in scores] == lines  # input order, whatever bucket each line went to
+    programs = scoring.make_score_chunk(model.model_config, False)._cache_size()
+    assert len({len(line) for line in lines}) > 100 and programs <= 12
