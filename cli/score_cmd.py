@@ -150,8 +150,12 @@ def score(
         from rich.console import Console
 
         terminal = Console(file=out, highlight=False, soft_wrap=True)
+    ticker = console.PlainTicker()
+    ticker.due()  # the first progress line after ten seconds, not at once
     for line in scores:
         summary.add(line)
+        if ticker.due() and not out.isatty():  # long work shows progress, on stderr
+            console.info(f"scored {summary.lines:,} lines so far")
         if html is not None:
             kept.append(line)
         if terminal is not None:
