@@ -107,6 +107,31 @@ def bench_sample(model_config: ModelConfig, streams: int, chunk_size: int = 256,
     }
 
 
+def bench_score(model_config: ModelConfig, rows: int, length: int, repeats: int = 3) -> dict[str, Any]:
+    """Scoring throughput: one compiled chunk of `rows` lines × `length` characters, as `charrnn score`
+    runs it (whole-chunk input projections and logits, only the recurrence stepping through time)."""
+    from charrnn.scoring import make_score_chunk
+
+    params = create_state(model_config, TrainConfig(batch_size=1, seq_len=1)).params
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, model_config.vocab_size, (rows, length), dtype=np.int32)
+    targets = np.roll(inputs, -1, axis=1)
+    score_chunk = make_score_chunk(model_config, False)
+    carry = initial_carry(model_config, rows)
+    start = time.perf_counter()
+    jax.block_until_ready(score_chunk(params, carry, inputs, targets))
+    compile_seconds = time.perf_counter() - start
+    seconds = _best_time(score_chunk, params, carry, inputs, targets, repeats=repeats, inner=2)
+    chars = rows * length / seconds
+    return {
+        "compile_seconds": compile_seconds,
+        "chars_per_second": chars,
+        "gflops": chars * forward_flops_per_char(model_config) / 1e9,
+        "rows": rows,
+        "length": length,
+    }
+
+
 def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
     """A run with untrained parameters, so `charrnn sample` can be timed in a fresh process."""
     run = Run(directory)

@@ -126,6 +126,24 @@ class CheckpointStore:
         )
         return restored.state, dict(restored.progress)
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters of checkpoint `step` (orbax partial restore of ``state.params``): the
+        optimizer moments, twice the parameters' size, are never read."""
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {
+            "params": jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_params
+            )
+        }
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+            ),
+        )
+        return restored.state["params"]
+
     def restore_first_good(
         self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None
     ) -> tuple[Any, dict, list[str]]:

@@ -153,6 +153,16 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def parse_checkpoint(which: str | int) -> str | int:
+    """``best``, ``latest`` or a step number, as given to ``--checkpoint``."""
+    if isinstance(which, int) or which in ("best", "latest"):
+        return which
+    step = int(which) if which.isdigit() else -1
+    if step < 0:
+        raise UsageError(f"--checkpoint must be best, latest or a step number, not {which!r}")
+    return step
+
+
 def _finite_positive(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 

@@ -158,7 +158,7 @@ def prepare(
             digest.update(text.encode("utf-8", errors="surrogatepass"))
             counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
         digest = digest.hexdigest()
-        directory = (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+        directory = cache_entry(digest, val_fraction, root)
         if (directory / "stats.json").exists():
             try:
                 return load_prepared(directory), True
@@ -224,6 +224,21 @@ def _write_ids(
         raise CorpusError("the corpus changed while it was being prepared; try again")
     train.flush()
     val.flush()
+
+
+def cache_entry(digest: str, val_fraction: float, root: Path | None = None) -> Path:
+    """Where the text with SHA-256 `digest`, split at `val_fraction`, is (or will be) prepared."""
+    return (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+
+
+def find_prepared(digest: str, val_fraction: float, root: Path | None = None) -> PreparedCorpus | None:
+    """The cached preparation of the text with SHA-256 `digest`, if it is still in the cache intact."""
+    directory = cache_entry(digest, val_fraction, root)
+    try:
+        prepared = load_prepared(directory)
+    except (OSError, ValueError, KeyError):
+        return None
+    return prepared if prepared.stats.get("sha256") == digest else None
 
 
 def load_prepared(directory: Path) -> PreparedCorpus:

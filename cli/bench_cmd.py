@@ -22,11 +22,13 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed training steps per repeat (best of 3 repeats).")] = 5,
     streams: Annotated[int, typer.Option(help="Streams for the batched sampling figure.")] = 64,
     chunk: Annotated[int, typer.Option(help="Characters per compiled sampling chunk.")] = 256,
+    score_rows: Annotated[int, typer.Option(help="Lines per compiled scoring chunk.")] = 256,
+    score_length: Annotated[int, typer.Option(help="Characters per line of the scoring chunk (a bucket).")] = 128,
     peak_size: Annotated[int, typer.Option(help="Matrix size of the peak GEMM.")] = 2048,
     startup: Annotated[bool, typer.Option(help="Also time `charrnn sample` in fresh processes.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Measure training and sampling throughput, compile and start-up times, against the matmul peak."""
+    """Measure training, sampling and scoring throughput, compile and start-up times, against the matmul peak."""
     cells = list(CELLS) if cell == "all" else [name.strip() for name in cell.split(",")]
     dtypes = list(DTYPES) if dtype == "all" else [dtype]
     configs = [
@@ -60,6 +62,8 @@ def bench(
         train = measure.bench_train(config, train_config, steps)
         one = measure.bench_sample(config, 1, chunk)
         many = measure.bench_sample(config, streams, chunk)
+        scored = measure.bench_score(config, score_rows, score_length)
+        scored["fraction_of_peak"] = scored["gflops"] / results["peak_gflops"][config.dtype]
         results["models"].append(
             {
                 "cell": config.cell,
@@ -72,6 +76,7 @@ def bench(
                 },
                 "sample_1": one,
                 f"sample_{streams}": many,
+                "score": scored,
             }
         )
     if startup:
@@ -104,6 +109,9 @@ def _table(results: dict, streams: int) -> None:
         "% of fp32 peak",
         "sample 1 ch/s",
         f"sample {streams} ch/s",
+        "score ch/s",
+        "score GFLOP/s",
+        "score % of peak",
         "compile train s",
         "compile sample s",
     ):
@@ -120,6 +128,9 @@ def _table(results: dict, streams: int) -> None:
             f"{100 * train['fraction_of_fp32_peak']:.0f}%",
             f"{model['sample_1']['chars_per_second']:,.0f}",
             f"{model[f'sample_{streams}']['chars_per_second']:,.0f}",
+            f"{model['score']['chars_per_second']:,.0f}",
+            f"{model['score']['gflops']:.0f}",
+            f"{100 * model['score']['fraction_of_peak']:.0f}%",
             f"{train['compile_seconds']:.2f}",
             f"{model['sample_1']['compile_seconds']:.2f}",
         )

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPUTING_COMMANDS = {"train", "sample", "bench"}
+COMPUTING_COMMANDS = {"train", "sample", "bench", "score", "eval"}
 TUNABLE = "glibc.malloc.hugetlb"
 
 

@@ -12,8 +12,10 @@ from charrnn.errors import CharrnnError
 from . import console
 from .bench_cmd import bench
 from .corpus_cmd import corpus_app
+from .eval_cmd import eval_
 from .prep_cmd import prep
 from .sample_cmd import sample
+from .score_cmd import score
 from .train_cmd import train
 
 app = typer.Typer(
@@ -29,6 +31,8 @@ app.command()(prep)
 app.command()(train)
 app.command()(sample)
 app.command()(bench)
+app.command()(score)
+app.command("eval")(eval_)
 app.add_typer(corpus_app, name="corpus")
 
 
@@ -47,13 +51,60 @@ def _root(
     """Character-level recurrent language models (LSTM, GRU, RNN) on JAX."""
 
 
+class OutputError(CharrnnError):
+    """Standard output cannot be written (a full disk, say)."""
+
+
+class _GuardedStdout:
+    """sys.stdout, with a failure to write it turned into one OutputError; a closed pipe stays a
+    BrokenPipeError, which `main` ends quietly."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    @staticmethod
+    def _guard(method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise OutputError(f"cannot write to standard output: {error.strerror or error}") from None
+
+
 def main() -> None:
-    """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback.
+
+    Output, for every command: when the reader of stdout goes away (``| head``) the command ends
+    quietly with exit 0, since the reader has what it wanted; any other failure to write stdout
+    (``> /dev/full``) is one line and exit 1.
+    """
+    sys.stdout = _GuardedStdout(sys.stdout)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            if isinstance(done.__context__, BrokenPipeError):  # typer turns a broken pipe into exit 1
+                raise done.__context__ from None
+            sys.stdout.flush()  # deliver the last output now, where a failure can still be reported
+            raise
     except CharrnnError as error:
+        if isinstance(error, OutputError):
+            silence_stdout()  # so that the flush at exit cannot fail again
         console.info(f"charrnn: error: {error}")
         sys.exit(error.exit_code)
+    except BrokenPipeError:
+        silence_stdout()
+        sys.exit(0)
 
 
 def silence_stdout() -> None:

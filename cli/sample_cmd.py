@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.errors import CharrnnError, RunError, UsageError
+from charrnn.errors import RunError, UsageError
 
 from . import console
 
@@ -70,23 +70,13 @@ def sample(
     params, model_config = load_params(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
 
-    try:
-        _write_samples(
-            sample_stream(params, model_config, vocab, length=length, prime=prime, options=options, num=num, seed=seed),
-            prime,
-            num,
-            separator,
-        )
-    except BrokenPipeError:  # `| head` closed the pipe: the reader has what it wanted, so exit 0 quietly
-        from .main import silence_stdout
-
-        silence_stdout()
-        raise typer.Exit(0) from None
-    except OSError as error:  # e.g. `> /dev/full`: say so in one line, and do not try to flush again
-        from .main import silence_stdout
-
-        silence_stdout()
-        raise CharrnnError(f"cannot write the sample: {error.strerror or error}") from None
+    # A closed pipe (`| head`) or a full disk on stdout is handled for every command in main().
+    _write_samples(
+        sample_stream(params, model_config, vocab, length=length, prime=prime, options=options, num=num, seed=seed),
+        prime,
+        num,
+        separator,
+    )
 
 
 def _write_samples(stream, prime: str, num: int, separator: str) -> None:

@@ -172,7 +172,7 @@ def test_help_and_option_errors_do_not_import_jax():
         "from charrnn.cli.main import app\n"
         "result = typer.testing.CliRunner().invoke(app, ['--help'])\n"
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
-        "for name in ['train', 'sample', 'prep', 'corpus']:\n"
+        "for name in ['train', 'sample', 'prep', 'corpus', 'score', 'eval']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
         "from charrnn.config import CELLS\n"
         "for name in ['train', 'bench']:\n"  # every registered cell is offered
@@ -180,7 +180,8 @@ def test_help_and_option_errors_do_not_import_jax():
         "    assert all(cell in text for cell in CELLS), text\n"
         "from charrnn.errors import UsageError\n"
         "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0'],\n"
-        "             ['train', 'x', '--cell', 'transformer'], ['bench', '--cell', 'lstm-ln,transformer']):\n"
+        "             ['train', 'x', '--cell', 'transformer'], ['bench', '--cell', 'lstm-ln,transformer'],\n"
+        "             ['score', '--unknown', 'x'], ['score', '--checkpoint', 'x'], ['eval', '--streams', '0']):\n"
         "    assert isinstance(typer.testing.CliRunner().invoke(app, args).exception, UsageError), args\n"
         "error = typer.testing.CliRunner().invoke(app, ['bench', '--cell', 'lstm-ln,transformer']).exception\n"
         "assert str(error).endswith(\"not 'transformer'\"), error\n"  # a comma-separated list, each checked
@@ -224,6 +225,10 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "3",
         "--chunk",
         "8",
+        "--score-rows",
+        "4",
+        "--score-length",
+        "8",
         "--peak-size",
         "128",
         "--json",
@@ -243,5 +248,8 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     assert train["gflops"] == pytest.approx(train["chars_per_second"] * 6 * matmul_weights / 1e9)
     assert train["fraction_of_peak"] == pytest.approx(train["gflops"] / report["peak_gflops"]["float32"])
     assert model["sample_1"]["chars_per_second"] > 0 and model["sample_3"]["chars_per_second"] > 0
+    score = model["score"]
+    assert score["rows"] == 4 and score["length"] == 8 and score["chars_per_second"] > 0
+    assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
     startup = report["startup"]
     assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]

@@ -1,0 +1,143 @@
+"""A trained model as a Python object: ``charrnn.load(RUN)`` for notebooks and other programs.
+
+The commands `sample`, `score` and `eval` call the same methods, so a figure from the API and
+one from the command line come from the same code.
+
+    >>> model = charrnn.load("runs/tinyshakespeare")
+    >>> model.sample(200, prime="ROMEO:", temperature=0.8, seed=1)
+    >>> [s.bits_per_char for s in model.score(["To be, or not to be", "be ot ,ro ton ot eB"])]
+    >>> model.eval().bits_per_char      # the validation split, as training measured it
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charrnn.config import ModelConfig, SampleOptions, TrainConfig
+from charrnn.errors import RunError
+from charrnn.inference import load_checkpoint
+from charrnn.runs import Run, latest_run
+from charrnn.scoring import EvalResult, LineScore, evaluate_ids, evaluate_text, score_document, score_lines
+from charrnn.vocab import Vocabulary
+
+
+def open_run(directory: str | Path | None = None) -> Run:
+    """The run in `directory` (default: the one trained most recently under ./runs), checked to be one.
+
+    The one place `score`, `eval` and the API find a run: a common loader can replace it here.
+    """
+    run = Run(Path(directory)) if directory is not None else latest_run()
+    if not run.exists():
+        raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
+    return run
+
+
+class TrainedModel:
+    """A run's vocabulary and the parameters of one of its checkpoints (nothing else is read)."""
+
+    def __init__(self, run: Run, checkpoint: str | int = "best", warn: Callable[[str], None] = lambda _: None):
+        self.run = run
+        _, self.train_config, self.corpus_info = run.read_config()
+        self.vocab: Vocabulary = run.read_vocab()
+        self.params, self.model_config, self.step = load_checkpoint(run, checkpoint, warn)
+        if self.model_config.vocab_size != len(self.vocab):
+            raise RunError(
+                f"{run.vocab_path} has {len(self.vocab)} characters but the model {self.model_config.vocab_size}"
+            )
+
+    def __repr__(self) -> str:
+        c: ModelConfig = self.model_config
+        return f"<charrnn model {self.run.directory}: {c.layers}×{c.hidden_size} {c.cell}, checkpoint {self.step}>"
+
+    # -- writing -----------------------------------------------------------------------------
+    def sample_stream(
+        self,
+        length: int = 1000,
+        *,
+        prime: str = "",
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num: int = 1,
+        seed: int = 0,
+    ) -> Iterator[list[str]]:
+        """Chunks of generated text as they are ready: a list of `num` strings per chunk."""
+        from charrnn.sampling import sample_stream
+
+        options = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.vocab.encode(prime)  # names unknown characters
+        return sample_stream(
+            self.params, self.model_config, self.vocab, length=length, prime=prime, options=options, num=num, seed=seed
+        )
+
+    def sample(self, length: int = 1000, *, prime: str = "", num: int = 1, **options: Any) -> str | list[str]:
+        """`length` generated characters after `prime` (not included); a list of `num` when num > 1.
+        Options: temperature (0.8), top_k, top_p, seed (0)."""
+        pieces = list(self.sample_stream(length, prime=prime, num=num, **options))
+        texts = ["".join(chunk[i] for chunk in pieces) for i in range(num)]
+        return texts[0] if num == 1 else texts
+
+    # -- judging -----------------------------------------------------------------------------
+    def score_iter(
+        self, lines: Iterable[str], *, context: bool = False, unknown: str = "error", details: bool = False
+    ) -> Iterator[LineScore]:
+        """Score each line (a trailing newline is dropped; the line's newline is always predicted),
+        in order, as soon as each is done. `context` reads the lines as one text, state carried;
+        `unknown` is "error" or "skip"; `details` keeps per-character probabilities and alternatives."""
+        if isinstance(lines, str):
+            lines = lines.split("\n")[:-1] if lines.endswith("\n") else lines.split("\n")
+        scorer = score_document if context else score_lines
+        return scorer(self.params, self.model_config, self.vocab, lines, unknown=unknown, details=details)
+
+    def score(
+        self, lines: Iterable[str], *, context: bool = False, unknown: str = "error", details: bool = False
+    ) -> list[LineScore]:
+        """The `LineScore` of every line (see `score_iter`); a string is split into its lines."""
+        return list(self.score_iter(lines, context=context, unknown=unknown, details=details))
+
+    def eval(self, text: str | None = None, *, streams: int = 1, unknown: str = "error") -> EvalResult:
+        """The loss over `text` read with carried state (its first character predicted after a
+        newline), or with no text over the run's validation split exactly as training measured it."""
+        if text is None:
+            return self.eval_validation()
+        return evaluate_text(self.params, self.model_config, self.vocab, text, streams=streams, unknown=unknown)
+
+    def eval_validation(self) -> EvalResult:
+        """Training's validation pass: the same split, streams, window length and character cap."""
+        tc: TrainConfig = self.train_config
+        return evaluate_ids(self.params, self.model_config, self.validation_ids(), tc.batch_size, tc.seq_len)
+
+    def validation_ids(self) -> np.ndarray:
+        """The run's validation split (its first `max_val_chars`), from the preparation cache or by
+        preparing the run's corpus again (which must not have changed)."""
+        from charrnn.corpus import find_prepared, prepare
+
+        tc: TrainConfig = self.train_config
+        digest, source = self.corpus_info.get("sha256", ""), self.corpus_info.get("source", "")
+        prepared = find_prepared(digest, tc.val_fraction) if digest else None
+        if prepared is None:
+            where = f"{self.run.directory}'s validation split"
+            if source == "-" or not source:
+                raise RunError(f"{where} came from standard input and is no longer cached; give a FILE to evaluate")
+            if source != "pydoc" and not Path(source).is_file():
+                raise RunError(f"{where} needs its corpus {source}, which is gone; give a FILE to evaluate")
+            prepared, _ = prepare(source, val_fraction=tc.val_fraction)
+            if prepared.stats["sha256"] != digest:
+                raise RunError(f"{where} cannot be rebuilt: the corpus {source} has changed since training")
+        return np.asarray(prepared.val[: tc.max_val_chars])
+
+    def recorded_val_loss(self) -> float | None:
+        """The validation loss training recorded in metrics.jsonl for this checkpoint's step, if any."""
+        try:
+            records = self.run.read_metrics()
+        except ValueError:
+            return None
+        losses = [r.get("val_loss") for r in records if r.get("step") == self.step]
+        return losses[-1] if losses else None
+
+
+def load(run: str | Path | None = None, checkpoint: str | int = "best", **kwargs: Any) -> TrainedModel:
+    """Load a trained run: its vocabulary and the parameters of its best, latest or STEP checkpoint."""
+    return TrainedModel(open_run(run), checkpoint, **kwargs)

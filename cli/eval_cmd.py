@@ -1,0 +1,87 @@
+"""`charrnn eval [RUN] [FILE]`: the loss over a whole text, or over the run's validation split."""
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from charrnn.errors import UsageError
+
+from . import console
+from .score_cmd import load_model, open_input, paragraphs, run_and_file
+
+
+def eval_(
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="RUN",
+            help="The run directory and the file to read, as for score; with no FILE, the run's "
+            "validation split (`-`: standard input).",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[str | None, typer.Argument(metavar="FILE", help="See RUN.", show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best, latest or a step number.")] = "best",
+    streams: Annotated[
+        int, typer.Option(help="FILE only: read it as this many parts side by side, each from a fresh state (faster).")
+    ] = 1,
+    unknown: Annotated[str, typer.Option(help="Characters the model never saw: error, or skip (left out).")] = "error",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Loss over a whole text read with carried state: nats/char, bits/char and perplexity.
+
+    With no FILE, over the run's validation split exactly as training measured it (the same
+    streams, windows and character cap), so the figure equals the validation loss metrics.jsonl
+    records for that checkpoint. A FILE (or `-`) is read from its start, its first character
+    predicted after a newline.
+    """
+    if unknown not in ("error", "skip"):
+        raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
+    if streams < 1:
+        raise UsageError(f"--streams must be positive, not {streams}")
+    run_dir, source = run_and_file(first, second)
+    text_source = None
+    if source is not None:
+        stream, label = open_input(source)
+        text_source = (stream, label)
+    model = load_model(run_dir, checkpoint)
+    if text_source is None:
+        label = f"validation split of {model.run.directory}"
+        result = model.eval()
+        recorded = model.recorded_val_loss()
+    else:
+        stream, label = text_source
+        result = model.eval(_read_text(stream, label), streams=streams, unknown=unknown)
+        recorded = None
+    record = {"text": label, "run": str(model.run.directory), "checkpoint": model.step, **result.to_dict()}
+    if recorded is not None:
+        record["recorded_val_loss"] = recorded
+    if as_json:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    sys.stdout.write(
+        f"{result.nats_per_char:.4f} nats/char  {result.bits_per_char:.4f} bits/char  perplexity "
+        f"{result.perplexity:.4f}  ({result.chars:,} characters of {label}, checkpoint {model.step})\n"
+    )
+    if recorded is not None:
+        console.info(f"training recorded {recorded:.4f} nats/char for checkpoint {model.step}")
+    if result.oov:
+        console.info(f"{result.oov:,} unknown characters left out")
+
+
+eval_.__doc__ = paragraphs(eval_.__doc__)
+
+
+def _read_text(stream, label: str) -> str:
+    from charrnn.errors import CorpusError
+
+    try:
+        data = stream.read()
+    except OSError as error:
+        raise CorpusError(f"{label} cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{label} is not valid UTF-8 (bad byte at offset {error.start})") from None

@@ -1,0 +1,194 @@
+"""`charrnn score [RUN] [FILE]`: how likely the model finds each line; the data on stdout, the summary on stderr."""
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+import typer
+
+from charrnn.errors import CharrnnError, CorpusError, UsageError
+
+from . import console
+
+RUN_OR_FILE_HELP = (
+    "The run directory and the file to read. Given one argument, it is the run if it is a directory "
+    "with a config.json, else the FILE (read with the run trained most recently under ./runs). "
+    "FILE `-` or none: standard input."
+)
+
+
+def run_and_file(first: str | None, second: str | None) -> tuple[Path | None, str | None]:
+    """Tell RUN from FILE: ``RUN FILE``; one argument is a run if it holds a config.json, else a file."""
+    if second is not None:
+        return Path(first), second
+    if first is None or first == "-":
+        return None, first
+    path = Path(first)
+    if (path / "config.json").is_file():
+        return path, None
+    if path.is_dir():
+        raise CharrnnError(f"{first} is not a charrnn run (no config.json)")
+    if not path.exists():
+        raise CharrnnError(f"{first} does not exist (neither a run directory nor a file)")
+    return None, first
+
+
+def open_input(source: str | None) -> tuple[BinaryIO, str]:
+    """The binary stream to read (stdin for None or ``-``) and its name for messages; every problem is one line."""
+    if source in (None, "-"):
+        if sys.stdin.isatty():
+            console.info("reading lines from standard input; end with Ctrl-D")
+        return sys.stdin.buffer, "standard input"
+    path = Path(source)
+    if path.is_dir():
+        raise CorpusError(f"{source} is a directory, not a text file")
+    try:
+        return path.open("rb"), source
+    except FileNotFoundError:
+        raise CorpusError(f"{source} does not exist") from None
+    except PermissionError:
+        raise CorpusError(f"{source} is not readable (permission denied)") from None
+    except OSError as error:
+        raise CorpusError(f"{source} cannot be read: {error.strerror or error}") from None
+
+
+def read_lines(stream: BinaryIO, label: str) -> Iterator[str]:
+    """Lines as they arrive (split at ``\\n`` only, so a ``\\r`` stays a character), without their newline."""
+    number = 0
+    try:
+        for number, raw in enumerate(stream, 1):  # noqa: B007 (used in the messages below)
+            try:
+                yield raw.removesuffix(b"\n").decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CorpusError(
+                    f"{label} line {number} is not valid UTF-8 (byte {error.start + 1} of the line)"
+                ) from None
+    except OSError as error:
+        raise CorpusError(f"{label} cannot be read after line {number}: {error.strerror or error}") from None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """A file we are asked to write: its directory must exist and it must not be a directory."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {path.parent} does not exist")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def load_model(run_dir: Path | None, checkpoint: str):
+    """The run's model (`charrnn.load`), with JAX configured the CLI's way."""
+    from charrnn.config import parse_checkpoint
+
+    which = parse_checkpoint(checkpoint)  # a bad value fails before JAX is loaded
+    from charrnn.runtime import configure_jax
+
+    configure_jax()
+    from charrnn.api import load
+
+    return load(run_dir, which, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+
+
+def score(
+    first: Annotated[str | None, typer.Argument(metavar="RUN", help=RUN_OR_FILE_HELP, show_default=False)] = None,
+    second: Annotated[str | None, typer.Argument(metavar="FILE", help="See RUN.", show_default=False)] = None,
+    context: Annotated[
+        bool, typer.Option("--context", help="Carry the state from line to line (the text read as one document).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of tab-separated.")] = False,
+    unknown: Annotated[
+        str, typer.Option(help="Characters the model never saw: error, or skip (left out of the score, counted).")
+    ] = "error",
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best, latest or a step number.")] = "best",
+    show: Annotated[
+        bool, typer.Option("--show", help="Print the text, each character coloured by its surprisal, instead.")
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(help="Also write one HTML page: characters coloured by surprisal; hover for alternatives."),
+    ] = None,
+) -> None:
+    """Score each line of FILE: bits/char, log-probability (nats), characters, the line, tab-separated.
+
+    Each line is read from a fresh state: its first character is predicted after a newline (as
+    sampling starts) and its score includes predicting its newline (a last line without one is
+    scored as if it had one); the character count includes that newline. --context reads the lines
+    as one text instead, the state carried. Output is in input order and streamed; the summary
+    (lines, characters, bits/char, perplexity, unknown characters) goes to stderr.
+
+    Example: charrnn score < lines.txt | sort -n | head
+    """
+    if unknown not in ("error", "skip"):
+        raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
+    if show and as_json:
+        raise UsageError("give --show or --json, not both")
+    if html is not None:
+        check_output_file(html, "--html")
+    run_dir, source = run_and_file(first, second)
+    stream, label = open_input(source)
+    model = load_model(run_dir, checkpoint)
+
+    from charrnn.scoring import Summary
+
+    details = show or html is not None
+    scores = model.score_iter(read_lines(stream, label), context=context, unknown=unknown, details=details)
+    summary, kept = Summary(), []
+    out = sys.stdout
+    terminal = None
+    if show:
+        from rich.console import Console
+
+        terminal = Console(file=out, highlight=False, soft_wrap=True)
+    ticker = console.PlainTicker()
+    ticker.due()  # the first progress line after ten seconds, not at once
+    for line in scores:
+        summary.add(line)
+        if ticker.due() and not out.isatty():  # long work shows progress, on stderr
+            console.info(f"scored {summary.lines:,} lines so far")
+        if html is not None:
+            kept.append(line)
+        if terminal is not None:
+            from charrnn.surprisal import rich_line
+
+            terminal.print(rich_line(line, model.vocab))
+        elif as_json:
+            out.write(json.dumps(line.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            out.write(f"{line.bits_per_char:.4f}\t{line.logprob:.4f}\t{line.chars}\t{line.text}\n")
+        out.flush()
+    if html is not None:
+        from charrnn.surprisal import html_page
+
+        title = f"{label} scored by {model.run.directory} (checkpoint {model.step})"
+        write_atomically(html, html_page(kept, model.vocab, title, summary))
+    console.info(describe(summary, unknown))
+
+
+def paragraphs(text: str) -> str:
+    """A docstring for typer's help: each paragraph on one line (it keeps single line breaks)."""
+    import inspect
+
+    return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+score.__doc__ = paragraphs(score.__doc__)
+
+
+def describe(summary, unknown: str) -> str:
+    """The stderr summary: totals per character, like KenLM's and SRILM's, with the OOV count."""
+    if not summary.lines:
+        return "scored 0 lines"
+    figures = f"{summary.bits_per_char:.4f} bits/char, perplexity {summary.perplexity:.4f}" if summary.chars else "-"
+    oov = f"{summary.oov:,} unknown characters left out" if unknown == "skip" else "OOV 0"
+    return f"scored {summary.lines:,} lines, {summary.chars:,} characters (newlines included): {figures}; {oov}"
