@@ -192,6 +192,7 @@ def _fit(run, corpus, model_config, train_config, *, resume):
                 "learning_rate": last_lr,
                 "elapsed": round(elapsed(), 2),
                 "time": time.time(),
+                "chars_seen": step * tc.batch_size * tc.seq_len,  # training characters read so far
             },
         )
         return EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed())

@@ -12,6 +12,7 @@ from charrnn.errors import CharrnnError
 from . import console
 from .bench_cmd import bench
 from .corpus_cmd import corpus_app
+from .info_cmd import info, runs
 from .prep_cmd import prep
 from .sample_cmd import sample
 from .train_cmd import train
@@ -19,7 +20,8 @@ from .train_cmd import train
 app = typer.Typer(
     name="charrnn",
     help="Character-level recurrent language models (LSTM, GRU, RNN) on JAX.\n\n"
-    "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`.",
+    "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`. "
+    "Inspect runs with `charrnn runs`, `charrnn info RUN` and `charrnn plot RUN...`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -29,6 +31,8 @@ app.command()(prep)
 app.command()(train)
 app.command()(sample)
 app.command()(bench)
+app.command()(info)
+app.command()(runs)
 app.add_typer(corpus_app, name="corpus")
 
 

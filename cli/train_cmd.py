@@ -208,7 +208,9 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
         "sha256": prepared.stats["sha256"],
         "characters": prepared.stats["characters"],
     }
-    run.write_config(model_config, train_config, corpus_info)
+    from charrnn.runinfo import run_section
+
+    run.write_config(model_config, train_config, corpus_info, run_section(model_config))
     return run, prepared, cached, model_config, train_config
 
 

@@ -233,3 +233,14 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     assert model["sample_1"]["chars_per_second"] > 0 and model["sample_3"]["chars_per_second"] > 0
     startup = report["startup"]
     assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]
+
+
+def test_training_records_device_and_characters_seen(trained_run):
+    home, _ = trained_run
+    config = json.loads((home / "runs" / "text" / "config.json").read_text())
+    assert config["run"]["platform"] == "cpu" and config["run"]["precision"] == config["model"]["dtype"]
+    assert config["run"]["parent"] is None and config["run"]["device"]
+    metrics = [json.loads(line) for line in (home / "runs" / "text" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["chars_seen"] for m in metrics] == [80 * 4 * 16, 160 * 4 * 16, 240 * 4 * 16]
+    info = json.loads(charrnn("info", "runs/text", "--json", cwd=home).stdout)
+    assert info["platform"] == "cpu" and info["steps"] == 240 and info["chars_seen"] == 240 * 4 * 16
