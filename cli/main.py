@@ -13,6 +13,7 @@ from . import console
 from .bench_cmd import bench
 from .corpus_cmd import corpus_app
 from .info_cmd import info, runs
+from .plot_cmd import plot
 from .prep_cmd import prep
 from .sample_cmd import sample
 from .train_cmd import train
@@ -33,6 +34,7 @@ app.command()(sample)
 app.command()(bench)
 app.command()(info)
 app.command()(runs)
+app.command()(plot)
 app.add_typer(corpus_app, name="corpus")
 
 
