@@ -134,11 +134,16 @@ def prepare(
     errors: str = "strict",
     root: Path | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    base_vocab: Vocabulary | None = None,
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
 
     Two passes over the text, chunk by chunk: the first hashes it and counts every character, the
     second writes the ids straight into the memory-mapped ``.npy`` files.
+
+    With `base_vocab` (a model continued on new text), the text is encoded with that vocabulary,
+    extended by the characters it lacks, so the base's ids keep their meaning; the cache key then
+    covers the base vocabulary too, unless it equals the text's own.
     """
     with ExitStack() as stack:
         if source == "-":  # read standard input once, into a file both passes can read
@@ -158,15 +163,19 @@ def prepare(
             digest.update(text.encode("utf-8", errors="surrogatepass"))
             counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
         digest = digest.hexdigest()
-        directory = (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+        present = np.flatnonzero(counts)
+        vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
+        key = f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+        if base_vocab is not None and base_vocab.chars != vocab.chars:
+            vocab = base_vocab.extended(vocab.chars)
+            key += "-vocab" + hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+        directory = (root or cache_dir() / "prep") / key
         if (directory / "stats.json").exists():
             try:
                 return load_prepared(directory), True
             except (OSError, ValueError, KeyError):
                 shutil.rmtree(directory, ignore_errors=True)  # a damaged cache entry is rebuilt
 
-        present = np.flatnonzero(counts)
-        vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
         total = int(counts.sum())
         n_val = max(2, int(round(total * val_fraction)))
         if total - n_val < 2:
@@ -190,7 +199,7 @@ def prepare(
         staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
         try:
             vocab.save(staging / "vocab.json")
-            _write_ids(chunks(), vocab, present, staging, total - n_val, n_val)
+            _write_ids(chunks(), vocab, staging, total - n_val, n_val)
             (staging / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
             try:
                 os.rename(staging, directory)  # atomic: a reader sees all files or none
@@ -202,12 +211,10 @@ def prepare(
     return load_prepared(directory), False
 
 
-def _write_ids(
-    chunks: Iterator[str], vocab: Vocabulary, present: np.ndarray, directory: Path, n_train: int, n_val: int
-) -> None:
+def _write_ids(chunks: Iterator[str], vocab: Vocabulary, directory: Path, n_train: int, n_val: int) -> None:
     """Encode the text chunk by chunk into ``train.npy`` (the first `n_train` ids) and ``val.npy``."""
     table = np.zeros(CODE_POINTS, dtype=vocab.dtype)  # code point -> id
-    table[present] = np.arange(len(present))
+    table[[ord(char) for char in vocab.chars]] = np.arange(len(vocab))
     train = np.lib.format.open_memmap(directory / "train.npy", mode="w+", dtype=vocab.dtype, shape=(n_train,))
     val = np.lib.format.open_memmap(directory / "val.npy", mode="w+", dtype=vocab.dtype, shape=(n_val,))
     position = 0

@@ -5,7 +5,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,6 +37,14 @@ def train(
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run from this run's best weights (new characters extend its vocabulary; "
+            "fresh optimizer; model options default to the parent's).",
+        ),
     ] = None,
     cell: Annotated[str | None, typer.Option(help=_help(f"Cell: {', '.join(CELLS)}.", ModelConfig, "cell"))] = None,
     layers: Annotated[int | None, typer.Option(help=_help("Recurrent layers.", ModelConfig, "layers"))] = None,
@@ -115,6 +123,8 @@ def train(
         unroll=unroll,
         val_fraction=val_fraction,
     )
+    if resume is not None and init_from is not None:
+        raise UsageError("give --resume (continue the same run) or --init-from (a new run from its weights), not both")
     ModelConfig(vocab_size=1, **model_options).check_fits_in_memory(_memory_bytes())  # fail before slow work
     TrainConfig(**train_options, **budget_options)
 
@@ -123,18 +133,32 @@ def train(
     configure_jax()
     from charrnn.runs import Run
 
+    parent = None
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
         if resume is not None:
             run, prepared, cached, model_config, train_config = _resume_run(
                 Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
             )
         else:
+            parent = _parent(init_from, model_options) if init_from is not None else None
+            if parent is not None:
+                model_options = parent.model_options
             run, prepared, cached, model_config, train_config = _new_run(
-                corpus, out, model_options, train_options, budget_options, dropout is None, held, encoding, errors
+                corpus,
+                out,
+                model_options,
+                train_options,
+                budget_options,
+                dropout is None and parent is None,
+                held,
+                encoding,
+                errors,
+                parent,
             )
         show_stats(prepared.stats, prepared.directory, cached)
         _describe(run, model_config, train_config, resume is not None)
-        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
+        initial = _parent_weights(parent, prepared.vocab) if parent is not None else None
+        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, initial)
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
@@ -164,7 +188,14 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         )
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus if corpus is not None else corpus_info["source"]
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
+    prepared, cached = prepare(
+        source,
+        val_fraction=train_config.val_fraction,
+        encoding=encoding,
+        errors=errors,
+        base_vocab=run.read_vocab(),
+    )
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
             f"the corpus {source} has changed since {run.directory} was trained on it "
@@ -173,7 +204,38 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
     return run, prepared, cached, saved_model, train_config
 
 
-def _new_run(corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors):
+@dataclasses.dataclass(frozen=True)
+class _Parent:
+    """The run given with --init-from."""
+
+    run: Any
+    vocab: Any
+    model_options: dict[str, Any]  # the child's model options: the parent's, updated by the user's
+
+
+def _parent(directory: Path, model_options: dict[str, Any]) -> _Parent:
+    from charrnn.transfer import child_model_options, parent_of
+
+    run, model_config, vocab = parent_of(directory)
+    return _Parent(run, vocab, child_model_options(model_config, model_options, directory))
+
+
+def _parent_weights(parent: _Parent, vocab) -> tuple[Any, int]:
+    """The parent's best parameters and vocabulary size, for `fit(init_from=...)`."""
+    from charrnn.inference import load_params
+
+    params, _ = load_params(parent.run, "best", warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    added = len(vocab) - len(parent.vocab)
+    console.info(
+        f"initialised from {parent.run.directory} (best checkpoint); "
+        + (f"{added} new characters extend its vocabulary of {len(parent.vocab)}" if added else "same vocabulary")
+    )
+    return params, len(parent.vocab)
+
+
+def _new_run(
+    corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors, parent=None
+):
     """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
     (10 epochs, the device's precision, dropout by the budget's length)."""
     from charrnn.corpus import prepare
@@ -183,7 +245,13 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    prepared, cached = prepare(
+        source,
+        val_fraction=train_config.val_fraction,
+        encoding=encoding,
+        errors=errors,
+        base_vocab=parent.vocab if parent is not None else None,
+    )
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
 
@@ -210,7 +278,8 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     }
     from charrnn.runinfo import run_section
 
-    run.write_config(model_config, train_config, corpus_info, run_section(model_config))
+    section = run_section(model_config, parent.run.directory if parent is not None else None)
+    run.write_config(model_config, train_config, corpus_info, section)
     return run, prepared, cached, model_config, train_config
 
 
@@ -235,7 +304,7 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
     )
 
 
-def _run_with_progress(run, prepared, model_config, train_config, resuming: bool):
+def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, initial=None):
     """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -243,7 +312,7 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
 
     val_text = "val -"
     ticker = console.PlainTicker()
-    reports = fit(run, prepared, model_config, train_config, resume=resuming)
+    reports = fit(run, prepared, model_config, train_config, resume=resuming, init_from=initial)
     if not console.interactive():
         for report in reports:
             if isinstance(report, StepReport) and ticker.due():
