@@ -76,6 +76,48 @@ def make_prime(model_config: ModelConfig) -> Callable:
     return jax.jit(lambda params, carry, tokens: model.apply({"params": params}, tokens, carry)[1])
 
 
+class StopScanner:
+    """Finds where each of `num` streamed samples ends: at the first occurrence, in the generated
+    text, of any stop text. A stop text in `printed` is kept at the end of the sample (a stop at
+    "\n\n" keeps the paragraph's end); one in `hidden` (the document boundary) is not.
+    A stop text spanning two chunks is found: the last characters of each stream are kept."""
+
+    def __init__(self, num: int, printed: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> None:
+        self.stops = [(text, True) for text in printed if text] + [(text, False) for text in hidden if text]
+        self.keep = max((len(text) for text, _ in self.stops), default=1) - 1
+        self.tails = [""] * num
+        self.done = [False] * num
+
+    def __bool__(self) -> bool:
+        return bool(self.stops)
+
+    def cut(self, pieces: list[str]) -> list[str]:
+        """Each stream's piece up to (and with a printed stop text, including) its first stop; "" once done."""
+        out = []
+        for i, piece in enumerate(pieces):
+            if self.done[i]:
+                out.append("")
+                continue
+            tail = self.tails[i]
+            window = tail + piece
+            ends = []  # (index where the text ends, index where the sample ends)
+            for text, printed in self.stops:
+                at = window.find(text)
+                if at >= 0:
+                    ends.append((at + len(text), at + len(text) if printed else at))
+            if ends:
+                _, end = min(ends)
+                self.done[i] = True
+                out.append(window[len(tail) : max(end, len(tail))])
+            else:
+                out.append(piece)
+                self.tails[i] = window[max(0, len(window) - self.keep) :] if self.keep else ""
+        return out
+
+    def all_done(self) -> bool:
+        return bool(self.stops) and all(self.done)
+
+
 def sample_stream(
     params,
     model_config: ModelConfig,
@@ -87,11 +129,15 @@ def sample_stream(
     num: int = 1,
     seed: int = 0,
     chunk_size: int = 256,
+    stop: tuple[str, ...] = (),
+    hidden_stop: tuple[str, ...] = (),
 ) -> Iterator[list[str]]:
     """Yield, chunk by chunk, the next piece of text of each of `num` samples (a list of `num` strings).
 
     The state is warmed on `prime` (whose characters must be in `vocab`); the first character is
     then drawn after the prime's last character, or after a newline when there is no prime.
+    Each sample ends at the first `stop` text it generates (printed) or `hidden_stop` (not printed);
+    once every sample has ended, no further chunk is computed.
     """
     if num < 8 and jax.default_backend() == "cpu":
         # A few streams are matrix-vector products bound by reading the weights; XLA's CPU backend
@@ -110,6 +156,7 @@ def sample_stream(
     key = jax.random.key(seed)
     sample_chunk = make_sample_chunk(model_config, options, chunk_size)
 
+    scanner = StopScanner(num, stop, hidden_stop)
     remaining = length
     pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
     while pending is not None:
@@ -119,4 +166,10 @@ def sample_stream(
         # Dispatch the next chunk before reading this one, so the device never waits for the host.
         pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
         ids = np.asarray(tokens[:take]).T  # [num, take]
-        yield [vocab.decode(row) for row in ids]
+        pieces = [vocab.decode(row) for row in ids]
+        if scanner:
+            pieces = scanner.cut(pieces)
+            if scanner.all_done():
+                yield pieces
+                return  # the chunk already dispatched is dropped; no other is started
+        yield pieces

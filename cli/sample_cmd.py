@@ -25,7 +25,18 @@ def sample(
     top_k: Annotated[int, typer.Option(help="Sample only among the k most likely characters (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: the smallest set with this much probability.")] = 1.0,
     num: Annotated[int, typer.Option("--num", help="Independent samples, generated as one batch.")] = 1,
-    separator: Annotated[str, typer.Option(help="Printed between samples.")] = "\n---\n",
+    separator: Annotated[
+        str, typer.Option(help="Printed between samples (backslash escapes \\n, \\t, \\\\ understood).")
+    ] = "\\n---\\n",
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop",
+            help="End each sample at the first occurrence of this text, which is printed (repeatable; "
+            "escapes such as \\n understood: --stop '\\n\\n' ends at a blank line).",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or latest.")] = "best",
     skip_unknown: Annotated[
         bool, typer.Option("--skip-unknown", help="Drop prime characters the model does not know, not fail.")
@@ -46,6 +57,12 @@ def sample(
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"cannot read --prime-file {prime_file}: {error}") from error
     prime = prime or ""
+    from .options import unescape
+
+    separator = unescape(separator)
+    stops = tuple(unescape(text) for text in stop or ())
+    if "" in stops:
+        raise UsageError("--stop must not be empty")
 
     from charrnn.config import SampleOptions
 
@@ -72,7 +89,17 @@ def sample(
 
     try:
         _write_samples(
-            sample_stream(params, model_config, vocab, length=length, prime=prime, options=options, num=num, seed=seed),
+            sample_stream(
+                params,
+                model_config,
+                vocab,
+                length=length,
+                prime=prime,
+                options=options,
+                num=num,
+                seed=seed,
+                stop=stops,
+            ),
             prime,
             num,
             separator,

@@ -244,3 +244,12 @@ def test_training_records_device_and_characters_seen(trained_run):
     assert [m["chars_seen"] for m in metrics] == [80 * 4 * 16, 160 * 4 * 16, 240 * 4 * 16]
     info = json.loads(charrnn("info", "runs/text", "--json", cwd=home).stdout)
     assert info["platform"] == "cpu" and info["steps"] == 240 and info["chars_seen"] == 240 * 4 * 16
+
+
+def test_sample_stop_and_separator_understand_escapes(trained_run):
+    home, _ = trained_run
+    args = ["sample", "runs/text", "--temp", "0", "--prime", "hello", "-n", "100", "--num", "2"]
+    result = charrnn(*args, "--stop", "ld", "--stop", "o\\n", "--separator", "\\t|\\\\n", cwd=home)
+    assert result.stdout == "hello world\t|\\nhello world"
+    empty = charrnn(*args, "--stop", "", check=False, cwd=home)
+    assert (empty.returncode, empty.stderr) == (2, "charrnn: error: --stop must not be empty\n")
