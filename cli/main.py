@@ -24,7 +24,7 @@ app = typer.Typer(
     "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`. "
     "Inspect runs with `charrnn runs`, `charrnn info RUN` and `charrnn plot RUN...`.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # Typer's --install-completion / --show-completion
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -56,7 +56,7 @@ def _root(
 def main() -> None:
     """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback."""
     try:
-        app()
+        app(prog_name="charrnn")  # also names the completion script, however charrnn was started
     except CharrnnError as error:
         console.info(f"charrnn: error: {error}")
         sys.exit(error.exit_code)

@@ -172,7 +172,7 @@ def test_help_and_option_errors_do_not_import_jax():
         "from charrnn.cli.main import app\n"
         "result = typer.testing.CliRunner().invoke(app, ['--help'])\n"
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
-        "for name in ['train', 'sample', 'prep', 'corpus']:\n"
+        "for name in ['train', 'sample', 'prep', 'corpus', 'info', 'runs', 'plot']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
         "from charrnn.errors import UsageError\n"
         "for args in (['sample', '--temp', '-1'], ['sample', '--top-p', '0'], ['train', 'x', '--hidden', '0']):\n"
@@ -253,3 +253,27 @@ def test_sample_stop_and_separator_understand_escapes(trained_run):
     assert result.stdout == "hello world\t|\\nhello world"
     empty = charrnn(*args, "--stop", "", check=False, cwd=home)
     assert (empty.returncode, empty.stderr) == (2, "charrnn: error: --stop must not be empty\n")
+
+
+def test_shell_completion_completes_commands_and_options_without_jax():
+    code = (
+        "import sys\n"
+        "from charrnn.cli.main import app\n"
+        "try:\n"
+        "    app(prog_name='charrnn')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules), file=sys.stderr)\n"
+    )
+
+    def complete(words: str) -> subprocess.CompletedProcess:
+        cword = str(len(words.split()) - 1)
+        env = os.environ | {"_CHARRNN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+
+    commands = complete("charrnn in")
+    assert commands.stdout.split() == ["info"] and commands.stderr.strip() == "[]"
+    options = complete("charrnn sample --st")
+    assert options.stdout.split() == ["--stop"] and options.stderr.strip() == "[]"
+    script = charrnn("--show-completion", "bash").stdout
+    assert "_CHARRNN_COMPLETE=complete_bash" in script
