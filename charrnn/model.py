@@ -54,10 +54,10 @@ class RecurrentLayer(nn.Module):
         self.bias = self.param("bias", gate_bias(self.cell.kind, self.hidden_size), (width,))
         self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros_init(), (width,))
 
-    def __call__(self, x: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
-        """x: [T, B, D] time-major -> ([T, B, H], carry)."""
+    def __call__(self, x: jax.Array, carry: Carry, keep: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+        """x: [T, B, D] time-major -> ([T, B, H], carry); `keep` [T, B]: 0 resets the carry before step t."""
         xp = project(x, self.input_kernel, self.cell.compute_dtype) + self.bias  # [T, B, G*H]
-        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, xp, carry)
+        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, xp, carry, keep)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
         """x: [B, D], one time step (sampling)."""
@@ -86,12 +86,17 @@ class CharRNN(nn.Module):
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
 
-    def __call__(self, tokens: jax.Array, carry: ModelCarry, *, train: bool = False) -> tuple[jax.Array, ModelCarry]:
-        """tokens: <int>[B, T] -> (logits <f32>[B, T, V], carry). `train` enables dropout (rng 'dropout')."""
+    def __call__(
+        self, tokens: jax.Array, carry: ModelCarry, *, train: bool = False, resets: jax.Array | None = None
+    ) -> tuple[jax.Array, ModelCarry]:
+        """tokens: <int>[B, T] -> (logits <f32>[B, T, V], carry). `train` enables dropout (rng 'dropout').
+        `resets` <bool>[B, T]: where true, every layer's carry is zeroed before reading tokens[:, t]."""
         x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
+        # ISSUE 11 minimal stand-in (issue 9 owns this interface's implementation): resets as a keep mask.
+        keep = None if resets is None else 1.0 - resets.T.astype(jnp.float32)  # [T, B]
         new_carry = []
         for layer, layer_carry in zip(self.layers, carry, strict=True):
-            x, layer_carry = layer(x, layer_carry)
+            x, layer_carry = layer(x, layer_carry, keep)
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]

@@ -161,57 +161,74 @@ def _operand(w: jax.Array, compute_dtype: str) -> jax.Array:
 
 
 # -- the time loop ------------------------------------------------------------------------------
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
-    """Run `cell` over time. xp: [T, B, G*H] (time-major), w: [H, G*H], b: [G*H].
+# ISSUE 11 (documents), minimal stand-in for issue 9's implementation: `keep` [T, B] (1 - resets)
+# multiplies every layer's carry before step t reads its input, in the forward scan and likewise the
+# carry gradient in the backward scan. The lead takes issue 9's version of this at merge.
+def recurrence(
+    cell: Cell, w: jax.Array, b: jax.Array, xp: jax.Array, carry: Carry, keep: jax.Array | None = None
+) -> tuple[jax.Array, Carry]:
+    """Run `cell` over time. xp: [T, B, G*H] (time-major), w: [H, G*H], b: [G*H]; `keep`: optional
+    [T, B] float mask, 0 where the carry is reset (zeroed) before step t (document boundaries).
 
     Returns (hs [T, B, H], final carry). Differentiable in w, b, xp and carry.
     """
+    return _recurrence(cell, w, b, xp, carry, keep)
 
+
+def _masked(carry: Carry, keep_t: jax.Array | None) -> Carry:
+    return carry if keep_t is None else tuple(c * keep_t[:, None] for c in carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(cell: Cell, w, b, xp, carry, keep):
     w = _operand(w, cell.compute_dtype)
 
-    def body(carry, xp_t):
-        carry, _ = cell.step(carry, xp_t, w, b)
+    def body(carry, inputs):
+        xp_t, keep_t = inputs
+        carry, _ = cell.step(_masked(carry, keep_t), xp_t, w, b)
         return carry, carry[0]
 
-    carry, hs = jax.lax.scan(body, carry, xp, unroll=cell.unroll)
+    carry, hs = jax.lax.scan(body, carry, (xp, keep), unroll=cell.unroll)
     return hs, carry
 
 
-def _recurrence_forward(cell, w, b, xp, carry0):
+def _recurrence_forward(cell, w, b, xp, carry0, keep):
     w_operand = _operand(w, cell.compute_dtype)
 
-    def body(carry, xp_t):
-        new, saved = cell.step(carry, xp_t, w_operand, b)
+    def body(carry, inputs):
+        xp_t, keep_t = inputs
+        new, saved = cell.step(_masked(carry, keep_t), xp_t, w_operand, b)
         return new, (new, saved)
 
-    carry, (carries, saved) = jax.lax.scan(body, carry0, xp, unroll=cell.unroll)
-    return (carries[0], carry), (w, carry0, carries, saved)
+    carry, (carries, saved) = jax.lax.scan(body, carry0, (xp, keep), unroll=cell.unroll)
+    return (carries[0], carry), (w, carry0, carries, saved, keep)
 
 
 def _recurrence_backward(cell, residuals, cotangents):
-    w, carry0, carries, saved = residuals
+    w, carry0, carries, saved, keep = residuals
     d_hs, d_final = cotangents
-    # Carry of step t-1 for every t: carry0 followed by all but the last carry.
+    # Carry of step t-1 for every t: carry0 followed by all but the last carry (as step t read it).
     prevs = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries, strict=True))
+    if keep is not None:
+        prevs = tuple(p * keep[..., None] for p in prevs)
     w_t = _operand(w.T, cell.compute_dtype)
 
     def body(d_carry, inputs):
-        d_h_out, saved_t, prev_t, new_t = inputs
+        d_h_out, saved_t, prev_t, new_t, keep_t = inputs
         d_carry = (d_carry[0] + d_h_out, *d_carry[1:])
         d_xp, d_hp, d_prev = cell.step_backward(saved_t, prev_t, new_t, d_carry)
         d_hp_t = d_xp if d_hp is None else d_hp
         d_prev = (d_prev[0] + matmul(d_hp_t, w_t, cell.compute_dtype), *d_prev[1:])
-        return d_prev, (d_xp, d_hp)
+        return _masked(d_prev, keep_t), (d_xp, d_hp)
 
     d_carry0, (d_xp, d_hp) = jax.lax.scan(
-        body, tuple(d_final), (d_hs, saved, prevs, carries), reverse=True, unroll=cell.unroll
+        body, tuple(d_final), (d_hs, saved, prevs, carries, keep), reverse=True, unroll=cell.unroll
     )
     d_hp = d_xp if d_hp is None else d_hp
     # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
     d_w = weight_gradient(prevs[0], d_hp, cell.compute_dtype)
     d_b = d_hp.sum(axis=(0, 1))
-    return d_w, d_b, d_xp, d_carry0
+    return d_w, d_b, d_xp, d_carry0, None if keep is None else jnp.zeros_like(keep)
 
 
-recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+_recurrence.defvjp(_recurrence_forward, _recurrence_backward)

@@ -106,3 +106,29 @@ def test_projection_gradient_matches_autodiff(dtype):
     for got, want in zip(ours, reference, strict=True):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(project(x, w, dtype), matmul(x, w, dtype))
+
+
+def python_loop_with_resets(kind, w, b, xp, carry, keep):
+    """The reference with the carry multiplied by keep[t] before step t (document boundaries)."""
+    hs = []
+    for t in range(xp.shape[0]):
+        carry = tuple(c * keep[t][:, None] for c in carry)
+        h, carry = python_loop(kind, w, b, xp[t : t + 1], carry)
+        hs.append(h[0])
+    return jnp.stack(hs), carry
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_resets_forward_and_backward_match_the_reference(kind):
+    cell, w, b, xp, carry = random_problem(kind, seed=3)
+    keep = jnp.ones(xp.shape[:2]).at[0, 1].set(0.0).at[3, 0].set(0.0).at[4, 2].set(0.0)
+    hs, _ = recurrence(cell, w, b, xp, carry, keep)
+    hs_ref, _ = python_loop_with_resets(kind, w, b, xp, carry, keep)
+    np.testing.assert_allclose(hs, hs_ref, rtol=1e-5, atol=1e-6)
+    ours = jax.grad(objective(lambda *a: recurrence(cell, *a, keep)), argnums=(0, 1, 2, 3))(w, b, xp, carry)
+    reference = jax.grad(objective(lambda *a: python_loop_with_resets(kind, *a, keep)), argnums=(0, 1, 2, 3))(
+        w, b, xp, carry
+    )
+    for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert not np.any(ours[3][0][1])  # stream 1 is reset at step 0: the initial carry gets no gradient
