@@ -22,7 +22,7 @@ import numpy as np
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import PreparedCorpus
+from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.model import initial_carry
 from charrnn.runs import Run
@@ -136,8 +136,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     val_windows = evaluation_windows(corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len)
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
-    train_step = make_train_step(model_config, tc)
-    eval_step = make_eval_step(model_config)
+    reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
+    train_step = make_train_step(model_config, tc, reset_id)
+    eval_step = make_eval_step(model_config, reset_id)
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}

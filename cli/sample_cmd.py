@@ -38,6 +38,14 @@ def sample(
         ),
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or latest.")] = "best",
+    boundary_stop: Annotated[
+        bool,
+        typer.Option(
+            "--boundary-stop/--no-boundary-stop",
+            help="For a run trained on documents: end each sample where its document ends (the U+001E boundary, "
+            "not printed), or go on into new documents (the boundary printed as it is).",
+        ),
+    ] = True,
     skip_unknown: Annotated[
         bool, typer.Option("--skip-unknown", help="Drop prime characters the model does not know, not fail.")
     ] = False,
@@ -79,6 +87,7 @@ def sample(
     if not run.exists():
         raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
     vocab = run.read_vocab()
+    boundary = run.read_config()[2].get("boundary")  # the document boundary of a run trained on documents
     if unknown := vocab.missing(prime):
         if not skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
@@ -99,6 +108,8 @@ def sample(
                 num=num,
                 seed=seed,
                 stop=stops,
+                boundary=boundary,
+                stop_at_boundary=boundary_stop,
             ),
             prime,
             num,

@@ -25,9 +25,10 @@ def _help(text: str, config_class: type, name: str) -> str:
 
 def train(
     corpus: Annotated[
-        str | None,
+        list[str] | None,
         typer.Argument(
-            help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation). "
+            help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation); a folder "
+            "or several files are documents, joined with U+001E, the state reset between them. "
             "Defaults to pydoc, or to the corpus of the run given with --resume.",
             show_default=False,
         ),
@@ -187,7 +188,7 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
         )
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
-    source = corpus if corpus is not None else corpus_info["source"]
+    source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
     # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
     prepared, cached = prepare(
         source,
@@ -195,10 +196,12 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         encoding=encoding,
         errors=errors,
         base_vocab=run.read_vocab(),
+        warn=_warn,
     )
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
-            f"the corpus {source} has changed since {run.directory} was trained on it "
+            f"the corpus {source if isinstance(source, str) else ' '.join(source)} has changed since "
+            f"{run.directory} was trained on it "
             "(its contents differ); start a new run instead"
         )
     return run, prepared, cached, saved_model, train_config
@@ -241,16 +244,17 @@ def _new_run(
     from charrnn.corpus import prepare
     from charrnn.runs import Run, fresh_run_dir
 
-    source = corpus if corpus is not None else "pydoc"
+    sources = corpus or ["pydoc"]
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
     prepared, cached = prepare(
-        source,
+        sources,
         val_fraction=train_config.val_fraction,
         encoding=encoding,
         errors=errors,
         base_vocab=parent.vocab if parent is not None else None,
+        warn=_warn,
     )
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
@@ -264,23 +268,32 @@ def _new_run(
         epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
-    stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+    first = sources[0]
+    stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
+    stem = stem or "corpus"
     run = Run(out if out is not None else fresh_run_dir(stem))
     if run.exists():
         raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
     held.enter_context(run.lock())
     prepared.vocab.save(run.vocab_path)
+    absolute = [str(Path(source).absolute()) if source not in ("-", "pydoc") else source for source in sources]
     corpus_info = {
-        "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
+        "source": absolute[0] if len(absolute) == 1 else absolute,
         "sha256": prepared.stats["sha256"],
         "characters": prepared.stats["characters"],
     }
+    if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
+        corpus_info |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
     from charrnn.runinfo import run_section
 
     section = run_section(model_config, parent.run.directory if parent is not None else None)
     run.write_config(model_config, train_config, corpus_info, section)
     return run, prepared, cached, model_config, train_config
+
+
+def _warn(text: str) -> None:
+    console.info(f"charrnn: warning: {text}")
 
 
 def _memory_bytes() -> int:
