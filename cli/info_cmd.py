@@ -89,7 +89,7 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         f"{train['time_seconds']:g}s" if train.get("time_seconds") else "",
     ]
     device = facts["device"] or UNKNOWN
-    if facts["platform"]:
+    if facts["platform"] and facts["platform"] != facts["device"]:
         device = f"{device} ({facts['platform']})"
     checkpoints = ", ".join(
         f"{c['step']} ({_nats(c['val_loss'])}{', best' if c['best'] else ''})" for c in facts["checkpoints"]
@@ -103,7 +103,7 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("parameters", f"{facts['parameters']:,}"),
         ("vocabulary", f"{facts['vocab_size']} characters: {facts['vocab_preview']}"),
-        ("corpus", f"{corpus.get('source', UNKNOWN)} ({corpus.get('characters', 0):,} characters)"),
+        ("corpus", _corpus(corpus)),
         (
             "training",
             f"batch {train['batch_size']} × {train['seq_len']} chars, lr {train['learning_rate']:g}, "
@@ -121,6 +121,14 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("checkpoints", checkpoints or "none"),
         ("modified", facts["last_modified"].replace("T", " ").removesuffix("+00:00") + " UTC"),
     ]
+
+
+def _corpus(corpus: dict[str, Any]) -> str:
+    source = corpus.get("source", UNKNOWN)
+    if isinstance(source, list):
+        source = " ".join(source)
+    documents = f" in {corpus['documents']:,} documents" if corpus.get("documents") else ""
+    return f"{source} ({corpus.get('characters', 0):,} characters{documents})"
 
 
 def _print(text: str) -> None:
