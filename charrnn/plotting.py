@@ -107,4 +107,7 @@ def terminal_plot(
     figure.label(X_AXES[x_axis], axis="x")
     figure.label("nats/char", axis="y")
     figure.title("training and validation loss")
+    points = [p for curve in curves for p in (*curve.train, *curve.val)]
+    top_right = (max(x for x, _ in points), max(y for _, y in points))
+    figure.legend(x=top_right[0], y=top_right[1], ha="right", relative=True)  # where falling curves are not
     return figure.build().string(colorless=not colour)
