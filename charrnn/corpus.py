@@ -161,7 +161,8 @@ def prepare(
     if len(sources) > 1 or (sources[0] not in ("-", BUILTIN_NAME) and Path(sources[0]).is_dir()):
         if "-" in sources:
             raise UsageError("standard input ('-') cannot be one of several documents")
-        documents = _count_documents(_collect_documents(sources), encoding, errors, chunk_bytes, warn)
+        label = " ".join(sources)
+        documents = _count_documents(_collect_documents(sources), label, encoding, errors, chunk_bytes, warn)
         return _prepare_counted(documents, val_fraction, root, base_vocab)
     source = sources[0]
     with ExitStack() as stack:
@@ -275,7 +276,7 @@ def _collect_documents(sources: list[str]) -> list[_Document]:
 
 
 def _count_documents(
-    documents: list[_Document], encoding: str, errors: str, chunk_bytes: int, warn: Callable[[str], None]
+    documents: list[_Document], label: str, encoding: str, errors: str, chunk_bytes: int, warn: Callable[[str], None]
 ) -> _Counted:
     """The first pass over documents: hash and count each, skipping unreadable ones found in folders."""
     digest = hashlib.sha256(b"charrnn documents v1\n")
@@ -301,11 +302,9 @@ def _count_documents(
             counts[: len(part)] += part
         kept.append(document)
         digest.update(json.dumps([document.key, file_digest.hexdigest()], ensure_ascii=False).encode() + b"\n")
-    folders = sorted({str(d.path.parent) for d in documents if d.in_folder})
     if not kept:
-        raise CorpusError(f"folder {folders[0]} has no text files" if folders else "no documents to read")
+        raise CorpusError(f"{'folder ' if all(d.in_folder for d in documents) else ''}{label} has no text files")
     counts[ord(BOUNDARY)] += len(kept)
-    label = ", ".join(folders) if folders and all(d.in_folder for d in documents) else f"{len(kept)} documents"
 
     def chunks() -> Iterator[str]:
         for document in kept:
