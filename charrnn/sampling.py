@@ -169,13 +169,16 @@ def sample_stream(
     if prime:
         ids = vocab.encode(prime).astype(np.int32)
         if len(ids) > 1:
-            carry = make_prime(model_config, reset_id)(params, carry, jnp.tile(ids[None, :-1], (num, 1)))
+            prime_state = make_prime(model_config, *(() if reset_id is None else (reset_id,)))
+            carry = prime_state(params, carry, jnp.tile(ids[None, :-1], (num, 1)))
         start = int(ids[-1])
     else:
         start = reset_id if reset_id is not None else vocab.index.get("\n", 0)
     token = jnp.full((num,), start, jnp.int32)
     key = jax.random.key(seed)
-    sample_chunk = make_sample_chunk(model_config, options, chunk_size, reset_id)
+    # Called with the same arguments as everywhere else when there are no documents: one cache entry.
+    extra = () if reset_id is None else (reset_id,)
+    sample_chunk = make_sample_chunk(model_config, options, chunk_size, *extra)
 
     scanner = StopScanner(num, stop, (boundary,) if reset_id is not None and stop_at_boundary else ())
     remaining = length
