@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,11 @@ BUILTIN_NAME = "pydoc"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 16 << 20  # bytes read and decoded at a time
 CODE_POINTS = 0x110000
+# Documents (a folder, or several files) are joined with this character after each one. U+001E
+# RECORD SEPARATOR is a control character that no ordinary text contains (a document that does is
+# refused); the model sees it, learns where documents end, and training resets the recurrent state
+# where it is read, so no document leaks into the next.
+BOUNDARY = "\x1e"
 
 
 def builtin_text() -> str:
@@ -127,19 +132,39 @@ class PreparedCorpus:
 
 
 def prepare(
-    source: str,
+    source: str | Sequence[str],
     *,
     val_fraction: float = 0.1,
     encoding: str = "utf-8",
     errors: str = "strict",
     root: Path | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    base_vocab: Vocabulary | None = None,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
 
     Two passes over the text, chunk by chunk: the first hashes it and counts every character, the
     second writes the ids straight into the memory-mapped ``.npy`` files.
+
+    With `base_vocab` (a model continued on new text), the text is encoded with that vocabulary,
+    extended by the characters it lacks, so the base's ids keep their meaning; the cache key then
+    covers the base vocabulary too, unless it equals the text's own.
+
+    A folder (every file below it, in sorted order, hidden ones excepted) or several files are
+    documents: joined with `BOUNDARY` after each, hashed by their names, order and contents; files
+    found in a folder that are binary, undecodable or empty are skipped with a `warn`ing.
     """
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise UsageError("no corpus given")
+    if len(sources) > 1 or (sources[0] not in ("-", BUILTIN_NAME) and Path(sources[0]).is_dir()):
+        if "-" in sources:
+            raise UsageError("standard input ('-') cannot be one of several documents")
+        label = " ".join(sources)
+        documents = _count_documents(_collect_documents(sources), label, encoding, errors, chunk_bytes, warn)
+        return _prepare_counted(documents, val_fraction, root, base_vocab)
+    source = sources[0]
     with ExitStack() as stack:
         if source == "-":  # read standard input once, into a file both passes can read
             spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="charrnn-stdin-"))
@@ -157,57 +182,144 @@ def prepare(
         for text in chunks():
             digest.update(text.encode("utf-8", errors="surrogatepass"))
             counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
-        digest = digest.hexdigest()
-        directory = cache_entry(digest, val_fraction, root)
-        if (directory / "stats.json").exists():
-            try:
-                return load_prepared(directory), True
-            except (OSError, ValueError, KeyError):
-                shutil.rmtree(directory, ignore_errors=True)  # a damaged cache entry is rebuilt
+        return _prepare_counted(_Counted(label, digest.hexdigest(), counts, chunks, {}), val_fraction, root, base_vocab)
 
-        present = np.flatnonzero(counts)
-        vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
-        total = int(counts.sum())
-        n_val = max(2, int(round(total * val_fraction)))
-        if total - n_val < 2:
-            raise CorpusError(
-                f"corpus {label} is too short: {total} characters; training needs at least "
-                "--batch-size × --seq-len + 1 characters (1,025 with the defaults) plus the validation part"
-            )
-        most_common = present[np.argsort(-counts[present], kind="stable")[:10]]
-        stats = {
-            "source": label,
-            "sha256": digest,
-            "characters": total,
-            "vocab_size": len(vocab),
-            "dtype": str(vocab.dtype),
-            "train_characters": total - n_val,
-            "val_characters": n_val,
-            "val_fraction": val_fraction,
-            "most_common": [[chr(code), int(counts[code])] for code in most_common],
-        }
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
+
+@dataclass(frozen=True)
+class _Counted:
+    """A corpus after the first pass: what `_prepare_counted` needs to find or write its cache entry."""
+
+    label: str
+    digest: str
+    counts: np.ndarray  # occurrences of every code point
+    chunks: Callable[[], Iterator[str]]  # the text again, for the second pass
+    extra_stats: dict[str, Any]
+
+
+def _prepare_counted(
+    counted: _Counted, val_fraction: float, root: Path | None, base_vocab: Vocabulary | None
+) -> tuple[PreparedCorpus, bool]:
+    label, digest, counts, chunks = counted.label, counted.digest, counted.counts, counted.chunks
+    present = np.flatnonzero(counts)
+    vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
+    key = f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+    if base_vocab is not None and base_vocab.chars != vocab.chars:
+        vocab = base_vocab.extended(vocab.chars)
+        key += "-vocab" + hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+    directory = (root or cache_dir() / "prep") / key
+    if (directory / "stats.json").exists():
         try:
-            vocab.save(staging / "vocab.json")
-            _write_ids(chunks(), vocab, present, staging, total - n_val, n_val)
-            (staging / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
-            try:
-                os.rename(staging, directory)  # atomic: a reader sees all files or none
-            except OSError:  # another process prepared the same text meanwhile
-                shutil.rmtree(staging, ignore_errors=True)
-        except BaseException:
+            return load_prepared(directory), True
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(directory, ignore_errors=True)  # a damaged cache entry is rebuilt
+
+    total = int(counts.sum())
+    n_val = max(2, int(round(total * val_fraction)))
+    if total - n_val < 2:
+        raise CorpusError(
+            f"corpus {label} is too short: {total} characters; training needs at least "
+            "--batch-size × --seq-len + 1 characters (1,025 with the defaults) plus the validation part"
+        )
+    most_common = present[np.argsort(-counts[present], kind="stable")[:10]]
+    stats = {
+        "source": label,
+        "sha256": digest,
+        "characters": total,
+        "vocab_size": len(vocab),
+        "dtype": str(vocab.dtype),
+        "train_characters": total - n_val,
+        "val_characters": n_val,
+        "val_fraction": val_fraction,
+        "most_common": [[chr(code), int(counts[code])] for code in most_common],
+        **counted.extra_stats,
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
+    try:
+        vocab.save(staging / "vocab.json")
+        _write_ids(chunks(), vocab, staging, total - n_val, n_val)
+        (staging / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
+        try:
+            os.rename(staging, directory)  # atomic: a reader sees all files or none
+        except OSError:  # another process prepared the same text meanwhile
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return load_prepared(directory), False
 
 
-def _write_ids(
-    chunks: Iterator[str], vocab: Vocabulary, present: np.ndarray, directory: Path, n_train: int, n_val: int
-) -> None:
+@dataclass(frozen=True)
+class _Document:
+    path: Path
+    name: str  # in messages: as given, or the folder as given / its path below it
+    key: str  # in the cache key: its path below its folder, or a named file's own name (not where it is)
+    in_folder: bool  # found in a folder (skipped with a warning when unreadable) or named (an error)
+
+
+def _collect_documents(sources: list[str]) -> list[_Document]:
+    documents = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(
+                p.relative_to(path)
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise CorpusError(f"folder {source} has no text files")
+            documents += [_Document(path / name, str(path / name), name.as_posix(), True) for name in found]
+        else:
+            documents.append(_Document(path, source, path.name, False))
+    return documents
+
+
+def _count_documents(
+    documents: list[_Document], label: str, encoding: str, errors: str, chunk_bytes: int, warn: Callable[[str], None]
+) -> _Counted:
+    """The first pass over documents: hash and count each, skipping unreadable ones found in folders."""
+    digest = hashlib.sha256(b"charrnn documents v1\n")
+    counts = np.zeros(CODE_POINTS, dtype=np.int64)
+    kept = []
+    for document in documents:
+        file_digest, parts = hashlib.sha256(), []
+        try:
+            for text in read_chunks(
+                str(document.path), encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=document.name
+            ):
+                if BOUNDARY in text:
+                    raise CorpusError(f"corpus {document.name} contains U+001E, the character that separates documents")
+                file_digest.update(text.encode("utf-8", errors="surrogatepass"))
+                parts.append(np.bincount(_code_points(text)))
+        except CorpusError as error:
+            if not document.in_folder:
+                raise
+            reason = str(error).removeprefix(f"corpus {document.name} ").removesuffix("; give a text file")
+            warn(f"skipped {document.name}: {reason}")
+            continue
+        for part in parts:
+            counts[: len(part)] += part
+        kept.append(document)
+        digest.update(json.dumps([document.key, file_digest.hexdigest()], ensure_ascii=False).encode() + b"\n")
+    if not kept:
+        raise CorpusError(f"{'folder ' if all(d.in_folder for d in documents) else ''}{label} has no text files")
+    counts[ord(BOUNDARY)] += len(kept)
+
+    def chunks() -> Iterator[str]:
+        for document in kept:
+            yield from read_chunks(
+                str(document.path), encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=document.name
+            )
+            yield BOUNDARY
+
+    return _Counted(label, digest.hexdigest(), counts, chunks, {"documents": len(kept), "boundary": BOUNDARY})
+
+
+def _write_ids(chunks: Iterator[str], vocab: Vocabulary, directory: Path, n_train: int, n_val: int) -> None:
     """Encode the text chunk by chunk into ``train.npy`` (the first `n_train` ids) and ``val.npy``."""
     table = np.zeros(CODE_POINTS, dtype=vocab.dtype)  # code point -> id
-    table[present] = np.arange(len(present))
+    table[[ord(char) for char in vocab.chars]] = np.arange(len(vocab))
     train = np.lib.format.open_memmap(directory / "train.npy", mode="w+", dtype=vocab.dtype, shape=(n_train,))
     val = np.lib.format.open_memmap(directory / "val.npy", mode="w+", dtype=vocab.dtype, shape=(n_val,))
     position = 0
@@ -239,6 +351,11 @@ def find_prepared(digest: str, val_fraction: float, root: Path | None = None) ->
     except (OSError, ValueError, KeyError):
         return None
     return prepared if prepared.stats.get("sha256") == digest else None
+
+
+def boundary_id(corpus: "PreparedCorpus") -> int | None:
+    """The id of the document boundary in a corpus of documents (where the state is reset), else None."""
+    return corpus.vocab.index[BOUNDARY] if corpus.stats.get("documents") else None
 
 
 def load_prepared(directory: Path) -> PreparedCorpus:

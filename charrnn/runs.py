@@ -80,8 +80,13 @@ class Run:
         finally:
             self.lock_path.unlink(missing_ok=True)
 
-    def write_config(self, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any]) -> None:
+    def write_config(
+        self, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any], run: dict[str, Any] | None = None
+    ) -> None:
+        """`run`: facts about the run itself (device, parent...; see charrnn.runinfo.run_section)."""
         data = {"format": 1, "model": model.to_dict(), "train": train.to_dict(), "corpus": corpus}
+        if run is not None:
+            data["run"] = run
         temporary = self.config_path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         temporary.replace(self.config_path)
@@ -94,6 +99,14 @@ class Run:
             return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"]), data["corpus"]
         except (ValueError, KeyError, TypeError) as error:
             raise RunError(f"{self.config_path} is damaged: {error}") from error
+
+    def read_run_section(self) -> dict[str, Any]:
+        """config.json's "run" section (device, precision, parent); {} for runs written before it existed."""
+        try:
+            section = json.loads(self.config_path.read_text(encoding="utf-8")).get("run")
+        except (OSError, ValueError, AttributeError) as error:
+            raise RunError(f"{self.config_path} is missing or damaged") from error
+        return section if isinstance(section, dict) else {}
 
     def read_vocab(self) -> Vocabulary:
         try:

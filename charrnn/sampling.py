@@ -48,8 +48,18 @@ def matmul_operands(params, dtype: str):
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
+def _reset_at(carry, token: jax.Array, reset_id: int | None):
+    """Zero the state of streams about to read the document boundary, as training did."""
+    if reset_id is None:
+        return carry
+    keep = (token != reset_id).astype(jnp.float32)[:, None]
+    return jax.tree.map(lambda c: c * keep, carry)
+
+
 @functools.lru_cache(maxsize=8)
-def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_size: int) -> Callable:
+def make_sample_chunk(
+    model_config: ModelConfig, options: SampleOptions, chunk_size: int, reset_id: int | None = None
+) -> Callable:
     """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key)."""
     model = CharRNN(model_config)
 
@@ -58,6 +68,7 @@ def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_s
 
         def body(state, _):
             carry, token, key = state
+            carry = _reset_at(carry, token, reset_id)
             key, subkey = jax.random.split(key)
             logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
             token = pick(logits, subkey, options).astype(jnp.int32)
@@ -70,10 +81,57 @@ def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_s
 
 
 @functools.lru_cache(maxsize=8)
-def make_prime(model_config: ModelConfig) -> Callable:
+def make_prime(model_config: ModelConfig, reset_id: int | None = None) -> Callable:
     """Jitted (params, carry, tokens [B, T]) -> carry: warm the state on the prime text."""
     model = CharRNN(model_config)
-    return jax.jit(lambda params, carry, tokens: model.apply({"params": params}, tokens, carry)[1])
+
+    def prime(params, carry, tokens):
+        resets = None if reset_id is None else tokens == reset_id
+        return model.apply({"params": params}, tokens, carry, resets=resets)[1]
+
+    return jax.jit(prime)
+
+
+class StopScanner:
+    """Finds where each of `num` streamed samples ends: at the first occurrence, in the generated
+    text, of any stop text. A stop text in `printed` is kept at the end of the sample (a stop at
+    "\n\n" keeps the paragraph's end); one in `hidden` (the document boundary) is not.
+    A stop text spanning two chunks is found: the last characters of each stream are kept."""
+
+    def __init__(self, num: int, printed: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> None:
+        self.stops = [(text, True) for text in printed if text] + [(text, False) for text in hidden if text]
+        self.keep = max((len(text) for text, _ in self.stops), default=1) - 1
+        self.tails = [""] * num
+        self.done = [False] * num
+
+    def __bool__(self) -> bool:
+        return bool(self.stops)
+
+    def cut(self, pieces: list[str]) -> list[str]:
+        """Each stream's piece up to (and with a printed stop text, including) its first stop; "" once done."""
+        out = []
+        for i, piece in enumerate(pieces):
+            if self.done[i]:
+                out.append("")
+                continue
+            tail = self.tails[i]
+            window = tail + piece
+            ends = []  # (index where the text ends, index where the sample ends)
+            for text, printed in self.stops:
+                at = window.find(text)
+                if at >= 0:
+                    ends.append((at + len(text), at + len(text) if printed else at))
+            if ends:
+                _, end = min(ends)
+                self.done[i] = True
+                out.append(window[len(tail) : max(end, len(tail))])
+            else:
+                out.append(piece)
+                self.tails[i] = window[max(0, len(window) - self.keep) :] if self.keep else ""
+        return out
+
+    def all_done(self) -> bool:
+        return bool(self.stops) and all(self.done)
 
 
 def sample_stream(
@@ -87,12 +145,21 @@ def sample_stream(
     num: int = 1,
     seed: int = 0,
     chunk_size: int = 256,
+    stop: tuple[str, ...] = (),
+    boundary: str | None = None,
+    stop_at_boundary: bool = True,
 ) -> Iterator[list[str]]:
     """Yield, chunk by chunk, the next piece of text of each of `num` samples (a list of `num` strings).
 
     The state is warmed on `prime` (whose characters must be in `vocab`); the first character is
     then drawn after the prime's last character, or after a newline when there is no prime.
+    Each sample ends at the first `stop` text it generates (printed); once every sample has ended,
+    no further chunk is computed. A model trained on documents (`boundary`: the character between
+    them) starts a new document when there is no prime, has its state reset where it reads the
+    boundary (as in training), and ends each sample at the boundary, which is not printed, unless
+    `stop_at_boundary` is false.
     """
+    reset_id = vocab.index.get(boundary) if boundary else None
     if num < 8 and jax.default_backend() == "cpu":
         # A few streams are matrix-vector products bound by reading the weights; XLA's CPU backend
         # ran those faster in float32 than with bf16 operands (4,808 against 4,106 chars/s for one
@@ -102,14 +169,18 @@ def sample_stream(
     if prime:
         ids = vocab.encode(prime).astype(np.int32)
         if len(ids) > 1:
-            carry = make_prime(model_config)(params, carry, jnp.tile(ids[None, :-1], (num, 1)))
+            prime_state = make_prime(model_config, *(() if reset_id is None else (reset_id,)))
+            carry = prime_state(params, carry, jnp.tile(ids[None, :-1], (num, 1)))
         start = int(ids[-1])
     else:
-        start = vocab.index.get("\n", 0)
+        start = reset_id if reset_id is not None else vocab.index.get("\n", 0)
     token = jnp.full((num,), start, jnp.int32)
     key = jax.random.key(seed)
-    sample_chunk = make_sample_chunk(model_config, options, chunk_size)
+    # Called with the same arguments as everywhere else when there are no documents: one cache entry.
+    extra = () if reset_id is None else (reset_id,)
+    sample_chunk = make_sample_chunk(model_config, options, chunk_size, *extra)
 
+    scanner = StopScanner(num, stop, (boundary,) if reset_id is not None and stop_at_boundary else ())
     remaining = length
     pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
     while pending is not None:
@@ -119,4 +190,10 @@ def sample_stream(
         # Dispatch the next chunk before reading this one, so the device never waits for the host.
         pending = sample_chunk(params, carry, token, key) if remaining > 0 else None
         ids = np.asarray(tokens[:take]).T  # [num, take]
-        yield [vocab.decode(row) for row in ids]
+        pieces = [vocab.decode(row) for row in ids]
+        if scanner:
+            pieces = scanner.cut(pieces)
+            if scanner.all_done():
+                yield pieces
+                return  # the chunk already dispatched is dropped; no other is started
+        yield pieces

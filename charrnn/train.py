@@ -64,17 +64,25 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(model_config: ModelConfig, train_config: TrainConfig) -> Callable:
+def document_resets(inputs: jax.Array, reset_id: int | None) -> jax.Array | None:
+    """Where the recurrent state is zeroed before reading inputs[:, t]: at the document boundary
+    (so the next document is read from a fresh state), or nowhere for a single text."""
+    return None if reset_id is None else inputs == reset_id
+
+
+def make_train_step(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None = None) -> Callable:
     """The jitted step (state, inputs, targets, learning_rate) -> (state, metrics).
 
     Forward, backward, clipping and the update are one XLA program; the old state's buffers are
     donated. Inputs may be sharded along the batch axis: nothing here assumes one device.
+    `reset_id`: the document boundary's id, for a corpus of documents.
     """
     model = CharRNN(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
     optimizer = make_optimizer(train_config)
 
     def loss_fn(params, carry, inputs, targets, key):
-        logits, carry = model.apply({"params": params}, inputs, carry, train=True, rngs={"dropout": key})
+        resets = document_resets(inputs, reset_id)
+        logits, carry = model.apply({"params": params}, inputs, carry, train=True, resets=resets, rngs={"dropout": key})
         return cross_entropy(logits, targets).mean(), carry
 
     def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, lr: jax.Array):
@@ -92,12 +100,12 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig) -> Cal
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model_config: ModelConfig) -> Callable:
+def make_eval_step(model_config: ModelConfig, reset_id: int | None = None) -> Callable:
     """The jitted step (params, carry, inputs, targets, weights) -> (carry, summed nats, summed weight)."""
     model = CharRNN(model_config)
 
     def eval_step(params, carry, inputs, targets, weights):
-        logits, carry = model.apply({"params": params}, inputs, carry)
+        logits, carry = model.apply({"params": params}, inputs, carry, resets=document_resets(inputs, reset_id))
         nats = cross_entropy(logits, targets)
         return carry, jnp.sum(nats * weights), jnp.sum(weights)
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +22,12 @@ import numpy as np
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import PreparedCorpus
+from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.model import initial_carry
 from charrnn.runs import Run
-from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_train_step
+from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_optimizer, make_train_step
+from charrnn.transfer import extend_params
 
 
 class TrainingDiverged(CharrnnError):
@@ -112,16 +114,19 @@ def fit(
     train_config: TrainConfig,
     *,
     resume: bool = False,
+    init_from: tuple[Any, int] | None = None,
 ) -> Iterator[Report]:
     """Train `model_config` on `corpus` into `run`, or continue the run's latest checkpoint.
 
+    `init_from` = (a parent run's parameters, its vocabulary size): a new run starts from those
+    weights (grown to this vocabulary, see charrnn.transfer) with a fresh optimizer.
     The run is locked for the duration, so two processes never write the same checkpoints.
     """
     with run.lock():
-        yield from _fit(run, corpus, model_config, train_config, resume=resume)
+        yield from _fit(run, corpus, model_config, train_config, resume=resume, init_from=init_from)
 
 
-def _fit(run, corpus, model_config, train_config, *, resume):
+def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     tc = train_config
     batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len)
     windows = batcher.windows_per_epoch
@@ -131,8 +136,9 @@ def _fit(run, corpus, model_config, train_config, *, resume):
     val_windows = evaluation_windows(corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len)
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
-    train_step = make_train_step(model_config, tc)
-    eval_step = make_eval_step(model_config)
+    reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
+    train_step = make_train_step(model_config, tc, reset_id)
+    eval_step = make_eval_step(model_config, reset_id)
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
@@ -151,6 +157,9 @@ def _fit(run, corpus, model_config, train_config, *, resume):
         raise RunError(f"{run.directory} has no checkpoint to resume from")
     else:
         state = create_state(model_config, tc)
+        if init_from is not None:
+            params = extend_params(init_from[0], state.params, init_from[1])
+            state = state.replace(params=params, opt_state=make_optimizer(tc).init(params))
 
     step = int(progress["step"])
     started = time.monotonic() - float(progress["elapsed"])
@@ -192,6 +201,7 @@ def _fit(run, corpus, model_config, train_config, *, resume):
                 "learning_rate": last_lr,
                 "elapsed": round(elapsed(), 2),
                 "time": time.time(),
+                "chars_seen": step * tc.batch_size * tc.seq_len,  # training characters read so far
             },
         )
         return EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed())

@@ -24,7 +24,9 @@ class Vocabulary:
     """Maps characters to ids and back.
 
     Ids follow code-point order, so the same set of characters always gives the same ids,
-    whatever order they appear in. ``"\\r\\n"`` stays two characters: text round-trips byte for byte.
+    whatever order they appear in; a vocabulary `extended` for a model continued on new text keeps
+    its old ids and appends the new characters (in code-point order among themselves).
+    ``"\\r\\n"`` stays two characters: text round-trips byte for byte.
     """
 
     chars: tuple[str, ...]
@@ -38,6 +40,11 @@ class Vocabulary:
     @classmethod
     def from_text(cls, text: str) -> Self:
         return cls(tuple(sorted(set(text))))
+
+    def extended(self, chars: Iterable[str]) -> Self:
+        """This vocabulary with the characters of `chars` it lacks appended: old ids are unchanged."""
+        new = sorted(set(chars) - set(self.chars))
+        return type(self)(self.chars + tuple(new))
 
     def __len__(self) -> int:
         return len(self.chars)

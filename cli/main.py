@@ -13,6 +13,8 @@ from . import console
 from .bench_cmd import bench
 from .corpus_cmd import corpus_app
 from .eval_cmd import eval_
+from .info_cmd import info, runs
+from .plot_cmd import plot
 from .prep_cmd import prep
 from .sample_cmd import sample
 from .score_cmd import score
@@ -21,9 +23,10 @@ from .train_cmd import train
 app = typer.Typer(
     name="charrnn",
     help="Character-level recurrent language models (LSTM, GRU, RNN) on JAX.\n\n"
-    "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`.",
+    "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`. "
+    "Inspect runs with `charrnn runs`, `charrnn info RUN` and `charrnn plot RUN...`.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # Typer's --install-completion / --show-completion
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -33,6 +36,9 @@ app.command()(sample)
 app.command()(bench)
 app.command()(score)
 app.command("eval")(eval_)
+app.command()(info)
+app.command()(runs)
+app.command()(plot)
 app.add_typer(corpus_app, name="corpus")
 
 
@@ -91,7 +97,7 @@ def main() -> None:
     sys.stdout = _GuardedStdout(sys.stdout)
     try:
         try:
-            app()
+            app(prog_name="charrnn")  # also names the completion script, however charrnn was started
         except SystemExit as done:
             if isinstance(done.__context__, BrokenPipeError):  # typer turns a broken pipe into exit 1
                 raise done.__context__ from None

@@ -10,8 +10,12 @@ from . import console
 from .options import default_of
 
 CorpusArgument = Annotated[
-    str,
-    typer.Argument(help="Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus."),
+    list[str] | None,
+    typer.Argument(
+        help="Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
+        "several files are documents. [default: pydoc]",
+        show_default=False,
+    ),
 ]
 EncodingOption = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file.")]
 ErrorsOption = Annotated[
@@ -27,7 +31,7 @@ ValFractionOption = Annotated[
 
 
 def prep(
-    corpus: CorpusArgument = "pydoc",
+    corpus: CorpusArgument = None,
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
     errors: ErrorsOption = "strict",
@@ -36,14 +40,21 @@ def prep(
     from charrnn.corpus import prepare
 
     fraction = TrainConfig(val_fraction=val_fraction).val_fraction if val_fraction is not None else 0.1
-    prepared, cached = prepare(corpus, val_fraction=fraction, encoding=encoding, errors=errors)
+    prepared, cached = prepare(
+        corpus or ["pydoc"],
+        val_fraction=fraction,
+        encoding=encoding,
+        errors=errors,
+        warn=lambda text: console.info(f"charrnn: warning: {text}"),
+    )
     show_stats(prepared.stats, prepared.directory, cached)
 
 
 def show_stats(stats: dict, directory, cached: bool) -> None:
     common = "  ".join(f"{char!r}:{count}" for char, count in stats["most_common"])
+    documents = f" in {stats['documents']:,} documents" if stats.get("documents") else ""
     console.info(
-        f"corpus {stats['source']}: {stats['characters']:,} characters, vocabulary {stats['vocab_size']:,} "
+        f"corpus {stats['source']}: {stats['characters']:,} characters{documents}, vocabulary {stats['vocab_size']:,} "
         f"({stats['dtype']}); train {stats['train_characters']:,}, validation {stats['val_characters']:,}"
         f"{' (cached)' if cached else ''}\n"
         f"  most frequent: {common}\n"

@@ -25,8 +25,27 @@ def sample(
     top_k: Annotated[int, typer.Option(help="Sample only among the k most likely characters (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: the smallest set with this much probability.")] = 1.0,
     num: Annotated[int, typer.Option("--num", help="Independent samples, generated as one batch.")] = 1,
-    separator: Annotated[str, typer.Option(help="Printed between samples.")] = "\n---\n",
+    separator: Annotated[
+        str, typer.Option(help="Printed between samples (backslash escapes \\n, \\t, \\\\ understood).")
+    ] = "\\n---\\n",
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop",
+            help="End each sample at the first occurrence of this text, which is printed (repeatable; "
+            "escapes such as \\n understood: --stop '\\n\\n' ends at a blank line).",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or latest.")] = "best",
+    boundary_stop: Annotated[
+        bool,
+        typer.Option(
+            "--boundary-stop/--no-boundary-stop",
+            help="For a run trained on documents: end each sample where its document ends (the U+001E boundary, "
+            "not printed), or go on into new documents (the boundary printed as it is).",
+        ),
+    ] = True,
     skip_unknown: Annotated[
         bool, typer.Option("--skip-unknown", help="Drop prime characters the model does not know, not fail.")
     ] = False,
@@ -46,6 +65,12 @@ def sample(
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"cannot read --prime-file {prime_file}: {error}") from error
     prime = prime or ""
+    from .options import unescape
+
+    separator = unescape(separator)
+    stops = tuple(unescape(text) for text in stop or ())
+    if "" in stops:
+        raise UsageError("--stop must not be empty")
 
     from charrnn.config import SampleOptions
 
@@ -62,6 +87,7 @@ def sample(
     if not run.exists():
         raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
     vocab = run.read_vocab()
+    boundary = run.read_config()[2].get("boundary")  # the document boundary of a run trained on documents
     if unknown := vocab.missing(prime):
         if not skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
@@ -72,7 +98,19 @@ def sample(
 
     # A closed pipe (`| head`) or a full disk on stdout is handled for every command in main().
     _write_samples(
-        sample_stream(params, model_config, vocab, length=length, prime=prime, options=options, num=num, seed=seed),
+        sample_stream(
+            params,
+            model_config,
+            vocab,
+            length=length,
+            prime=prime,
+            options=options,
+            num=num,
+            seed=seed,
+            stop=stops,
+            boundary=boundary,
+            stop_at_boundary=boundary_stop,
+        ),
         prime,
         num,
         separator,

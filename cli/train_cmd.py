@@ -5,7 +5,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,9 +25,10 @@ def _help(text: str, config_class: type, name: str) -> str:
 
 def train(
     corpus: Annotated[
-        str | None,
+        list[str] | None,
         typer.Argument(
-            help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation). "
+            help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation); a folder "
+            "or several files are documents, joined with U+001E, the state reset between them. "
             "Defaults to pydoc, or to the corpus of the run given with --resume.",
             show_default=False,
         ),
@@ -37,6 +38,14 @@ def train(
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run from this run's best weights (new characters extend its vocabulary; "
+            "fresh optimizer; model options default to the parent's).",
+        ),
     ] = None,
     cell: Annotated[str | None, typer.Option(help=_help(f"Cell: {', '.join(CELLS)}.", ModelConfig, "cell"))] = None,
     layers: Annotated[int | None, typer.Option(help=_help("Recurrent layers.", ModelConfig, "layers"))] = None,
@@ -115,6 +124,8 @@ def train(
         unroll=unroll,
         val_fraction=val_fraction,
     )
+    if resume is not None and init_from is not None:
+        raise UsageError("give --resume (continue the same run) or --init-from (a new run from its weights), not both")
     asked = ModelConfig(vocab_size=1, **model_options)  # option mistakes are reported before JAX loads
     TrainConfig(**train_options, **budget_options)
 
@@ -124,18 +135,32 @@ def train(
     asked.check_fits_in_memory(_memory_bytes())  # counted on the parameter tree: fail before slow work
     from charrnn.runs import Run
 
+    parent = None
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
         if resume is not None:
             run, prepared, cached, model_config, train_config = _resume_run(
                 Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
             )
         else:
+            parent = _parent(init_from, model_options) if init_from is not None else None
+            if parent is not None:
+                model_options = parent.model_options
             run, prepared, cached, model_config, train_config = _new_run(
-                corpus, out, model_options, train_options, budget_options, dropout is None, held, encoding, errors
+                corpus,
+                out,
+                model_options,
+                train_options,
+                budget_options,
+                dropout is None and parent is None,
+                held,
+                encoding,
+                errors,
+                parent,
             )
         show_stats(prepared.stats, prepared.directory, cached)
         _describe(run, model_config, train_config, resume is not None)
-        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
+        initial = _parent_weights(parent, prepared.vocab) if parent is not None else None
+        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, initial)
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
@@ -164,27 +189,74 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
         )
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
-    source = corpus if corpus is not None else corpus_info["source"]
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
+    # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
+    prepared, cached = prepare(
+        source,
+        val_fraction=train_config.val_fraction,
+        encoding=encoding,
+        errors=errors,
+        base_vocab=run.read_vocab(),
+        warn=_warn,
+    )
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
-            f"the corpus {source} has changed since {run.directory} was trained on it "
+            f"the corpus {source if isinstance(source, str) else ' '.join(source)} has changed since "
+            f"{run.directory} was trained on it "
             "(its contents differ); start a new run instead"
         )
     return run, prepared, cached, saved_model, train_config
 
 
-def _new_run(corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors):
+@dataclasses.dataclass(frozen=True)
+class _Parent:
+    """The run given with --init-from."""
+
+    run: Any
+    vocab: Any
+    model_options: dict[str, Any]  # the child's model options: the parent's, updated by the user's
+
+
+def _parent(directory: Path, model_options: dict[str, Any]) -> _Parent:
+    from charrnn.transfer import child_model_options, parent_of
+
+    run, model_config, vocab = parent_of(directory)
+    return _Parent(run, vocab, child_model_options(model_config, model_options, directory))
+
+
+def _parent_weights(parent: _Parent, vocab) -> tuple[Any, int]:
+    """The parent's best parameters and vocabulary size, for `fit(init_from=...)`."""
+    from charrnn.inference import load_params
+
+    params, _ = load_params(parent.run, "best", warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    added = len(vocab) - len(parent.vocab)
+    console.info(
+        f"initialised from {parent.run.directory} (best checkpoint); "
+        + (f"{added} new characters extend its vocabulary of {len(parent.vocab)}" if added else "same vocabulary")
+    )
+    return params, len(parent.vocab)
+
+
+def _new_run(
+    corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors, parent=None
+):
     """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
     (10 epochs, the device's precision, dropout by the budget's length)."""
     from charrnn.corpus import prepare
     from charrnn.runs import Run, fresh_run_dir
 
-    source = corpus if corpus is not None else "pydoc"
+    sources = corpus or ["pydoc"]
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    prepared, cached = prepare(
+        sources,
+        val_fraction=train_config.val_fraction,
+        encoding=encoding,
+        errors=errors,
+        base_vocab=parent.vocab if parent is not None else None,
+        warn=_warn,
+    )
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
 
@@ -197,20 +269,32 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
         epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
-    stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+    first = sources[0]
+    stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
+    stem = stem or "corpus"
     run = Run(out if out is not None else fresh_run_dir(stem))
     if run.exists():
         raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
     held.enter_context(run.lock())
     prepared.vocab.save(run.vocab_path)
+    absolute = [str(Path(source).absolute()) if source not in ("-", "pydoc") else source for source in sources]
     corpus_info = {
-        "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
+        "source": absolute[0] if len(absolute) == 1 else absolute,
         "sha256": prepared.stats["sha256"],
         "characters": prepared.stats["characters"],
     }
-    run.write_config(model_config, train_config, corpus_info)
+    if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
+        corpus_info |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
+    from charrnn.runinfo import run_section
+
+    section = run_section(model_config, parent.run.directory if parent is not None else None)
+    run.write_config(model_config, train_config, corpus_info, section)
     return run, prepared, cached, model_config, train_config
+
+
+def _warn(text: str) -> None:
+    console.info(f"charrnn: warning: {text}")
 
 
 def _memory_bytes() -> int:
@@ -234,7 +318,7 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
     )
 
 
-def _run_with_progress(run, prepared, model_config, train_config, resuming: bool):
+def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, initial=None):
     """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -242,7 +326,7 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
 
     val_text = "val -"
     ticker = console.PlainTicker()
-    reports = fit(run, prepared, model_config, train_config, resume=resuming)
+    reports = fit(run, prepared, model_config, train_config, resume=resuming, init_from=initial)
     if not console.interactive():
         for report in reports:
             if isinstance(report, StepReport) and ticker.due():

@@ -172,7 +172,7 @@ def test_help_and_option_errors_do_not_import_jax():
         "from charrnn.cli.main import app\n"
         "result = typer.testing.CliRunner().invoke(app, ['--help'])\n"
         "assert result.exit_code == 0 and 'sample' in result.stdout\n"
-        "for name in ['train', 'sample', 'prep', 'corpus', 'score', 'eval']:\n"
+        "for name in ['train', 'sample', 'prep', 'corpus', 'score', 'eval', 'info', 'runs', 'plot']:\n"
         "    assert typer.testing.CliRunner().invoke(app, [name, '--help']).exit_code == 0\n"
         "from charrnn.config import CELLS\n"
         "for name in ['train', 'bench']:\n"  # every registered cell is offered
@@ -253,3 +253,47 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
     startup = report["startup"]
     assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]
+
+
+def test_training_records_device_and_characters_seen(trained_run):
+    home, _ = trained_run
+    config = json.loads((home / "runs" / "text" / "config.json").read_text())
+    assert config["run"]["platform"] == "cpu" and config["run"]["precision"] == config["model"]["dtype"]
+    assert config["run"]["parent"] is None and config["run"]["device"]
+    metrics = [json.loads(line) for line in (home / "runs" / "text" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["chars_seen"] for m in metrics] == [80 * 4 * 16, 160 * 4 * 16, 240 * 4 * 16]
+    info = json.loads(charrnn("info", "runs/text", "--json", cwd=home).stdout)
+    assert info["platform"] == "cpu" and info["steps"] == 240 and info["chars_seen"] == 240 * 4 * 16
+
+
+def test_sample_stop_and_separator_understand_escapes(trained_run):
+    home, _ = trained_run
+    args = ["sample", "runs/text", "--temp", "0", "--prime", "hello", "-n", "100", "--num", "2"]
+    result = charrnn(*args, "--stop", "ld", "--stop", "o\\n", "--separator", "\\t|\\\\n", cwd=home)
+    assert result.stdout == "hello world\t|\\nhello world"
+    empty = charrnn(*args, "--stop", "", check=False, cwd=home)
+    assert (empty.returncode, empty.stderr) == (2, "charrnn: error: --stop must not be empty\n")
+
+
+def test_shell_completion_completes_commands_and_options_without_jax():
+    code = (
+        "import sys\n"
+        "from charrnn.cli.main import app\n"
+        "try:\n"
+        "    app(prog_name='charrnn')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules), file=sys.stderr)\n"
+    )
+
+    def complete(words: str) -> subprocess.CompletedProcess:
+        cword = str(len(words.split()) - 1)
+        env = os.environ | {"_CHARRNN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+
+    commands = complete("charrnn in")
+    assert commands.stdout.split() == ["info"] and commands.stderr.strip() == "[]"
+    options = complete("charrnn sample --st")
+    assert options.stdout.split() == ["--stop"] and options.stderr.strip() == "[]"
+    script = charrnn("--show-completion", "bash").stdout
+    assert "_CHARRNN_COMPLETE=complete_bash" in script

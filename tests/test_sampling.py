@@ -98,3 +98,43 @@ def test_sampler_compiles_once_per_option_set(trained):
 def test_zero_length_yields_nothing(trained):
     params, model_config, vocab = trained
     assert list(sample_stream(params, model_config, vocab, length=0)) == []
+
+
+def test_stop_scanner_finds_a_stop_text_spanning_chunks():
+    from charrnn.sampling import StopScanner
+
+    scanner = StopScanner(2, printed=("\n\n", "END"))
+    assert scanner.cut(["ab\n", "xE"]) == ["ab\n", "xE"]
+    assert scanner.cut(["\ncd", "N"]) == ["\n", "N"]  # "\n" + "\n", "E" + "N"... not yet "END"
+    assert scanner.done == [True, False]
+    assert scanner.cut(["more", "Dzz"]) == ["", "D"]
+    assert scanner.all_done()
+    hidden = StopScanner(1, printed=("lo",), hidden=("\x1e",))
+    assert hidden.cut(["ab\x1ecd"]) == ["ab"]  # a hidden stop (the document boundary) is not printed
+    first = StopScanner(1, printed=("abc", "b"))
+    assert first.cut(["xabc"]) == ["xab"]  # the stop text that is complete first wins
+
+
+def test_stop_ends_each_sample_on_its_own_even_across_small_chunks(trained):
+    params, model_config, vocab = trained
+    pieces = list(
+        sample_stream(
+            params,
+            model_config,
+            vocab,
+            length=200,
+            prime="hello",
+            options=SampleOptions(0.0),
+            chunk_size=3,
+            stop=("rld,",),
+        )
+    )
+    text = "".join(p[0] for p in pieces)
+    assert text == " world,"
+    assert len(pieces) == 3  # " wo", "rld", ",": no chunk computed or yielded after the stop
+    texts, _ = generate(
+        trained, length=60, prime="h", options=SampleOptions(1.5), num=3, chunk_size=4, seed=5, stop=(" ",)
+    )
+    free, _ = generate(trained, length=60, prime="h", options=SampleOptions(1.5), num=3, chunk_size=4, seed=5)
+    for stopped, full in zip(texts, free, strict=True):
+        assert stopped == full[: full.index(" ") + 1] if " " in full else stopped == full

@@ -1,0 +1,60 @@
+"""Continuing a trained model on new text (`charrnn train NEW.txt --init-from RUN`).
+
+The child run's model has the parent's shape, with a vocabulary that may be longer: the parent's
+characters keep their ids (see `Vocabulary.extended`), so they keep their embedding rows and
+their output rows (the columns of ``head_kernel`` and entries of ``head_bias``); the rows of new
+characters come from a freshly initialised model, exactly as a new run would have them. Every
+other weight is the parent's.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from charrnn.config import ModelConfig
+from charrnn.errors import RunError, UsageError
+from charrnn.runs import Run
+from charrnn.vocab import Vocabulary
+
+STRUCTURE = {"cell": "--cell", "layers": "--layers", "hidden_size": "--hidden", "embed_size": "--embed"}
+INHERITED = (*STRUCTURE, "dropout", "dtype")  # model options a child takes from its parent unless given
+
+
+def parent_of(directory: Path) -> tuple[Run, ModelConfig, Vocabulary]:
+    """The run to continue from, its model and vocabulary; one line if it is not a usable run."""
+    parent = Run(directory)
+    if not parent.exists():
+        raise RunError(f"--init-from {directory}: not a charrnn run (no config.json)")
+    model_config, _, _ = parent.read_config()
+    return parent, model_config, parent.read_vocab()
+
+
+def child_model_options(parent: ModelConfig, given: dict[str, Any], parent_dir: Path) -> dict[str, Any]:
+    """The child's model options: the parent's, except non-structural ones the user gave; a given
+    structural option that differs from the parent's is an error (its weights would not fit)."""
+    conflicts = [name for name in STRUCTURE if name in given and given[name] != getattr(parent, name)]
+    if conflicts:
+        shown = ", ".join(f"{STRUCTURE[n]} {given[n]} (the parent has {getattr(parent, n)})" for n in conflicts)
+        raise UsageError(f"{shown}: contradicts the model of --init-from {parent_dir}; drop it to use the parent's")
+    return {name: getattr(parent, name) for name in INHERITED} | given
+
+
+def extend_params(parent_params: Any, fresh_params: Any, old_vocab_size: int) -> Any:
+    """The parent's parameters, with the vocabulary-sized ones grown to the child's vocabulary:
+    rows ``[:old_vocab_size]`` from the parent, the rest from `fresh_params` (a new model's init)."""
+
+    def merge(path, parent_leaf, fresh_leaf):
+        name = str(getattr(path[-1], "key", ""))
+        if parent_leaf.shape == fresh_leaf.shape:
+            return parent_leaf
+        if name == "embedding":  # [V, E]
+            return jnp.concatenate([parent_leaf, fresh_leaf[old_vocab_size:]], axis=0)
+        if name == "head_kernel":  # [H, V]
+            return jnp.concatenate([parent_leaf, fresh_leaf[:, old_vocab_size:]], axis=1)
+        if name == "head_bias":  # [V]
+            return jnp.concatenate([parent_leaf, fresh_leaf[old_vocab_size:]], axis=0)
+        raise RunError(f"parameter {name} of the parent has shape {parent_leaf.shape}, not {fresh_leaf.shape}")
+
+    return jax.tree_util.tree_map_with_path(merge, parent_params, fresh_params)
