@@ -98,6 +98,28 @@ def train(
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
     errors: ErrorsOption = "strict",
+    devices: Annotated[
+        int | None,
+        typer.Option(help="Train on this many of each machine's devices. [default: all of them]", show_default=False),
+    ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHARRNN_COORDINATOR",
+            help="Several hosts: HOST:PORT of process 0, which every process of the run reaches.",
+            show_default=False,
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(envvar="CHARRNN_NUM_PROCESSES", help="Several hosts: how many processes.", show_default=False),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CHARRNN_PROCESS_ID", help="Several hosts: this process's number, 0..N-1.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
     model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
@@ -121,6 +143,16 @@ def train(
     from charrnn.runtime import configure_jax
 
     configure_jax()
+    from charrnn.placement import make_placement, start_distributed
+
+    if coordinator is not None or num_processes is not None or process_id is not None:
+        # `train` writes nothing to stdout, but the CPU collectives (gloo) print their connection
+        # messages there from C++: stdout becomes stderr, so stdout stays clean for pipelines.
+        os.dup2(2, 1)
+        start_distributed(coordinator, num_processes, process_id)
+    placement = make_placement(devices)
+    if "batch_size" in train_options:
+        placement.check_batch_size(train_options["batch_size"])
     from charrnn.runs import Run
 
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
@@ -132,9 +164,14 @@ def train(
             run, prepared, cached, model_config, train_config = _new_run(
                 corpus, out, model_options, train_options, budget_options, dropout is None, held, encoding, errors
             )
+        if not _is_leader():  # one voice for the whole run: process 0's
+            finished = _run_quietly(run, prepared, model_config, train_config, resume is not None, placement)
+            if finished.reason == "interrupted":
+                raise typer.Exit(128 + (finished.signal or 2))
+            return
         show_stats(prepared.stats, prepared.directory, cached)
-        _describe(run, model_config, train_config, resume is not None)
-        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None)
+        _describe(run, model_config, train_config, resume is not None, placement)
+        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, placement)
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
@@ -152,7 +189,8 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
     from charrnn.corpus import prepare
 
     saved_model, saved_train, corpus_info = run.read_config()
-    held.enter_context(run.lock())  # refuse at once if another process trains this run
+    if _is_leader():
+        held.enter_context(run.lock())  # refuse at once if another process trains this run
     saved = saved_model.to_dict() | saved_train.to_dict()
     conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
     if conflicts:
@@ -193,11 +231,15 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     if choose_dropout:  # regularise only runs long enough to start memorising the text
         from charrnn.trainer import auto_dropout, planned_epochs
 
-        epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
+        epochs_planned = _leaders_value(planned_epochs(model_config, train_config, len(prepared.train)))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
     stem = "stdin" if source == "-" else Path(source).stem or "corpus"
     run = Run(out if out is not None else fresh_run_dir(stem))
+    if not _is_leader():  # process 0 creates and describes the run; the others train into it
+        if out is None:
+            raise UsageError("a run over several hosts needs --out (a directory every host shares)")
+        return run, prepared, cached, model_config, train_config
     if run.exists():
         raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -212,6 +254,25 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     return run, prepared, cached, model_config, train_config
 
 
+def _is_leader() -> bool:
+    """Whether this process speaks for the run: the only one, or process 0 of several hosts."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _leaders_value(value: float) -> float:
+    """Process 0's `value` on every process (a measured figure that each host would see differently)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -219,7 +280,7 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool) -> None:
+def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool, placement) -> None:
     budgets = [
         f"{train_config.steps} steps" if train_config.steps else "",
         f"{train_config.epochs:g} epochs" if train_config.epochs else "",
@@ -230,10 +291,21 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
         f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}, "
         f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
         f"{train_config.learning_rate:g}; budget {', '.join(b for b in budgets if b)}"
+        + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
 
 
-def _run_with_progress(run, prepared, model_config, train_config, resuming: bool):
+def _run_quietly(run, prepared, model_config, train_config, resuming: bool, placement):
+    """Drive `fit` without a word (the processes of a multi-host run other than process 0)."""
+    from charrnn.trainer import Finished, fit
+
+    for report in fit(run, prepared, model_config, train_config, resume=resuming, placement=placement):
+        if isinstance(report, Finished):
+            return report
+    raise AssertionError("fit ended without a Finished report")
+
+
+def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, placement):
     """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -241,7 +313,7 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
 
     val_text = "val -"
     ticker = console.PlainTicker()
-    reports = fit(run, prepared, model_config, train_config, resume=resuming)
+    reports = fit(run, prepared, model_config, train_config, resume=resuming, placement=placement)
     if not console.interactive():
         for report in reports:
             if isinstance(report, StepReport) and ticker.due():
