@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from charrnn.errors import CharrnnError, UsageError
 
 AXIS = "data"
+HEARTBEAT_TIMEOUT = 30  # seconds without news from a process before the others are ended (JAX: 100)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,12 @@ def start_distributed(coordinator: str | None, num_processes: int | None, proces
     ):
         raise UsageError(f"--coordinator must be HOST:PORT, not {coordinator!r}")
     try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
+        )
     except (RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CharrnnError(f"could not join the multi-host run at {coordinator}: {first}") from error

@@ -4,13 +4,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
-from charrnn.errors import RunError, UsageError
+from charrnn.errors import CharrnnError, RunError, UsageError
 
 from . import console
 from .options import default_of, given
@@ -156,6 +157,7 @@ def train(
     from charrnn.runs import Run
 
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
+        held.enter_context(_failure_ends_every_host())
         if resume is not None:
             run, prepared, cached, model_config, train_config = _resume_run(
                 Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
@@ -252,6 +254,24 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     }
     run.write_config(model_config, train_config, corpus_info)
     return run, prepared, cached, model_config, train_config
+
+
+@contextlib.contextmanager
+def _failure_ends_every_host():
+    """Over several hosts, a process that fails says so in one line and leaves at once, without
+    JAX's shutdown barrier (which would wait for hosts that are waiting for it in a collective):
+    the coordination service then sees it gone and ends the other processes. Checkpoints are
+    written to a temporary directory and renamed when complete, so the last complete one survives."""
+    import jax
+
+    try:
+        yield
+    except CharrnnError as error:
+        if jax.process_count() == 1:
+            raise
+        console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
+        sys.stderr.flush()
+        os._exit(error.exit_code)
 
 
 def _is_leader() -> bool:
