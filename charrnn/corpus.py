@@ -1,9 +1,9 @@
 """Corpus preparation: text -> vocabulary + encoded train/validation splits, cached on disk.
 
 `prepare` streams the text in chunks (a 200 MB file of one line, or one larger than memory, needs
-only a few chunks' worth), and stores in the cache, keyed by the text's SHA-256 and the validation
-fraction: ``vocab.json``, ``train.npy``, ``val.npy`` (ids in the smallest unsigned dtype,
-memory-mapped by training) and ``stats.json``. A second call with the same text is a lookup.
+only a few chunks' worth), and stores in the cache, keyed by the text's SHA-256, the validation
+fraction and ``--min-count`` (when above 1): ``vocab.json``, ``train.npy``, ``val.npy`` (ids in the
+smallest unsigned dtype, memory-mapped by training) and ``stats.json``. A second call with the same text is a lookup.
 """
 
 import codecs
@@ -134,12 +134,16 @@ def prepare(
     errors: str = "strict",
     root: Path | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    min_count: int = 1,
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
 
     Two passes over the text, chunk by chunk: the first hashes it and counts every character, the
-    second writes the ids straight into the memory-mapped ``.npy`` files.
+    second writes the ids straight into the memory-mapped ``.npy`` files. Characters seen fewer than
+    `min_count` times all become the vocabulary's one unknown symbol.
     """
+    if min_count < 1:
+        raise UsageError(f"--min-count must be at least 1, not {min_count}")
     with ExitStack() as stack:
         if source == "-":  # read standard input once, into a file both passes can read
             spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="charrnn-stdin-"))
@@ -158,15 +162,20 @@ def prepare(
             digest.update(text.encode("utf-8", errors="surrogatepass"))
             counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
         digest = digest.hexdigest()
-        directory = (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+        rare_key = f"-min{min_count}" if min_count > 1 else ""
+        directory = (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}{rare_key}-v{FORMAT_VERSION}"
         if (directory / "stats.json").exists():
             try:
                 return load_prepared(directory), True
             except (OSError, ValueError, KeyError):
                 shutil.rmtree(directory, ignore_errors=True)  # a damaged cache entry is rebuilt
 
-        present = np.flatnonzero(counts)
-        vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
+        present = np.flatnonzero(counts >= min_count)
+        rare = np.flatnonzero((counts > 0) & (counts < min_count))
+        if len(rare):  # code-point order, like from_text, then the unknown symbol
+            vocab = Vocabulary.with_unknown(chr(code) for code in present)
+        else:
+            vocab = Vocabulary(tuple(chr(code) for code in present))
         total = int(counts.sum())
         n_val = max(2, int(round(total * val_fraction)))
         if total - n_val < 2:
@@ -186,11 +195,13 @@ def prepare(
             "val_fraction": val_fraction,
             "most_common": [[chr(code), int(counts[code])] for code in most_common],
         }
+        if min_count > 1:
+            stats |= {"min_count": min_count, "rare_characters": len(rare), "rare_occurrences": int(counts[rare].sum())}
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
         try:
             vocab.save(staging / "vocab.json")
-            _write_ids(chunks(), vocab, present, staging, total - n_val, n_val)
+            _write_ids(chunks(), vocab, present, rare, staging, total - n_val, n_val)
             (staging / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
             try:
                 os.rename(staging, directory)  # atomic: a reader sees all files or none
@@ -203,11 +214,19 @@ def prepare(
 
 
 def _write_ids(
-    chunks: Iterator[str], vocab: Vocabulary, present: np.ndarray, directory: Path, n_train: int, n_val: int
+    chunks: Iterator[str],
+    vocab: Vocabulary,
+    present: np.ndarray,
+    rare: np.ndarray,
+    directory: Path,
+    n_train: int,
+    n_val: int,
 ) -> None:
     """Encode the text chunk by chunk into ``train.npy`` (the first `n_train` ids) and ``val.npy``."""
     table = np.zeros(CODE_POINTS, dtype=vocab.dtype)  # code point -> id
     table[present] = np.arange(len(present))
+    if vocab.unknown_id is not None:
+        table[rare] = vocab.unknown_id
     train = np.lib.format.open_memmap(directory / "train.npy", mode="w+", dtype=vocab.dtype, shape=(n_train,))
     val = np.lib.format.open_memmap(directory / "val.npy", mode="w+", dtype=vocab.dtype, shape=(n_val,))
     position = 0

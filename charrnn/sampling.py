@@ -49,8 +49,13 @@ def matmul_operands(params, dtype: str):
 
 
 @functools.lru_cache(maxsize=8)
-def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_size: int) -> Callable:
-    """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key)."""
+def make_sample_chunk(
+    model_config: ModelConfig, options: SampleOptions, chunk_size: int, never: int | None = None
+) -> Callable:
+    """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key).
+
+    `never` is an id that is never drawn (the unknown symbol of a ``--min-count`` vocabulary: it
+    stands for many characters, so it is no text to show): its logit is -inf before picking."""
     model = CharRNN(model_config)
 
     def sample_chunk(params, carry, token, key):
@@ -60,6 +65,8 @@ def make_sample_chunk(model_config: ModelConfig, options: SampleOptions, chunk_s
             carry, token, key = state
             key, subkey = jax.random.split(key)
             logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            if never is not None:
+                logits = logits.at[:, never].set(-jnp.inf)
             token = pick(logits, subkey, options).astype(jnp.int32)
             return (carry, token, key), token
 
@@ -108,7 +115,8 @@ def sample_stream(
         start = vocab.index.get("\n", 0)
     token = jnp.full((num,), start, jnp.int32)
     key = jax.random.key(seed)
-    sample_chunk = make_sample_chunk(model_config, options, chunk_size)
+    never = () if vocab.unknown_id is None else (vocab.unknown_id,)  # (the same cache entry as before)
+    sample_chunk = make_sample_chunk(model_config, options, chunk_size, *never)
 
     remaining = length
     pending = sample_chunk(params, carry, token, key) if remaining > 0 else None

@@ -99,6 +99,15 @@ def train(
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
     errors: ErrorsOption = "strict",
+    min_count: Annotated[
+        int | None,
+        typer.Option(
+            "--min-count",
+            min=1,
+            help="Characters seen fewer times share one unknown symbol (never sampled). [default: 1]",
+            show_default=False,
+        ),
+    ] = None,
     devices: Annotated[
         int | None,
         typer.Option(help="Train on this many of each machine's devices. [default: all of them]", show_default=False),
@@ -160,11 +169,20 @@ def train(
         held.enter_context(_failure_ends_every_host())
         if resume is not None:
             run, prepared, cached, model_config, train_config = _resume_run(
-                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
+                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors, min_count
             )
         else:
             run, prepared, cached, model_config, train_config = _new_run(
-                corpus, out, model_options, train_options, budget_options, dropout is None, held, encoding, errors
+                corpus,
+                out,
+                model_options,
+                train_options,
+                budget_options,
+                dropout is None,
+                held,
+                encoding,
+                errors,
+                min_count or 1,
             )
         if not _is_leader():  # one voice for the whole run: process 0's
             finished = _run_quietly(run, prepared, model_config, train_config, resume is not None, placement)
@@ -185,7 +203,7 @@ def train(
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors):
+def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors, min_count):
     """The run to continue, checked against what was asked: same model and training options (budgets
     may change), and the same corpus, byte for byte."""
     from charrnn.corpus import prepare
@@ -202,9 +220,14 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
             f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
         )
+    saved_min_count = corpus_info.get("min_count", 1)
+    if min_count is not None and min_count != saved_min_count:
+        raise UsageError("--min-count differs from the run being resumed; drop it or start a new run with --out")
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus if corpus is not None else corpus_info["source"]
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    prepared, cached = prepare(
+        source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors, min_count=saved_min_count
+    )
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
             f"the corpus {source} has changed since {run.directory} was trained on it "
@@ -213,7 +236,9 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
     return run, prepared, cached, saved_model, train_config
 
 
-def _new_run(corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors):
+def _new_run(
+    corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors, min_count
+):
     """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
     (10 epochs, the device's precision, dropout by the budget's length)."""
     from charrnn.corpus import prepare
@@ -223,7 +248,9 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    prepared, cached = prepare(
+        source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors, min_count=min_count
+    )
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
 
@@ -251,7 +278,7 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
         "source": str(Path(source).absolute()) if source not in ("-", "pydoc") else source,
         "sha256": prepared.stats["sha256"],
         "characters": prepared.stats["characters"],
-    }
+    } | ({"min_count": min_count} if min_count > 1 else {})
     run.write_config(model_config, train_config, corpus_info)
     return run, prepared, cached, model_config, train_config
 
