@@ -63,6 +63,9 @@ def sharding_facts(ids, mc, tc) -> dict:
 
 
 def main(root: Path) -> None:
+    # The resumed runs compile the very programs of the first two: let them load those.
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     (root / "corpus.txt").write_text(text())
     prepared, _ = prepare(str(root / "corpus.txt"), val_fraction=0.1)
     mc = ModelConfig(vocab_size=len(prepared.vocab), layers=1, hidden_size=16, embed_size=8, dropout=0.1)
