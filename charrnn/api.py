@@ -107,7 +107,10 @@ class TrainedModel:
     def eval_validation(self) -> EvalResult:
         """Training's validation pass: the same split, streams, window length and character cap."""
         tc: TrainConfig = self.train_config
-        return evaluate_ids(self.params, self.model_config, self.validation_ids(), tc.batch_size, tc.seq_len)
+        boundary = self.corpus_info.get("boundary") if self.corpus_info.get("documents") else None
+        reset_id = self.vocab.index.get(boundary) if boundary else None
+        ids = self.validation_ids()
+        return evaluate_ids(self.params, self.model_config, ids, tc.batch_size, tc.seq_len, reset_id)
 
     def validation_ids(self) -> np.ndarray:
         """The run's validation split (its first `max_val_chars`), from the preparation cache or by
@@ -116,14 +119,18 @@ class TrainedModel:
 
         tc: TrainConfig = self.train_config
         digest, source = self.corpus_info.get("sha256", ""), self.corpus_info.get("source", "")
-        prepared = find_prepared(digest, tc.val_fraction) if digest else None
+        min_count = self.corpus_info.get("min_count", 1)
+        prepared = find_prepared(digest, tc.val_fraction, min_count=min_count) if digest else None
         if prepared is None:
             where = f"{self.run.directory}'s validation split"
             if source == "-" or not source:
                 raise RunError(f"{where} came from standard input and is no longer cached; give a FILE to evaluate")
-            if source != "pydoc" and not Path(source).is_file():
-                raise RunError(f"{where} needs its corpus {source}, which is gone; give a FILE to evaluate")
-            prepared, _ = prepare(source, val_fraction=tc.val_fraction)
+            sources = [source] if isinstance(source, str) else list(source)  # one text, or documents
+            if gone := [s for s in sources if s != "pydoc" and not Path(s).exists()]:
+                raise RunError(f"{where} needs its corpus {gone[0]}, which is gone; give a FILE to evaluate")
+            # The run's own vocabulary (a run continued from a parent's extends the text's own).
+            base = self.vocab if min_count == 1 else None
+            prepared, _ = prepare(source, val_fraction=tc.val_fraction, min_count=min_count, base_vocab=base)
             if prepared.stats["sha256"] != digest:
                 raise RunError(f"{where} cannot be rebuilt: the corpus {source} has changed since training")
         return np.asarray(prepared.val[: tc.max_val_chars])

@@ -18,9 +18,13 @@ class Batch(NamedTuple):
 
 
 class StreamBatcher:
-    """Windows over `batch_size` parallel streams of `ids`; window `k` of an epoch is `batch(k)`."""
+    """Windows over `batch_size` parallel streams of `ids`; window `k` of an epoch is `batch(k)`.
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
+    `rows` picks the streams this process builds (its share of the global batch over several
+    hosts); the streams themselves are those of the whole batch, so any split gives the same data.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rows: slice = slice(None)) -> None:
         stream_len = (len(ids) - 1) // batch_size  # each stream needs one extra id for its last target
         self.windows_per_epoch = stream_len // seq_len
         if self.windows_per_epoch < 1:
@@ -34,7 +38,7 @@ class StreamBatcher:
         # streams[b] = ids[b*stream_len : b*stream_len + used + 1]; a strided view, nothing copied.
         self.streams = np.lib.stride_tricks.as_strided(
             ids, shape=(batch_size, used + 1), strides=(ids.strides[0] * stream_len, ids.strides[0])
-        )
+        )[rows]
 
     def batch(self, window: int) -> Batch:
         start = window * self.seq_len
@@ -42,16 +46,20 @@ class StreamBatcher:
         return Batch(chunk[:, :-1], chunk[:, 1:])
 
 
-def evaluation_windows(ids: np.ndarray, batch_size: int, seq_len: int) -> list[tuple[np.ndarray, ...]]:
+def evaluation_windows(
+    ids: np.ndarray, batch_size: int, seq_len: int, row_multiple: int = 1
+) -> list[tuple[np.ndarray, ...]]:
     """Every target of `ids` exactly once, as masked windows over `batch_size` contiguous streams.
 
     Returns (inputs, targets, weights) triples of shape [batch, time]; padding has weight 0, so a
     validation pass covers the whole split with carried state and no character counted twice.
+    A short split gets fewer streams, rounded up to `row_multiple` (the device count) with empty ones.
     """
     n_targets = len(ids) - 1
     if n_targets < 1:
         raise CorpusError("the validation split needs at least two characters")
     batch_size = max(1, min(batch_size, n_targets))
+    batch_size = -(-batch_size // row_multiple) * row_multiple
     stream_len = -(-n_targets // batch_size)
     n_windows = -(-stream_len // seq_len)
     padded = n_windows * seq_len

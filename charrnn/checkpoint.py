@@ -115,10 +115,16 @@ class CheckpointStore:
             )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Load checkpoint `step` onto this process's devices, whatever device kind wrote it."""
+        """Load checkpoint `step` onto this process's devices, whatever device kind or count wrote it.
+
+        Leaves of `abstract_state` that carry a sharding (`train.abstract_state`) are restored with
+        it, split over today's devices; the others land on the default device."""
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_state
+            lambda leaf: jax.ShapeDtypeStruct(
+                leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None) or device
+            ),
+            abstract_state,
         )
         restored = self.manager.restore(
             step,

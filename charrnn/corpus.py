@@ -1,9 +1,9 @@
 """Corpus preparation: text -> vocabulary + encoded train/validation splits, cached on disk.
 
 `prepare` streams the text in chunks (a 200 MB file of one line, or one larger than memory, needs
-only a few chunks' worth), and stores in the cache, keyed by the text's SHA-256 and the validation
-fraction: ``vocab.json``, ``train.npy``, ``val.npy`` (ids in the smallest unsigned dtype,
-memory-mapped by training) and ``stats.json``. A second call with the same text is a lookup.
+only a few chunks' worth), and stores in the cache, keyed by the text's SHA-256, the validation
+fraction and ``--min-count`` (when above 1): ``vocab.json``, ``train.npy``, ``val.npy`` (ids in the
+smallest unsigned dtype, memory-mapped by training) and ``stats.json``. A second call with the same text is a lookup.
 """
 
 import codecs
@@ -141,11 +141,13 @@ def prepare(
     chunk_bytes: int = CHUNK_BYTES,
     base_vocab: Vocabulary | None = None,
     warn: Callable[[str], None] = lambda _: None,
+    min_count: int = 1,
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
 
     Two passes over the text, chunk by chunk: the first hashes it and counts every character, the
-    second writes the ids straight into the memory-mapped ``.npy`` files.
+    second writes the ids straight into the memory-mapped ``.npy`` files. Characters seen fewer than
+    `min_count` times all become the vocabulary's one unknown symbol.
 
     With `base_vocab` (a model continued on new text), the text is encoded with that vocabulary,
     extended by the characters it lacks, so the base's ids keep their meaning; the cache key then
@@ -155,6 +157,8 @@ def prepare(
     documents: joined with `BOUNDARY` after each, hashed by their names, order and contents; files
     found in a folder that are binary, undecodable or empty are skipped with a `warn`ing.
     """
+    if min_count < 1:
+        raise UsageError(f"--min-count must be at least 1, not {min_count}")
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise UsageError("no corpus given")
@@ -163,7 +167,7 @@ def prepare(
             raise UsageError("standard input ('-') cannot be one of several documents")
         label = " ".join(sources)
         documents = _count_documents(_collect_documents(sources), label, encoding, errors, chunk_bytes, warn)
-        return _prepare_counted(documents, val_fraction, root, base_vocab)
+        return _prepare_counted(documents, val_fraction, root, base_vocab, min_count)
     source = sources[0]
     with ExitStack() as stack:
         if source == "-":  # read standard input once, into a file both passes can read
@@ -182,7 +186,8 @@ def prepare(
         for text in chunks():
             digest.update(text.encode("utf-8", errors="surrogatepass"))
             counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
-        return _prepare_counted(_Counted(label, digest.hexdigest(), counts, chunks, {}), val_fraction, root, base_vocab)
+        counted = _Counted(label, digest.hexdigest(), counts, chunks, {})
+        return _prepare_counted(counted, val_fraction, root, base_vocab, min_count)
 
 
 @dataclass(frozen=True)
@@ -197,12 +202,21 @@ class _Counted:
 
 
 def _prepare_counted(
-    counted: _Counted, val_fraction: float, root: Path | None, base_vocab: Vocabulary | None
+    counted: _Counted, val_fraction: float, root: Path | None, base_vocab: Vocabulary | None, min_count: int = 1
 ) -> tuple[PreparedCorpus, bool]:
     label, digest, counts, chunks = counted.label, counted.digest, counted.counts, counted.chunks
-    present = np.flatnonzero(counts)
-    vocab = Vocabulary(tuple(chr(code) for code in present))  # code-point order, like from_text
-    key = f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+    if base_vocab is not None and min_count > 1:
+        raise UsageError("--min-count cannot be combined with --init-from (the parent's vocabulary is kept whole)")
+    frequent = counts >= min_count
+    if counted.extra_stats.get("documents"):
+        frequent[ord(BOUNDARY)] = True  # the document boundary is never rare
+    present = np.flatnonzero(frequent)
+    rare = np.flatnonzero((counts > 0) & ~frequent)
+    if len(rare):  # code-point order, like from_text, then the unknown symbol
+        vocab = Vocabulary.with_unknown(chr(code) for code in present)
+    else:
+        vocab = Vocabulary(tuple(chr(code) for code in present))
+    key = cache_entry(digest, val_fraction, min_count=min_count).name
     if base_vocab is not None and base_vocab.chars != vocab.chars:
         vocab = base_vocab.extended(vocab.chars)
         key += "-vocab" + hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
@@ -233,11 +247,13 @@ def _prepare_counted(
         "most_common": [[chr(code), int(counts[code])] for code in most_common],
         **counted.extra_stats,
     }
+    if min_count > 1:
+        stats |= {"min_count": min_count, "rare_characters": len(rare), "rare_occurrences": int(counts[rare].sum())}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
     try:
         vocab.save(staging / "vocab.json")
-        _write_ids(chunks(), vocab, staging, total - n_val, n_val)
+        _write_ids(chunks(), vocab, rare, staging, total - n_val, n_val)
         (staging / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
         try:
             os.rename(staging, directory)  # atomic: a reader sees all files or none
@@ -316,10 +332,15 @@ def _count_documents(
     return _Counted(label, digest.hexdigest(), counts, chunks, {"documents": len(kept), "boundary": BOUNDARY})
 
 
-def _write_ids(chunks: Iterator[str], vocab: Vocabulary, directory: Path, n_train: int, n_val: int) -> None:
-    """Encode the text chunk by chunk into ``train.npy`` (the first `n_train` ids) and ``val.npy``."""
+def _write_ids(
+    chunks: Iterator[str], vocab: Vocabulary, rare: np.ndarray, directory: Path, n_train: int, n_val: int
+) -> None:
+    """Encode the text chunk by chunk into ``train.npy`` (the first `n_train` ids) and ``val.npy``;
+    the `rare` code points become the unknown symbol."""
     table = np.zeros(CODE_POINTS, dtype=vocab.dtype)  # code point -> id
     table[[ord(char) for char in vocab.chars]] = np.arange(len(vocab))
+    if vocab.unknown_id is not None:
+        table[rare] = vocab.unknown_id
     train = np.lib.format.open_memmap(directory / "train.npy", mode="w+", dtype=vocab.dtype, shape=(n_train,))
     val = np.lib.format.open_memmap(directory / "val.npy", mode="w+", dtype=vocab.dtype, shape=(n_val,))
     position = 0
@@ -338,14 +359,17 @@ def _write_ids(chunks: Iterator[str], vocab: Vocabulary, directory: Path, n_trai
     val.flush()
 
 
-def cache_entry(digest: str, val_fraction: float, root: Path | None = None) -> Path:
+def cache_entry(digest: str, val_fraction: float, root: Path | None = None, *, min_count: int = 1) -> Path:
     """Where the text with SHA-256 `digest`, split at `val_fraction`, is (or will be) prepared."""
-    return (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}-v{FORMAT_VERSION}"
+    rare_key = f"-min{min_count}" if min_count > 1 else ""
+    return (root or cache_dir() / "prep") / f"{digest[:24]}-val{val_fraction:g}{rare_key}-v{FORMAT_VERSION}"
 
 
-def find_prepared(digest: str, val_fraction: float, root: Path | None = None) -> PreparedCorpus | None:
+def find_prepared(
+    digest: str, val_fraction: float, root: Path | None = None, *, min_count: int = 1
+) -> PreparedCorpus | None:
     """The cached preparation of the text with SHA-256 `digest`, if it is still in the cache intact."""
-    directory = cache_entry(digest, val_fraction, root)
+    directory = cache_entry(digest, val_fraction, root, min_count=min_count)
     try:
         prepared = load_prepared(directory)
     except (OSError, ValueError, KeyError):

@@ -58,9 +58,17 @@ def _reset_at(carry, token: jax.Array, reset_id: int | None):
 
 @functools.lru_cache(maxsize=8)
 def make_sample_chunk(
-    model_config: ModelConfig, options: SampleOptions, chunk_size: int, reset_id: int | None = None
+    model_config: ModelConfig,
+    options: SampleOptions,
+    chunk_size: int,
+    reset_id: int | None = None,
+    never: int | None = None,
 ) -> Callable:
-    """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key)."""
+    """Jitted (params, carry, token [B], key) -> (tokens [chunk, B], carry, last token, key).
+
+    `reset_id`: the document boundary, where the state is zeroed as in training. `never` is an id
+    that is never drawn (the unknown symbol of a ``--min-count`` vocabulary: it stands for many
+    characters, so it is no text to show): its logit is -inf before picking."""
     model = CharRNN(model_config)
 
     def sample_chunk(params, carry, token, key):
@@ -71,6 +79,8 @@ def make_sample_chunk(
             carry = _reset_at(carry, token, reset_id)
             key, subkey = jax.random.split(key)
             logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            if never is not None:
+                logits = logits.at[:, never].set(-jnp.inf)
             token = pick(logits, subkey, options).astype(jnp.int32)
             return (carry, token, key), token
 
@@ -176,8 +186,10 @@ def sample_stream(
         start = reset_id if reset_id is not None else vocab.index.get("\n", 0)
     token = jnp.full((num,), start, jnp.int32)
     key = jax.random.key(seed)
-    # Called with the same arguments as everywhere else when there are no documents: one cache entry.
-    extra = () if reset_id is None else (reset_id,)
+    # Called with the same arguments as everywhere else for a plain text: one compiled program.
+    extra = (reset_id, vocab.unknown_id)
+    while extra and extra[-1] is None:
+        extra = extra[:-1]
     sample_chunk = make_sample_chunk(model_config, options, chunk_size, *extra)
 
     scanner = StopScanner(num, stop, (boundary,) if reset_id is not None and stop_at_boundary else ())

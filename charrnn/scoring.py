@@ -435,11 +435,15 @@ def _empty(details: bool) -> tuple[np.ndarray, ...]:
 
 
 # -- the loss over a whole text --------------------------------------------------------------------
-def evaluate_ids(params: Any, model_config: ModelConfig, ids: np.ndarray, streams: int, window: int) -> EvalResult:
+def evaluate_ids(
+    params: Any, model_config: ModelConfig, ids: np.ndarray, streams: int, window: int, reset_id: int | None = None
+) -> EvalResult:
     """Mean nats per predicted character over `ids` (every id after the first is predicted), cut
-    into `streams` contiguous parts each read with carried state: training's validation pass."""
+    into `streams` contiguous parts each read with carried state: training's validation pass
+    (`reset_id`: a corpus of documents' boundary, where the state is reset as in training)."""
     windows = evaluation_windows(ids, streams, window)
-    return EvalResult(evaluate(make_eval_step(model_config), params, model_config, windows), len(ids) - 1)
+    step = make_eval_step(model_config, reset_id)
+    return EvalResult(evaluate(step, params, model_config, windows), len(ids) - 1)
 
 
 def evaluate_text(

@@ -17,6 +17,7 @@ from flax import struct
 from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model import CharRNN, ModelCarry, init_params, initial_carry
+from charrnn.placement import Placement
 
 
 class TrainState(struct.PyTreeNode):
@@ -59,6 +60,41 @@ def create_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainS
     )
 
 
+def placed_state(model_config: ModelConfig, train_config: TrainConfig, placement: Placement) -> TrainState:
+    """`create_state`, computed straight into the placement's shardings (nothing gathered on one
+    device). On a single device it is `create_state` itself: the state lands where it always did."""
+    if placement.size == 1:
+        return create_state(model_config, train_config)
+    create = jax.jit(
+        lambda: create_state(model_config, train_config),
+        out_shardings=state_shardings(model_config, train_config, placement),
+    )
+    return create()
+
+
+def abstract_state(model_config: ModelConfig, train_config: TrainConfig, placement: Placement) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without computing it (the target of a restore)."""
+    shapes = jax.eval_shape(lambda: create_state(model_config, train_config))
+    if placement.size == 1:
+        return shapes
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        shapes,
+        placement.state_shardings(shapes),
+    )
+
+
+def state_shardings(model_config: ModelConfig, train_config: TrainConfig, placement: Placement) -> TrainState:
+    return placement.state_shardings(jax.eval_shape(lambda: create_state(model_config, train_config)))
+
+
+def placed_carry(model_config: ModelConfig, batch_size: int, placement: Placement) -> ModelCarry:
+    """A zero carry with its rows split over the placement's devices."""
+    if placement.size == 1:
+        return initial_carry(model_config, batch_size)
+    return jax.jit(lambda: initial_carry(model_config, batch_size), out_shardings=placement.carry)()
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-character negative log-likelihood in nats: [B, T, V], [B, T] -> [B, T]."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
@@ -70,12 +106,19 @@ def document_resets(inputs: jax.Array, reset_id: int | None) -> jax.Array | None
     return None if reset_id is None else inputs == reset_id
 
 
-def make_train_step(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None = None) -> Callable:
+def make_train_step(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    placement: Placement | None = None,
+    reset_id: int | None = None,
+) -> Callable:
     """The jitted step (state, inputs, targets, learning_rate) -> (state, metrics).
 
     Forward, backward, clipping and the update are one XLA program; the old state's buffers are
-    donated. Inputs may be sharded along the batch axis: nothing here assumes one device.
-    `reset_id`: the document boundary's id, for a corpus of documents.
+    donated. On several devices (`placement`) the inputs are sharded along the batch axis and the
+    output state is pinned to the placement's shardings; XLA adds the gradient all-reduce. On one
+    device the program is the plain single-device one. `reset_id`: the document boundary's id, for
+    a corpus of documents.
     """
     model = CharRNN(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
     optimizer = make_optimizer(train_config)
@@ -97,7 +140,10 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, reset_
         )
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-    return jax.jit(train_step, donate_argnums=0)
+    if placement is None or placement.size == 1:
+        return jax.jit(train_step, donate_argnums=0)
+    shardings = state_shardings(model_config, train_config, placement)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, placement.replicated))
 
 
 def make_eval_step(model_config: ModelConfig, reset_id: int | None = None) -> Callable:
@@ -112,10 +158,24 @@ def make_eval_step(model_config: ModelConfig, reset_id: int | None = None) -> Ca
     return jax.jit(eval_step)
 
 
-def evaluate(eval_step: Callable, params: Any, model_config: ModelConfig, windows: Iterable[tuple]) -> float:
-    """Mean nats per character over all `windows` (from `evaluation_windows`), state carried across them."""
+def evaluate(
+    eval_step: Callable,
+    params: Any,
+    model_config: ModelConfig,
+    windows: Iterable[tuple],
+    placement: Placement | None = None,
+) -> float:
+    """Mean nats per character over all `windows` (from `evaluation_windows`), state carried across them.
+
+    With a `placement`, every window's rows are split over its devices (every process holds the
+    whole windows; each feeds its own rows)."""
     windows = list(windows)
-    carry = initial_carry(model_config, windows[0][0].shape[0])
+    batch_size = windows[0][0].shape[0]
+    if placement is None:
+        carry = initial_carry(model_config, batch_size)
+    else:
+        carry = placed_carry(model_config, batch_size, placement)
+        windows = [tuple(placement.put_global(part) for part in window) for window in windows]
     total, count = jnp.zeros(()), jnp.zeros(())
     for inputs, targets, weights in windows:
         carry, nats, weight = eval_step(params, carry, inputs, targets, weights)

@@ -24,9 +24,18 @@ from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
-from charrnn.model import initial_carry
+from charrnn.placement import Placement, make_placement
 from charrnn.runs import Run
-from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_optimizer, make_train_step
+from charrnn.train import (
+    abstract_state,
+    evaluate,
+    learning_rate,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+    placed_carry,
+    placed_state,
+)
 from charrnn.transfer import extend_params
 
 
@@ -114,38 +123,46 @@ def fit(
     train_config: TrainConfig,
     *,
     resume: bool = False,
+    placement: Placement | None = None,
     init_from: tuple[Any, int] | None = None,
 ) -> Iterator[Report]:
     """Train `model_config` on `corpus` into `run`, or continue the run's latest checkpoint.
 
     `init_from` = (a parent run's parameters, its vocabulary size): a new run starts from those
     weights (grown to this vocabulary, see charrnn.transfer) with a fresh optimizer.
-    The run is locked for the duration, so two processes never write the same checkpoints.
+    The run is locked for the duration, so two processes never write the same checkpoints. Training
+    is data-parallel over `placement` (default: every local device). Over several hosts every
+    process runs `fit` alike; process 0 alone holds the lock and writes the metrics.
     """
-    with run.lock():
-        yield from _fit(run, corpus, model_config, train_config, resume=resume, init_from=init_from)
+    placement = placement or make_placement()
+    placement.check_batch_size(train_config.batch_size)
+    with run.lock() if jax.process_index() == 0 else contextlib.nullcontext():
+        yield from _fit(
+            run, corpus, model_config, train_config, resume=resume, placement=placement, init_from=init_from
+        )
 
 
-def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
+def _fit(run, corpus, model_config, train_config, *, resume, placement, init_from=None):
     tc = train_config
-    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len)
+    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len, rows=placement.local_rows(tc.batch_size))
     windows = batcher.windows_per_epoch
     total_steps = step_budget(tc, windows)
     # A large corpus's validation split (20 MB of a 200 MB text) would take minutes per pass; its
     # first million characters measure the loss to about 0.001 nats/char, and the same ones every time.
-    val_windows = evaluation_windows(corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len)
+    val_windows = evaluation_windows(corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size)
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
     reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
-    train_step = make_train_step(model_config, tc, reset_id)
+    train_step = make_train_step(model_config, tc, placement, reset_id)
     eval_step = make_eval_step(model_config, reset_id)
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
     if resume and store.steps():
-        abstract = jax.eval_shape(lambda: create_state(model_config, tc))
         state, saved, notices = store.restore_first_good(
-            abstract, sorted(store.steps(), reverse=True), quarantine=run.directory / "damaged-checkpoints"
+            abstract_state(model_config, tc, placement),
+            sorted(store.steps(), reverse=True),
+            quarantine=run.directory / "damaged-checkpoints" if jax.process_index() == 0 else None,
         )
         for notice in notices:
             yield Notice(notice)
@@ -156,9 +173,11 @@ def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     elif resume:
         raise RunError(f"{run.directory} has no checkpoint to resume from")
     else:
-        state = create_state(model_config, tc)
+        state = placed_state(model_config, tc, placement)
         if init_from is not None:
             params = extend_params(init_from[0], state.params, init_from[1])
+            if placement.size > 1:
+                params = jax.device_put(params, placement.replicated)
             state = state.replace(params=params, opt_state=make_optimizer(tc).init(params))
 
     step = int(progress["step"])
@@ -167,15 +186,15 @@ def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     def elapsed() -> float:
         return time.monotonic() - started
 
-    def fraction_done() -> float:
+    def fraction_done(seconds: float | None = None) -> float:
         parts = [step / total_steps] if total_steps else []
         if tc.time_seconds:
-            parts.append(elapsed() / tc.time_seconds)
+            parts.append((elapsed() if seconds is None else seconds) / tc.time_seconds)
         return max(parts) if parts else math.nan
 
     def validate_and_save(val: bool = True) -> EvalReport | None:
         nonlocal progress
-        val_loss = evaluate(eval_step, state.params, model_config, val_windows) if val else NOT_EVALUATED
+        val_loss = evaluate(eval_step, state.params, model_config, val_windows, placement) if val else NOT_EVALUATED
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
         is_best = val and val_loss < progress["best_val_loss"]
@@ -210,27 +229,34 @@ def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     loss_sum, interval_start, interval_steps = jnp.zeros(()), time.monotonic(), 0
     last_saved = step if resume else -1
     reason = "interrupted"
+    # Over several hosts the clock and the signals are each process's own: they are shared only
+    # every log_every steps, by one tiny all-gather, so that every process stops at the same step
+    # and computes the same learning rate (it follows the time budget) in between.
+    hosts, clock, stop_anywhere = jax.process_count(), None, False
     with _stop_on_signals() as stop_requested, contextlib.closing(store):
         while True:
             if total_steps is not None and step >= total_steps:
                 reason = "steps" if tc.steps and step >= tc.steps else "epochs"
                 break
-            if tc.time_seconds and elapsed() >= tc.time_seconds:
-                reason = "time"
-                break
             if tc.patience and progress["bad_evals"] >= tc.patience:
                 reason = "patience"
                 break
-            if stop_requested.is_set():
+            if hosts > 1 and step % tc.log_every == 0:
+                clock, stop_anywhere = shared_max(elapsed(), float(stop_requested.is_set()))
+            if tc.time_seconds and (elapsed() if clock is None else clock) >= tc.time_seconds:
+                reason = "time"
+                break
+            if stop_requested.is_set() if hosts == 1 else stop_anywhere:
                 break
 
             window = step % windows
             if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
-                state = state.replace(carry=initial_carry(model_config, tc.batch_size))
+                state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
             batch = batcher.batch(window)
-            done = fraction_done()
+            done = fraction_done(clock)
             last_lr = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
-            state, metrics = train_step(state, batch.inputs, batch.targets, np.float32(last_lr))
+            inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in batch)
+            state, metrics = train_step(state, inputs, targets, np.float32(last_lr))
             loss_sum = loss_sum + metrics["loss"]
             step += 1
             interval_steps += 1
@@ -260,7 +286,17 @@ def _fit(run, corpus, model_config, train_config, *, resume, init_from=None):
     yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
 
 
+def shared_max(*values: float) -> tuple[float, ...]:
+    """Each value's maximum over all processes (a tiny all-gather): one view every host acts on."""
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.array(values, np.float64))
+    return tuple(float(value) for value in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))
+
+
 def _append_metrics(run: Run, record: dict) -> None:
+    if jax.process_index() != 0:  # one writer for the run's files
+        return
     try:
         run.append_metrics(record)
     except OSError as error:

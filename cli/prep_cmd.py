@@ -28,6 +28,15 @@ ValFractionOption = Annotated[
         help=f"Fraction at the end held out for validation. [default: {default_of(TrainConfig, 'val_fraction')}]",
     ),
 ]
+MinCountOption = Annotated[
+    int,
+    typer.Option(
+        "--min-count",
+        min=1,
+        help="Characters seen fewer times share one unknown symbol (an extra vocabulary entry, never "
+        "sampled): keeps a large alphabet's rare characters out of the softmax.",
+    ),
+]
 
 
 def prep(
@@ -35,6 +44,7 @@ def prep(
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
     errors: ErrorsOption = "strict",
+    min_count: MinCountOption = 1,
 ) -> None:
     """Prepare a corpus: vocabulary, encoded train/validation splits (cached), statistics."""
     from charrnn.corpus import prepare
@@ -46,6 +56,7 @@ def prep(
         encoding=encoding,
         errors=errors,
         warn=lambda text: console.info(f"charrnn: warning: {text}"),
+        min_count=min_count,
     )
     show_stats(prepared.stats, prepared.directory, cached)
 
@@ -57,6 +68,12 @@ def show_stats(stats: dict, directory, cached: bool) -> None:
         f"corpus {stats['source']}: {stats['characters']:,} characters{documents}, vocabulary {stats['vocab_size']:,} "
         f"({stats['dtype']}); train {stats['train_characters']:,}, validation {stats['val_characters']:,}"
         f"{' (cached)' if cached else ''}\n"
-        f"  most frequent: {common}\n"
+        + (
+            f"  --min-count {stats['min_count']}: {stats['rare_characters']:,} rare characters "
+            f"({stats['rare_occurrences']:,} occurrences) share the unknown symbol\n"
+            if stats.get("min_count", 1) > 1
+            else ""
+        )
+        + f"  most frequent: {common}\n"
         f"  prepared in {directory}"
     )

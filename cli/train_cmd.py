@@ -4,13 +4,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
-from charrnn.errors import RunError, UsageError
+from charrnn.errors import CharrnnError, RunError, UsageError
 
 from . import console
 from .options import default_of, given
@@ -107,6 +108,37 @@ def train(
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
     errors: ErrorsOption = "strict",
+    min_count: Annotated[
+        int | None,
+        typer.Option(
+            "--min-count",
+            min=1,
+            help="Characters seen fewer times share one unknown symbol (never sampled). [default: 1]",
+            show_default=False,
+        ),
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(help="Train on this many of each machine's devices. [default: all of them]", show_default=False),
+    ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHARRNN_COORDINATOR",
+            help="Several hosts: HOST:PORT of process 0, which every process of the run reaches.",
+            show_default=False,
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(envvar="CHARRNN_NUM_PROCESSES", help="Several hosts: how many processes.", show_default=False),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CHARRNN_PROCESS_ID", help="Several hosts: this process's number, 0..N-1.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
     model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
@@ -133,13 +165,24 @@ def train(
 
     configure_jax()
     asked.check_fits_in_memory(_memory_bytes())  # counted on the parameter tree: fail before slow work
+    from charrnn.placement import make_placement, start_distributed
+
+    if coordinator is not None or num_processes is not None or process_id is not None:
+        # `train` writes nothing to stdout, but the CPU collectives (gloo) print their connection
+        # messages there from C++: stdout becomes stderr, so stdout stays clean for pipelines.
+        os.dup2(2, 1)
+        start_distributed(coordinator, num_processes, process_id)
+    placement = make_placement(devices)
+    if "batch_size" in train_options:
+        placement.check_batch_size(train_options["batch_size"])
     from charrnn.runs import Run
 
     parent = None
     with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
+        held.enter_context(_failure_ends_every_host())
         if resume is not None:
             run, prepared, cached, model_config, train_config = _resume_run(
-                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors
+                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors, min_count
             )
         else:
             parent = _parent(init_from, model_options) if init_from is not None else None
@@ -155,12 +198,19 @@ def train(
                 held,
                 encoding,
                 errors,
+                min_count or 1,
                 parent,
             )
-        show_stats(prepared.stats, prepared.directory, cached)
-        _describe(run, model_config, train_config, resume is not None)
+        # Every process starts from the parent's weights (a multi-host run's followers too).
         initial = _parent_weights(parent, prepared.vocab) if parent is not None else None
-        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, initial)
+        if not _is_leader():  # one voice for the whole run: process 0's
+            finished = _run_quietly(run, prepared, model_config, train_config, resume is not None, placement, initial)
+            if finished.reason == "interrupted":
+                raise typer.Exit(128 + (finished.signal or 2))
+            return
+        show_stats(prepared.stats, prepared.directory, cached)
+        _describe(run, model_config, train_config, resume is not None, placement)
+        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, placement, initial)
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
@@ -172,13 +222,14 @@ def train(
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors):
+def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors, min_count):
     """The run to continue, checked against what was asked: same model and training options (budgets
     may change), and the same corpus, byte for byte."""
     from charrnn.corpus import prepare
 
     saved_model, saved_train, corpus_info = run.read_config()
-    held.enter_context(run.lock())  # refuse at once if another process trains this run
+    if _is_leader():
+        held.enter_context(run.lock())  # refuse at once if another process trains this run
     saved = saved_model.to_dict() | saved_train.to_dict()
     conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
     if conflicts:
@@ -188,6 +239,9 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
             f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
         )
+    saved_min_count = corpus_info.get("min_count", 1)
+    if min_count is not None and min_count != saved_min_count:
+        raise UsageError("--min-count differs from the run being resumed; drop it or start a new run with --out")
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
     # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
@@ -198,6 +252,7 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         errors=errors,
         base_vocab=run.read_vocab(),
         warn=_warn,
+        min_count=saved_min_count,
     )
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
@@ -238,7 +293,17 @@ def _parent_weights(parent: _Parent, vocab) -> tuple[Any, int]:
 
 
 def _new_run(
-    corpus, out, model_options, train_options, budget_options, choose_dropout, held, encoding, errors, parent=None
+    corpus,
+    out,
+    model_options,
+    train_options,
+    budget_options,
+    choose_dropout,
+    held,
+    encoding,
+    errors,
+    min_count,
+    parent=None,
 ):
     """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
     (10 epochs, the device's precision, dropout by the budget's length)."""
@@ -256,6 +321,7 @@ def _new_run(
         errors=errors,
         base_vocab=parent.vocab if parent is not None else None,
         warn=_warn,
+        min_count=min_count,
     )
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
@@ -266,13 +332,17 @@ def _new_run(
     if choose_dropout:  # regularise only runs long enough to start memorising the text
         from charrnn.trainer import auto_dropout, planned_epochs
 
-        epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
+        epochs_planned = _leaders_value(planned_epochs(model_config, train_config, len(prepared.train)))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
     first = sources[0]
     stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
     stem = stem or "corpus"
     run = Run(out if out is not None else fresh_run_dir(stem))
+    if not _is_leader():  # process 0 creates and describes the run; the others train into it
+        if out is None:
+            raise UsageError("a run over several hosts needs --out (a directory every host shares)")
+        return run, prepared, cached, model_config, train_config
     if run.exists():
         raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -284,6 +354,8 @@ def _new_run(
         "sha256": prepared.stats["sha256"],
         "characters": prepared.stats["characters"],
     }
+    if min_count > 1:
+        corpus_info["min_count"] = min_count
     if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
         corpus_info |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
     from charrnn.runinfo import run_section
@@ -297,6 +369,43 @@ def _warn(text: str) -> None:
     console.info(f"charrnn: warning: {text}")
 
 
+@contextlib.contextmanager
+def _failure_ends_every_host():
+    """Over several hosts, a process that fails says so in one line and leaves at once, without
+    JAX's shutdown barrier (which would wait for hosts that are waiting for it in a collective):
+    the coordination service then sees it gone and ends the other processes. Checkpoints are
+    written to a temporary directory and renamed when complete, so the last complete one survives."""
+    import jax
+
+    try:
+        yield
+    except CharrnnError as error:
+        if jax.process_count() == 1:
+            raise
+        console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
+        sys.stderr.flush()
+        os._exit(error.exit_code)
+
+
+def _is_leader() -> bool:
+    """Whether this process speaks for the run: the only one, or process 0 of several hosts."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _leaders_value(value: float) -> float:
+    """Process 0's `value` on every process (a measured figure that each host would see differently)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -304,7 +413,7 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool) -> None:
+def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool, placement) -> None:
     budgets = [
         f"{train_config.steps} steps" if train_config.steps else "",
         f"{train_config.epochs:g} epochs" if train_config.epochs else "",
@@ -315,10 +424,22 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
         f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}, "
         f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
         f"{train_config.learning_rate:g}; budget {', '.join(b for b in budgets if b)}"
+        + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
 
 
-def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, initial=None):
+def _run_quietly(run, prepared, model_config, train_config, resuming: bool, placement, initial=None):
+    """Drive `fit` without a word (the processes of a multi-host run other than process 0)."""
+    from charrnn.trainer import Finished, fit
+
+    reports = fit(run, prepared, model_config, train_config, resume=resuming, placement=placement, init_from=initial)
+    for report in reports:
+        if isinstance(report, Finished):
+            return report
+    raise AssertionError("fit ended without a Finished report")
+
+
+def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, placement, initial=None):
     """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -326,7 +447,7 @@ def _run_with_progress(run, prepared, model_config, train_config, resuming: bool
 
     val_text = "val -"
     ticker = console.PlainTicker()
-    reports = fit(run, prepared, model_config, train_config, resume=resuming, init_from=initial)
+    reports = fit(run, prepared, model_config, train_config, resume=resuming, placement=placement, init_from=initial)
     if not console.interactive():
         for report in reports:
             if isinstance(report, StepReport) and ticker.due():
