@@ -136,7 +136,7 @@ def _fit(run, corpus, model_config, train_config, *, resume):
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
-    if resume and store.steps():
+    if resume and (store.steps() or store.unreadable):
         abstract = jax.eval_shape(lambda: create_state(model_config, tc))
         state, saved, notices = store.restore_first_good(
             abstract, sorted(store.steps(), reverse=True), quarantine=run.directory / "damaged-checkpoints"

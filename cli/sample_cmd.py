@@ -2,12 +2,13 @@
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from charrnn.errors import CharrnnError, RunError, UsageError
+from charrnn.errors import CharrnnError, UsageError
 
 from . import console
 
@@ -36,38 +37,50 @@ def sample(
         raise UsageError(f"--length must be >= 0, not {length}")
     if num < 1:
         raise UsageError(f"--num must be positive, not {num}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
     if checkpoint not in ("best", "latest"):
         raise UsageError(f"--checkpoint must be best or latest, not {checkpoint!r}")
     if prime is not None and prime_file is not None:
         raise UsageError("give --prime or --prime-file, not both")
     if prime_file is not None:
-        try:
-            prime = prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"cannot read --prime-file {prime_file}: {error}") from error
+        prime = _read_prime(prime_file)
     prime = prime or ""
 
     from charrnn.config import SampleOptions
 
     options = SampleOptions(temperature=temp, top_k=top_k, top_p=top_p)
 
-    from charrnn.runtime import configure_jax
-
-    configure_jax()
-    from charrnn.inference import load_params
     from charrnn.runs import Run, latest_run
-    from charrnn.sampling import sample_stream
 
     run = Run(run_dir) if run_dir is not None else latest_run()
-    if not run.exists():
-        raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
-    vocab = run.read_vocab()
+    loaded = run.open()  # the configuration and vocabulary, checked, before JAX is even loaded
+    vocab = loaded.vocab
     if unknown := vocab.missing(prime):
         if not skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise UsageError(f"the prime has characters this model never saw: {shown} (--skip-unknown drops them)")
         prime = "".join(c for c in prime if c in vocab)
-    params, model_config = load_params(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+
+    from charrnn import memory
+
+    memory.require(
+        memory.sampling_bytes(loaded.model, num, len(prime)),
+        f"sampling {num:,} streams from a {loaded.model.layers}×{loaded.model.hidden_size} "
+        f"{loaded.model.cell.upper()}" + (f" after a prime of {len(prime):,} characters" if len(prime) > 1 else ""),
+    )
+    spool_bytes = 4 * length * (num - 1)  # samples 2..N wait on disk, as UTF-32
+    if spool_bytes:
+        _require_disk(spool_bytes, num, length)
+
+    from charrnn.runtime import configure_jax
+
+    configure_jax()
+    from charrnn.inference import load_model
+    from charrnn.sampling import sample_stream
+
+    _, params = load_model(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    model_config = loaded.model
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
 
     try:
@@ -89,22 +102,107 @@ def sample(
         raise CharrnnError(f"cannot write the sample: {error.strerror or error}") from None
 
 
+MAX_SEED = (1 << 63) - 1
+
+
+def _read_prime(path: Path) -> str:
+    """The text of --prime-file: a UTF-8 text file (not a directory, not binary)."""
+    if path.is_dir():
+        raise UsageError(f"--prime-file {path} is a directory, not a text file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--prime-file {path} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"--prime-file {path} is not readable (permission denied)") from None
+    except OSError as error:
+        raise UsageError(f"cannot read --prime-file {path}: {error.strerror or error}") from None
+    if b"\x00" in data:
+        raise UsageError(f"--prime-file {path} looks binary (NUL byte at offset {data.index(0)}); give a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--prime-file {path} is not valid UTF-8 (bad byte at offset {error.start})") from None
+
+
+def _require_disk(needed: int, num: int, length: int) -> None:
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if needed > free:
+        raise UsageError(
+            f"--num {num:,} × --length {length:,} needs about {needed / 2**30:.1f} GiB of temporary disk "
+            f"space in {tempfile.gettempdir()} (samples after the first wait there); it has {free / 2**30:.1f} GiB"
+        )
+
+
+class _Spool:
+    """Samples 2..N of a batch, waiting on disk for sample 1 to finish: an anonymous temporary file
+    (gone when closed, even after kill -9) holding each chunk's pieces as UTF-32, so every piece of
+    a chunk has the same size and sample i is read back chunk by chunk at computed offsets. Memory
+    stays bounded whatever --length and --num."""
+
+    def __init__(self, count: int) -> None:
+        import tempfile
+
+        self.count = count
+        self.file = tempfile.TemporaryFile()
+        self.runs: list[list[int]] = []  # [chunk length, number of chunks]: all chunks but the last are equal
+
+    def add(self, pieces: list[str]) -> None:
+        size = len(pieces[0])
+        if not size:
+            return
+        self.file.write(b"".join(piece.encode("utf-32-le") for piece in pieces))
+        if self.runs and self.runs[-1][0] == size:
+            self.runs[-1][1] += 1
+        else:
+            self.runs.append([size, 1])
+
+    def text(self, index: int, block_chars: int = 1 << 20) -> Iterator[str]:
+        """Sample `index` (0-based among the spooled ones), in pieces of about `block_chars`."""
+        self.file.flush()
+        offset = 0
+        for size, chunks in self.runs:
+            stride = self.count * size * 4
+            per_block = max(1, block_chars // size)
+            for first in range(0, chunks, per_block):
+                parts = []
+                for chunk in range(first, min(chunks, first + per_block)):
+                    self.file.seek(offset + chunk * stride + index * size * 4)
+                    parts.append(self.file.read(size * 4))
+                yield b"".join(parts).decode("utf-32-le")
+            offset += chunks * stride
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _write_samples(stream, prime: str, num: int, separator: str) -> None:
-    """Stream sample 0 as it is generated; the others (same batch) follow, each after `separator`."""
+    """Stream sample 1 as it is generated; the others (same batch) follow, each after `separator`,
+    read back from a spool on disk."""
     out = sys.stdout
     out.write(prime)
     out.flush()
-    rest: list[list[str]] = [[] for _ in range(num - 1)]
+    spool = _Spool(num - 1) if num > 1 else None
     last = prime[-1:] if prime else ""
-    for pieces in stream:
-        out.write(pieces[0])
-        out.flush()
-        last = pieces[0][-1:] or last
-        for buffer, piece in zip(rest, pieces[1:], strict=True):
-            buffer.append(piece)
-    for buffer in rest:
-        out.write(separator + prime + "".join(buffer))
-        last = (separator + prime + "".join(buffer))[-1:]
+    try:
+        for pieces in stream:
+            out.write(pieces[0])
+            out.flush()
+            last = pieces[0][-1:] or last
+            if spool is not None:
+                spool.add(pieces[1:])
+        for index in range(num - 1):
+            out.write(separator + prime)
+            last = (separator + prime)[-1:] or last
+            for text in spool.text(index):
+                out.write(text)
+                last = text[-1:] or last
+    finally:
+        if spool is not None:
+            spool.close()
     if out.isatty() and last != "\n":
         out.write("\n")  # keep the shell prompt on its own line; pipes get the text exactly
     out.flush()

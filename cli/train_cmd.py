@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +10,10 @@ import typer
 
 from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
 from charrnn.errors import RunError, UsageError
+from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
-from .options import default_of, given
+from .options import default_of, flag, flag_errors, given
 from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
@@ -23,6 +23,7 @@ def _help(text: str, config_class: type, name: str) -> str:
     return f"{text} [default: {default_of(config_class, name)}]"
 
 
+@flag_errors
 def train(
     corpus: Annotated[
         str | None,
@@ -115,8 +116,10 @@ def train(
         unroll=unroll,
         val_fraction=val_fraction,
     )
-    ModelConfig(vocab_size=1, **model_options).check_fits_in_memory(_memory_bytes())  # fail before slow work
-    TrainConfig(**train_options, **budget_options)
+    _check_memory(ModelConfig(vocab_size=1, **model_options), TrainConfig(**train_options, **budget_options))
+    if out is not None and resume is not None:
+        raise UsageError("give --out or --resume, not both (a resumed run stays where it is)")
+    check_output_dir(resume if resume is not None else out or runs_dir(), "--resume" if resume else "--out")
 
     from charrnn.runtime import configure_jax
 
@@ -151,13 +154,13 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
     may change), and the same corpus, byte for byte."""
     from charrnn.corpus import prepare
 
-    saved_model, saved_train, corpus_info = run.read_config()
+    loaded = run.open()
+    saved_model, saved_train, corpus_info = loaded.model, loaded.train, loaded.corpus
     held.enter_context(run.lock())  # refuse at once if another process trains this run
     saved = saved_model.to_dict() | saved_train.to_dict()
     conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
     if conflicts:
-        flags = {"hidden_size": "hidden", "embed_size": "embed", "learning_rate": "lr", "warmup_steps": "warmup"}
-        names = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in conflicts)
+        names = ", ".join(flag(name) for name in conflicts)
         raise UsageError(
             f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
@@ -183,23 +186,24 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
+    stem = "stdin" if source == "-" else Path(source).stem or "corpus"
+    run = Run(out if out is not None else fresh_run_dir(stem))
+    if run.exists():
+        raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+    check_output_dir(run.directory, "--out" if out is not None else "the run directory")
     prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
     if "dtype" not in model_options:
         from charrnn.runtime import default_dtype
 
         model_options = model_options | {"dtype": default_dtype()}
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
-    model_config.check_fits_in_memory(_memory_bytes())
+    _check_memory(model_config, train_config)
     if choose_dropout:  # regularise only runs long enough to start memorising the text
         from charrnn.trainer import auto_dropout, planned_epochs
 
         epochs_planned = planned_epochs(model_config, train_config, len(prepared.train))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
-    stem = "stdin" if source == "-" else Path(source).stem or "corpus"
-    run = Run(out if out is not None else fresh_run_dir(stem))
-    if run.exists():
-        raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
     held.enter_context(run.lock())
     prepared.vocab.save(run.vocab_path)
@@ -212,11 +216,15 @@ def _new_run(corpus, out, model_options, train_options, budget_options, choose_d
     return run, prepared, cached, model_config, train_config
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+def _check_memory(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse, before any slow work, a model and batch whose training cannot fit in memory."""
+    from charrnn import memory
+
+    memory.require(
+        memory.training_bytes(model, train),
+        f"training a {model.layers}×{model.hidden_size} {model.cell.upper()} ({model.parameter_count():,} "
+        f"parameters) on batches of {train.batch_size} × {train.seq_len}",
+    )
 
 
 def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool) -> None:
