@@ -114,7 +114,8 @@ def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
     """A run with untrained parameters, so `charrnn sample` can be timed in a fresh process."""
     run = Run(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    alphabet = "".join(chr(c) for c in range(32, 127))[: model_config.vocab_size - 1] + "\n"
+    printable = (chr(c) for c in range(32, 0x110000) if not 0xD800 <= c <= 0xDFFF)
+    alphabet = "".join(next(printable) for _ in range(model_config.vocab_size - 1)) + "\n"
     Vocabulary.from_text(alphabet).save(run.vocab_path)
     train_config = TrainConfig(batch_size=1, seq_len=1)
     run.write_config(model_config, train_config, {"source": "bench", "sha256": "", "characters": 0})

@@ -47,14 +47,19 @@ def _root_cause(error: BaseException) -> str:
 def _ignore_closed_event_loop_reports() -> None:
     """After a failed background save (disk full), tensorstore's I/O callbacks still try to reach
     orbax's already-closed asyncio loop and report "Event loop is closed" as unraisable exceptions
-    (a bare traceback on stderr). They say nothing the user needs (the failure itself is reported in
-    one line), so exactly these are dropped; every other report still reaches the previous hook."""
+    (a bare traceback on stderr); likewise, when one array of a damaged checkpoint cannot be read,
+    orbax's coroutines reading the others are dropped unfinished and report their own failures. They
+    say nothing the user needs (the failure itself is reported in one line), so exactly these are
+    dropped; every other report still reaches the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "charrnn_filter", False):
         return
 
     def hook(report) -> None:
         if report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed":
+            return
+        code = getattr(report.object, "cr_code", None)  # an orbax coroutine left unfinished when a
+        if code is not None and "orbax" in code.co_filename:  # read failed: that failure is reported already
             return
         previous(report)
 

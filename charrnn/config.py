@@ -1,5 +1,6 @@
 """Model and training configuration as frozen dataclasses: what a run is, in one JSON-able place."""
 
+import codecs
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -146,6 +147,23 @@ class SampleOptions:
             raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
         if not (0 < self.top_p <= 1):
             raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+
+
+ERROR_HANDLERS = ("strict", "replace", "ignore")
+
+
+def check_text_options(encoding: str, errors: str) -> None:
+    """Accept exactly what the options document: a text encoding that Python knows (not a bytes
+    transform such as base64 or rot13, which `codecs` also looks up by name), and one of the three
+    error handlers listed (not any handler some library registered)."""
+    if errors not in ERROR_HANDLERS:
+        raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}")
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError, TypeError):
+        raise UsageError(f"unknown --encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise UsageError(f"--encoding {encoding!r} is not a text encoding (it transforms bytes)")
 
 
 def parse_duration(text: str) -> float:

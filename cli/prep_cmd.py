@@ -4,10 +4,10 @@ from typing import Annotated
 
 import typer
 
-from charrnn.config import TrainConfig
+from charrnn.config import TrainConfig, check_text_options
 
 from . import console
-from .options import default_of
+from .options import default_of, flag_errors
 
 CorpusArgument = Annotated[
     str,
@@ -26,6 +26,7 @@ ValFractionOption = Annotated[
 ]
 
 
+@flag_errors
 def prep(
     corpus: CorpusArgument = "pydoc",
     val_fraction: ValFractionOption = None,
@@ -35,6 +36,7 @@ def prep(
     """Prepare a corpus: vocabulary, encoded train/validation splits (cached), statistics."""
     from charrnn.corpus import prepare
 
+    check_text_options(encoding, errors)
     fraction = TrainConfig(val_fraction=val_fraction).val_fraction if val_fraction is not None else 0.1
     prepared, cached = prepare(corpus, val_fraction=fraction, encoding=encoding, errors=errors)
     show_stats(prepared.stats, prepared.directory, cached)

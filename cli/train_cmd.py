@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
-from charrnn.errors import RunError, UsageError
+from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, check_text_options, parse_duration
+from charrnn.errors import CorpusError, RunError, UsageError
 from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
@@ -101,6 +101,7 @@ def train(
     errors: ErrorsOption = "strict",
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
+    check_text_options(encoding, errors)
     model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
@@ -167,7 +168,12 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         )
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus if corpus is not None else corpus_info["source"]
-    prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    try:
+        prepared, cached = prepare(source, val_fraction=train_config.val_fraction, encoding=encoding, errors=errors)
+    except CorpusError as error:
+        if corpus is not None:
+            raise
+        raise CorpusError(f"{error} (the corpus {run.config_path} names; give it as FILE if it moved)") from None
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
             f"the corpus {source} has changed since {run.directory} was trained on it "
