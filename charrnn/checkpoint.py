@@ -8,6 +8,7 @@ checkpoints and, in addition, the one with the best validation loss.
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -75,7 +76,7 @@ def _val_loss(metrics: Any) -> float:
 
 class _ReadableSteps:
     """orbax's standard step naming, minus the steps whose orbax metadata (`_CHECKPOINT_METADATA`)
-    cannot be read: one damaged step would otherwise make the CheckpointManager itself fail to open,
+    or recorded metrics cannot be read: one damaged step would otherwise make the CheckpointManager itself fail to open,
     hiding the intact ones. The steps left out are kept in `damaged` (step -> what failed)."""
 
     def __init__(self) -> None:
@@ -93,6 +94,9 @@ class _ReadableSteps:
         for metadata in self.inner.find_all(base_path):
             try:
                 metadata.commit_timestamp  # noqa: B018 - reads and parses the step's metadata file
+                metrics = Path(metadata.path) / "metrics" / "metrics"
+                if metrics.exists():  # orbax reads it when opening, and fails on a damaged one
+                    json.loads(metrics.read_bytes())
             except Exception as error:
                 self.damaged[metadata.step] = type(error).__name__
                 continue
@@ -144,6 +148,7 @@ class CheckpointStore:
         )
         _ignore_closed_event_loop_reports()
         self._writing: int | None = None  # the step being written in the background
+        self._earlier: list[int] = []  # the steps committed before it (to tell a vanished directory)
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise RunError(f"{self.directory} is not a directory of checkpoints")
@@ -153,6 +158,7 @@ class CheckpointStore:
             )
         except OSError as error:
             raise RunError(f"cannot read the checkpoints in {self.directory}: {_root_cause(error)}") from error
+        self._earlier = self.steps()
 
     @property
     def unreadable(self) -> dict[int, str]:
@@ -236,6 +242,8 @@ class CheckpointStore:
     def wait(self) -> None:
         with self._failures(f"could not write checkpoint {self._writing}"):
             self.manager.wait_until_finished()
+        if self._writing is not None:
+            self._earlier = [*self._earlier[-10:], self._writing]
         self._writing = None
 
     def close(self) -> None:
@@ -253,6 +261,12 @@ class CheckpointStore:
             # orbax's background tasks that failed alongside are logged by asyncio when collected:
             # the one-line error below already says everything, so those logs are silenced.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+            earlier = [step for step in self._earlier if step != self._writing]
+            if earlier and not any((self.directory / str(step)).is_dir() for step in earlier):
+                raise CheckpointWriteError(
+                    f"{what}: the checkpoints in {self.directory} are gone (the run directory was moved or "
+                    "deleted while training)"
+                ) from error
             raise CheckpointWriteError(
                 f"{what} in {self.directory}: {_root_cause(error)}; earlier checkpoints are intact"
             ) from error

@@ -32,8 +32,9 @@ def check_output_dir(path: Path, label: str) -> None:
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        where = "is a file" if existing == path else f"would be inside {existing}, which is a file"
-        raise OutputError(f"{label} {path} {where}, not a directory")
+        if existing == path:
+            raise OutputError(f"{label} {path} is a file, not a directory")
+        raise OutputError(f"{label} {path} cannot be created: {existing} is a file, not a directory")
     if not existing.exists():  # a dangling symbolic link
         raise OutputError(f"{label} {path} cannot be created: {existing} is a broken symbolic link")
     _probe_writable(existing, label, path)

@@ -169,6 +169,10 @@ def _fit(run, corpus, model_config, train_config, *, resume):
         val_loss = evaluate(eval_step, state.params, model_config, val_windows) if val else NOT_EVALUATED
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
+        if not run.config_path.exists():  # moved or deleted under us: do not write into a recreated husk
+            raise RunError(
+                f"{run.directory} disappeared while training (its config.json is gone); stopped at step {step}"
+            )
         is_best = val and val_loss < progress["best_val_loss"]
         progress = {
             "step": step,

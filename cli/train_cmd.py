@@ -120,7 +120,10 @@ def train(
     _check_memory(ModelConfig(vocab_size=1, **model_options), TrainConfig(**train_options, **budget_options))
     if out is not None and resume is not None:
         raise UsageError("give --out or --resume, not both (a resumed run stays where it is)")
-    check_output_dir(resume if resume is not None else out or runs_dir(), "--resume" if resume else "--out")
+    if resume is not None:
+        check_output_dir(resume, "--resume")
+    else:
+        check_output_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
 
     from charrnn.runtime import configure_jax
 
