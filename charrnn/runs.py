@@ -234,9 +234,8 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as error:
         raise RunError(f"{path} is damaged: not UTF-8 text (bad byte at offset {error.start})") from None
     except ValueError as error:
-        message = getattr(error, "msg", "not JSON")
-        where = f" at line {error.lineno} column {error.colno}" if hasattr(error, "lineno") else ""
-        raise RunError(f"{path} is damaged: not valid JSON ({message}{where})") from None
+        detail = str(error).split(" (char ")[0]  # "Expecting value: line 1 column 1"
+        raise RunError(f"{path} is damaged: not valid JSON ({detail})") from None
     except RecursionError:
         raise RunError(f"{path} is damaged: nested too deeply to be a charrnn file") from None
 
