@@ -41,6 +41,11 @@ def sample(
         raise UsageError(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
     if checkpoint not in ("best", "latest"):
         raise UsageError(f"--checkpoint must be best or latest, not {checkpoint!r}")
+    for name, text in (("--separator", separator), ("--prime", prime or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{name} is not valid text (it has bytes that are not UTF-8)") from None
     if prime is not None and prime_file is not None:
         raise UsageError("give --prime or --prime-file, not both")
     if prime_file is not None:
