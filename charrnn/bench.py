@@ -120,7 +120,8 @@ def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
     train_config = TrainConfig(batch_size=1, seq_len=1)
     run.write_config(model_config, train_config, {"source": "bench", "sha256": "", "characters": 0})
     store = CheckpointStore(run.checkpoints_dir)
-    store.save(0, create_state(model_config, train_config), {"step": 0}, 1.0)
+    progress = {"step": 0, "elapsed": 0.0, "best_val_loss": 1.0, "best_step": 0, "bad_evals": 0}
+    store.save(0, create_state(model_config, train_config), progress, 1.0)
     store.close()
     return run
 

@@ -113,7 +113,7 @@ PROGRESS_TYPES = {"step": int, "elapsed": float, "best_val_loss": float, "best_s
 def check_progress(step: int, progress: Any) -> dict:
     """The progress record saved with checkpoint `step`, checked: a damaged one (valid JSON of the
     wrong shape) must count as a damaged checkpoint, not resume a run at a wrong step."""
-    if not isinstance(progress, dict) or set(progress) != set(PROGRESS_TYPES):
+    if not isinstance(progress, dict) or not set(PROGRESS_TYPES) <= set(progress):
         raise ValueError("its progress record is damaged")
     for key, kind in PROGRESS_TYPES.items():
         value = progress[key]
@@ -200,7 +200,7 @@ class CheckpointStore:
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
         )
-        return restored.state, check_progress(step, restored.progress)
+        return restored.state, dict(restored.progress)
 
     def restore_first_good(
         self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None
@@ -217,7 +217,7 @@ class CheckpointStore:
         for step in steps:
             try:
                 state, progress = self.restore(step, abstract_state)
-                return state, progress, notices
+                return state, check_progress(step, progress), notices
             except Exception as error:  # any failure to read means "damaged": try the previous one
                 notices.append(self._skip(step, type(error).__name__, quarantine))
         count = len(steps) + len(self.unreadable)

@@ -8,6 +8,7 @@ validate and checkpoint.
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -135,6 +136,8 @@ def _fit(run, corpus, model_config, train_config, *, resume):
     eval_step = make_eval_step(model_config)
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
+    home = _identity(run.directory)  # the run directory itself, not whatever later bears its name
+    had_config = run.config_path.exists()
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
     if resume and (store.steps() or store.unreadable):
         abstract = jax.eval_shape(lambda: create_state(model_config, tc))
@@ -169,10 +172,9 @@ def _fit(run, corpus, model_config, train_config, *, resume):
         val_loss = evaluate(eval_step, state.params, model_config, val_windows) if val else NOT_EVALUATED
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
-        if not run.config_path.exists():  # moved or deleted under us: do not write into a recreated husk
-            raise RunError(
-                f"{run.directory} disappeared while training (its config.json is gone); stopped at step {step}"
-            )
+        if _identity(run.directory) != home or (had_config and not run.config_path.exists()):
+            # moved or deleted under us: do not write into a recreated husk
+            raise RunError(f"{run.directory} disappeared while training; stopped at step {step}")
         is_best = val and val_loss < progress["best_val_loss"]
         progress = {
             "step": step,
@@ -252,6 +254,14 @@ def _fit(run, corpus, model_config, train_config, *, resume):
             if report:
                 yield report
     yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
+
+
+def _identity(directory) -> tuple[int, int] | None:
+    try:
+        status = os.stat(directory)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _append_metrics(run: Run, record: dict) -> None:
