@@ -26,7 +26,8 @@ from charrnn.vocab import Vocabulary
 def open_run(directory: str | Path | None = None) -> Run:
     """The run in `directory` (default: the one trained most recently under ./runs), checked to be one.
 
-    The one place `score`, `eval` and the API find a run: a common loader can replace it here.
+    The one place `score`, `eval` and the API find a run; its files are checked by `Run.open` when
+    the model is loaded.
     """
     run = Run(Path(directory)) if directory is not None else latest_run()
     if not run.exists():
@@ -39,13 +40,11 @@ class TrainedModel:
 
     def __init__(self, run: Run, checkpoint: str | int = "best", warn: Callable[[str], None] = lambda _: None):
         self.run = run
-        _, self.train_config, self.corpus_info = run.read_config()
-        self.vocab: Vocabulary = run.read_vocab()
-        self.params, self.model_config, self.step = load_checkpoint(run, checkpoint, warn)
-        if self.model_config.vocab_size != len(self.vocab):
-            raise RunError(
-                f"{run.vocab_path} has {len(self.vocab)} characters but the model {self.model_config.vocab_size}"
-            )
+        loaded = load_checkpoint(run, checkpoint, warn)  # the run's files checked, then the parameters
+        self.params, self.step = loaded.params, loaded.step
+        self.model_config: ModelConfig = loaded.run.model
+        self.train_config, self.corpus_info = loaded.run.train, loaded.run.corpus
+        self.vocab: Vocabulary = loaded.run.vocab
 
     def __repr__(self) -> str:
         c: ModelConfig = self.model_config
@@ -139,7 +138,7 @@ class TrainedModel:
         """The validation loss training recorded in metrics.jsonl for this checkpoint's step, if any."""
         try:
             records = self.run.read_metrics()
-        except ValueError:
+        except RunError:  # a damaged metrics.jsonl: nothing recorded to compare with
             return None
         losses = [r.get("val_loss") for r in records if r.get("step") == self.step]
         return losses[-1] if losses else None

@@ -136,12 +136,14 @@ def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
     """A run with untrained parameters, so `charrnn sample` can be timed in a fresh process."""
     run = Run(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    alphabet = "".join(chr(c) for c in range(32, 127))[: model_config.vocab_size - 1] + "\n"
+    printable = (chr(c) for c in range(32, 0x110000) if not 0xD800 <= c <= 0xDFFF)
+    alphabet = "".join(next(printable) for _ in range(model_config.vocab_size - 1)) + "\n"
     Vocabulary.from_text(alphabet).save(run.vocab_path)
     train_config = TrainConfig(batch_size=1, seq_len=1)
     run.write_config(model_config, train_config, {"source": "bench", "sha256": "", "characters": 0})
     store = CheckpointStore(run.checkpoints_dir)
-    store.save(0, create_state(model_config, train_config), {"step": 0}, 1.0)
+    progress = {"step": 0, "elapsed": 0.0, "best_val_loss": 1.0, "best_step": 0, "bad_evals": 0}
+    store.save(0, create_state(model_config, train_config), progress, 1.0)
     store.close()
     return run
 

@@ -8,7 +8,9 @@ checkpoints and, in addition, the one with the best validation loss.
 """
 
 import contextlib
+import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -46,8 +48,10 @@ def _root_cause(error: BaseException) -> str:
 def _ignore_closed_event_loop_reports() -> None:
     """After a failed background save (disk full), tensorstore's I/O callbacks still try to reach
     orbax's already-closed asyncio loop and report "Event loop is closed" as unraisable exceptions
-    (a bare traceback on stderr). They say nothing the user needs (the failure itself is reported in
-    one line), so exactly these are dropped; every other report still reaches the previous hook."""
+    (a bare traceback on stderr); likewise, when one array of a damaged checkpoint cannot be read,
+    orbax's coroutines reading the others are dropped unfinished and report their own failures. They
+    say nothing the user needs (the failure itself is reported in one line), so exactly these are
+    dropped; every other report still reaches the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "charrnn_filter", False):
         return
@@ -55,20 +59,78 @@ def _ignore_closed_event_loop_reports() -> None:
     def hook(report) -> None:
         if report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed":
             return
+        code = getattr(report.object, "cr_code", None)  # an orbax coroutine left unfinished when a
+        if code is not None and "orbax" in code.co_filename:  # read failed: that failure is reported already
+            return
         previous(report)
 
     hook.charrnn_filter = True
     sys.unraisablehook = hook
 
 
-def _val_loss(metrics: dict) -> float:
-    return metrics["val_loss"]
+def _val_loss(metrics: Any) -> float:
+    """The validation loss orbax recorded with a checkpoint; a damaged record ranks last."""
+    value = metrics.get("val_loss") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.inf
+
+
+class _ReadableSteps:
+    """orbax's standard step naming, minus the steps whose orbax metadata (`_CHECKPOINT_METADATA`)
+    or recorded metrics cannot be read: one damaged step would otherwise make the CheckpointManager itself fail to open,
+    hiding the intact ones. The steps left out are kept in `damaged` (step -> what failed)."""
+
+    def __init__(self) -> None:
+        self.inner = ocp.step.standard_name_format()
+        self.damaged: dict[int, str] = {}
+
+    def build_name(self, step: int) -> str:
+        return self.inner.build_name(step)
+
+    def find_step(self, base_path, step: int):
+        return self.inner.find_step(base_path, step)
+
+    def find_all(self, base_path):
+        readable = []
+        for metadata in self.inner.find_all(base_path):
+            try:
+                metadata.commit_timestamp  # noqa: B018 - reads and parses the step's metadata file
+                metrics = Path(metadata.path) / "metrics" / "metrics"
+                if metrics.exists():  # orbax reads it when opening, and fails on a damaged one
+                    json.loads(metrics.read_bytes())
+            except Exception as error:
+                self.damaged[metadata.step] = type(error).__name__
+                continue
+            readable.append(metadata)
+        return iter(readable)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+PROGRESS_TYPES = {"step": int, "elapsed": float, "best_val_loss": float, "best_step": int, "bad_evals": int}
+
+
+def check_progress(step: int, progress: Any) -> dict:
+    """The progress record saved with checkpoint `step`, checked: a damaged one (valid JSON of the
+    wrong shape) must count as a damaged checkpoint, not resume a run at a wrong step."""
+    if not isinstance(progress, dict) or not set(PROGRESS_TYPES) <= set(progress):
+        raise ValueError("its progress record is damaged")
+    for key, kind in PROGRESS_TYPES.items():
+        value = progress[key]
+        if isinstance(value, bool) or not isinstance(value, int | float if kind is float else int):
+            raise ValueError(f"its progress record is damaged ({key})")
+    if progress["step"] != step or not (math.isfinite(progress["elapsed"]) and progress["elapsed"] >= 0):
+        raise ValueError("its progress record is damaged (step or elapsed time)")
+    return progress
 
 
 class CheckpointStore:
     """The ``checkpoints/`` directory of a run."""
 
     def __init__(self, directory: Path, *, keep: int = 3, create: bool = True) -> None:
+        """With ``create=False`` the store only reads: nothing on disk changes (orbax neither
+        creates the directory nor deletes leftover temporary checkpoints)."""
+        self._steps = _ReadableSteps()
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(keep),
@@ -80,14 +142,28 @@ class CheckpointStore:
             best_mode="min",
             preservation_policy=policy,
             create=create,
-            cleanup_tmp_directories=True,
+            read_only=not create,
+            cleanup_tmp_directories=create,
+            step_name_format=self._steps,
         )
         _ignore_closed_event_loop_reports()
         self._writing: int | None = None  # the step being written in the background
+        self._earlier: list[int] = []  # the steps committed before it (to tell a vanished directory)
         self.directory = Path(directory)
-        self.manager = ocp.CheckpointManager(
-            self.directory.absolute(), options=options, item_names=("state", "progress")
-        )
+        if self.directory.exists() and not self.directory.is_dir():
+            raise RunError(f"{self.directory} is not a directory of checkpoints")
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory.absolute(), options=options, item_names=("state", "progress")
+            )
+        except OSError as error:
+            raise RunError(f"cannot read the checkpoints in {self.directory}: {_root_cause(error)}") from error
+        self._earlier = self.steps()
+
+    @property
+    def unreadable(self) -> dict[int, str]:
+        """Steps left out because their orbax metadata is damaged (step -> error name)."""
+        return dict(self._steps.damaged)
 
     def steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -160,23 +236,38 @@ class CheckpointStore:
         so that training can write those steps again.
         """
         notices = []
+        for step, error_name in sorted(self.unreadable.items(), reverse=True):
+            notices.append(self._skip(step, error_name, quarantine))
         for step in steps:
             try:
                 state, progress = self.restore(step, abstract_state)
-                return state, progress, notices
+                return state, check_progress(step, progress), notices
             except Exception as error:  # any failure to read means "damaged": try the previous one
-                note = f"checkpoint {step} is damaged ({type(error).__name__}); falling back to another"
-                if quarantine is not None:
-                    quarantine.mkdir(parents=True, exist_ok=True)
-                    target = quarantine / f"{step}-{int(time.time())}"
-                    shutil.move(self.directory / str(step), target)
-                    note += f" (moved to {target})"
-                notices.append(note)
-        raise RunError(f"no checkpoint of {self.directory} could be read: all {len(steps)} are damaged")
+                notices.append(self._skip(step, type(error).__name__, quarantine))
+        count = len(steps) + len(self.unreadable)
+        raise RunError(f"no checkpoint of {self.directory} could be read: all {count} are damaged")
+
+    def _skip(self, step: int, error_name: str, quarantine: Path | None) -> str:
+        note = f"checkpoint {step} is damaged ({error_name}); falling back to another"
+        if quarantine is not None:
+            target = quarantine / f"{step}-{int(time.time())}"
+            while target.exists():
+                target = target.with_name(target.name + "x")
+            try:
+                quarantine.mkdir(parents=True, exist_ok=True)
+                shutil.move(self.directory / str(step), target)
+                note += f" (moved to {target})"
+            except OSError as error:
+                raise RunError(
+                    f"could not move the damaged checkpoint {step} to {quarantine}: {_root_cause(error)}"
+                ) from error
+        return note
 
     def wait(self) -> None:
         with self._failures(f"could not write checkpoint {self._writing}"):
             self.manager.wait_until_finished()
+        if self._writing is not None:
+            self._earlier = [*self._earlier[-10:], self._writing]
         self._writing = None
 
     def close(self) -> None:
@@ -194,6 +285,12 @@ class CheckpointStore:
             # orbax's background tasks that failed alongside are logged by asyncio when collected:
             # the one-line error below already says everything, so those logs are silenced.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+            earlier = [step for step in self._earlier if step != self._writing]
+            if earlier and not any((self.directory / str(step)).is_dir() for step in earlier):
+                raise CheckpointWriteError(
+                    f"{what}: the checkpoints in {self.directory} are gone (the run directory was moved or "
+                    "deleted while training)"
+                ) from error
             raise CheckpointWriteError(
                 f"{what} in {self.directory}: {_root_cause(error)}; earlier checkpoints are intact"
             ) from error

@@ -1,15 +1,19 @@
 """Model and training configuration as frozen dataclasses: what a run is, in one JSON-able place."""
 
+import codecs
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, get_type_hints
 
-from charrnn.errors import UsageError
+from charrnn.errors import ConfigError, UsageError
 
 # The registered cells (charrnn/cells.py), by name: here so that `--help` can list them without
 # importing JAX. A test checks that the two agree.
 CELLS = ("lstm", "gru", "rnn", "lstm-peephole", "lstm-coupled", "lstm-ln", "gru-ln")
+MAX_VOCAB = 0x110000  # every Unicode code point
+MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
+MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 
 
@@ -26,36 +30,29 @@ class ModelConfig:
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
 
     def __post_init__(self) -> None:
-        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        _check(1 <= self.vocab_size, "the vocabulary is empty")
-        _check(1 <= self.layers <= 64, f"--layers must be between 1 and 64, not {self.layers}")
-        _check(1 <= self.hidden_size <= 65536, f"--hidden must be between 1 and 65536, not {self.hidden_size}")
-        _check(1 <= self.embed_size <= 65536, f"--embed must be between 1 and 65536, not {self.embed_size}")
-        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), not {self.dropout}")
+        _check_types(self)
+        _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        _check(
+            1 <= self.vocab_size <= MAX_VOCAB, "vocab_size", f"must be between 1 and {MAX_VOCAB}, not {self.vocab_size}"
+        )
+        _check(1 <= self.layers <= 64, "layers", f"must be between 1 and 64, not {self.layers}")
+        _check(1 <= self.hidden_size <= 65536, "hidden_size", f"must be between 1 and 65536, not {self.hidden_size}")
+        _check(1 <= self.embed_size <= 65536, "embed_size", f"must be between 1 and 65536, not {self.embed_size}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), not {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+        return _from_dict(cls, data)
 
     def parameter_count(self) -> int:
         """Trainable parameters, counted on the parameter tree (imports JAX; computes nothing)."""
         from charrnn.model import parameter_count
 
         return parameter_count(self)
-
-    def check_fits_in_memory(self, available_bytes: int) -> None:
-        """Refuse a model whose training state (params, gradients, two Adam moments) cannot fit."""
-        count = self.parameter_count()
-        needed = 16 * count
-        if needed > available_bytes:
-            raise UsageError(
-                f"a {self.layers}×{self.hidden_size} {self.cell.upper()} has {count:,} parameters "
-                f"and needs about {needed / 2**30:.1f} GiB to train; this machine has {available_bytes / 2**30:.1f} GiB"
-            )
 
 
 @dataclass(frozen=True)
@@ -82,35 +79,56 @@ class TrainConfig:
     unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's default_unroll
 
     def __post_init__(self) -> None:
-        _check(1 <= self.batch_size <= 1 << 20, f"--batch-size must be positive, not {self.batch_size}")
-        _check(1 <= self.seq_len <= 1 << 20, f"--seq-len must be positive, not {self.seq_len}")
-        _check(_finite_positive(self.learning_rate), f"--lr must be a positive number, not {self.learning_rate}")
-        _check(_finite_positive(self.grad_clip), f"--grad-clip must be positive, not {self.grad_clip}")
-        _check(0.0 <= self.min_lr_fraction <= 1.0, "min_lr_fraction must be in [0, 1]")
-        _check(self.warmup_steps >= 0, f"--warmup must be >= 0, not {self.warmup_steps}")
-        _check(self.steps is None or self.steps >= 1, f"--steps must be positive, not {self.steps}")
+        _check_types(self)
+        _check(1 <= self.batch_size <= 1 << 20, "batch_size", f"must be between 1 and {1 << 20}, not {self.batch_size}")
+        _check(1 <= self.seq_len <= 1 << 20, "seq_len", f"must be between 1 and {1 << 20}, not {self.seq_len}")
         _check(
-            self.epochs is None or _finite_positive(self.epochs),
-            f"--epochs must be positive, not {self.epochs}",
+            _finite_positive(self.learning_rate),
+            "learning_rate",
+            f"must be a positive number, not {self.learning_rate}",
         )
+        _check(_finite_positive(self.grad_clip), "grad_clip", f"must be positive, not {self.grad_clip}")
+        _check(0.0 <= self.min_lr_fraction <= 1.0, "min_lr_fraction", f"must be in [0, 1], not {self.min_lr_fraction}")
+        _check(
+            0.0 <= self.warmup_steps <= MAX_COUNT,
+            "warmup_steps",
+            f"must be between 0 and {MAX_COUNT}, not {self.warmup_steps}",
+        )
+        _check(0.0 < self.beta2 < 1.0, "beta2", f"must be in (0, 1), not {self.beta2}")
+        _check(
+            self.steps is None or 1 <= self.steps <= MAX_COUNT,
+            "steps",
+            f"must be between 1 and {MAX_COUNT}, not {self.steps}",
+        )
+        _check(self.epochs is None or _finite_positive(self.epochs), "epochs", f"must be positive, not {self.epochs}")
         _check(
             self.time_seconds is None or _finite_positive(self.time_seconds),
-            f"--time must be positive, not {self.time_seconds}",
+            "time_seconds",
+            f"must be positive, not {self.time_seconds}",
         )
-        _check(self.patience is None or self.patience >= 1, f"--patience must be positive, not {self.patience}")
-        _check(self.eval_every >= 1, f"--eval-every must be positive, not {self.eval_every}")
-        _check(self.log_every >= 1, "log_every must be positive")
-        _check(self.keep >= 1, f"--keep must be positive, not {self.keep}")
-        _check(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
-        _check(self.max_val_chars >= 2, f"max_val_chars must be at least 2, not {self.max_val_chars}")
-        _check(self.unroll is None or self.unroll >= 1, f"--unroll must be positive, not {self.unroll}")
+        _check(
+            self.patience is None or 1 <= self.patience <= MAX_COUNT,
+            "patience",
+            f"must be between 1 and {MAX_COUNT}, not {self.patience}",
+        )
+        _check(
+            1 <= self.eval_every <= MAX_COUNT, "eval_every", f"must be between 1 and {MAX_COUNT}, not {self.eval_every}"
+        )
+        _check(
+            1 <= self.log_every <= MAX_COUNT, "log_every", f"must be between 1 and {MAX_COUNT}, not {self.log_every}"
+        )
+        _check(1 <= self.keep <= 10_000, "keep", f"must be between 1 and 10000, not {self.keep}")
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, not {self.seed}")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), not {self.val_fraction}")
+        _check(2 <= self.max_val_chars <= 1 << 62, "max_val_chars", f"must be at least 2, not {self.max_val_chars}")
+        _check(self.unroll is None or 1 <= self.unroll <= 64, "unroll", f"must be between 1 and 64, not {self.unroll}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,23 @@ class SampleOptions:
             raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
         if not (0 < self.top_p <= 1):
             raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+
+
+ERROR_HANDLERS = ("strict", "replace", "ignore")
+
+
+def check_text_options(encoding: str, errors: str) -> None:
+    """Accept exactly what the options document: a text encoding that Python knows (not a bytes
+    transform such as base64 or rot13, which `codecs` also looks up by name), and one of the three
+    error handlers listed (not any handler some library registered)."""
+    if errors not in ERROR_HANDLERS:
+        raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}")
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError, TypeError):
+        raise UsageError(f"unknown --encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise UsageError(f"--encoding {encoding!r} is not a text encoding (it transforms bytes)")
 
 
 def parse_duration(text: str) -> float:
@@ -167,6 +202,55 @@ def _finite_positive(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: bool, name: str, problem: str) -> None:
     if not condition:
-        raise UsageError(message)
+        raise ConfigError(name, problem)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    """The JSON-level types a field of type `hint` accepts (a float field also takes an int)."""
+    types = getattr(hint, "__args__", None) or (hint,)
+    allowed = tuple(type(None) if t is None else t for t in types)
+    return allowed + (int,) if float in allowed else allowed
+
+
+def _check_types(config: Any) -> None:
+    """Every field has its declared type (bool is not an int, a string is not a number), so that a
+    config read from JSON cannot smuggle `"16"` or `true` into a shape."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        allowed = _allowed_types(hints[f.name])
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            names = " or ".join(_TYPE_NAMES[t] for t in allowed if t is not int or float not in allowed)
+            raise ConfigError(f.name, f"must be {names}, not {json_repr(value)}")
+
+
+def json_repr(value: Any) -> str:
+    """A value as it reads in a JSON file, shortened for a one-line message."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _from_dict(cls: type, data: Any) -> Any:
+    """`cls` from its `to_dict()` form. Unknown keys are an error (never silently dropped: a key
+    from a newer version or a typo would otherwise change nothing without a word); keys missing
+    from `data` take their defaults, so that fields added later keep older files loading."""
+    if not isinstance(data, dict):
+        raise ConfigError(None, f"must be a JSON object, not {json_repr(data)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(data) - names, key=str):
+        raise ConfigError(str(unknown[0]), "is not a known setting")
+    try:
+        return cls(**data)
+    except TypeError as error:  # a field without default is missing
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING]
+        raise ConfigError(missing[0] if missing else None, "is missing") from error

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from charrnn.config import check_text_options
 from charrnn.errors import CorpusError, UsageError
 from charrnn.paths import cache_dir
 from charrnn.vocab import Vocabulary
@@ -78,14 +79,8 @@ def read_chunks(
     if source == BUILTIN_NAME and not Path(source).exists():
         yield builtin_text()
         return
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors)
-    except LookupError as error:
-        raise UsageError(f"unknown --encoding {encoding!r}") from error
-    try:
-        codecs.lookup_error(errors)
-    except LookupError as error:
-        raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}") from error
+    check_text_options(encoding, errors)
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
     with ExitStack() as stack:
         stream, opened = _open_source(source, stack)
         label = label or opened

@@ -23,3 +23,17 @@ class VocabularyError(CharrnnError):
 
 class RunError(CharrnnError):
     """A run directory is missing, incomplete or does not match the request."""
+
+
+class ConfigError(UsageError):
+    """A configuration value is out of range or of the wrong type. It names the setting (`field`)
+    and what is wrong (`problem`); the CLI rewrites the name as its option (``--hidden``), and a
+    run's loader as the file and key it came from (``config.json: model.hidden_size``)."""
+
+    def __init__(self, field: str | None, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}" if field else problem)
+
+
+class OutputError(CharrnnError):
+    """An output location (a run directory, a report file) cannot be written."""

@@ -8,6 +8,7 @@ validate and checkpoint.
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -157,8 +158,10 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     eval_step = make_eval_step(model_config, reset_id)
     store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
 
+    home = _identity(run.directory)  # the run directory itself, not whatever later bears its name
+    had_config = run.config_path.exists()
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
-    if resume and store.steps():
+    if resume and (store.steps() or store.unreadable):
         state, saved, notices = store.restore_first_good(
             abstract_state(model_config, tc, placement),
             sorted(store.steps(), reverse=True),
@@ -197,6 +200,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
         val_loss = evaluate(eval_step, state.params, model_config, val_windows, placement) if val else NOT_EVALUATED
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
+        if _identity(run.directory) != home or (had_config and not run.config_path.exists()):
+            # moved or deleted under us: do not write into a recreated husk
+            raise RunError(f"{run.directory} disappeared while training; stopped at step {step}")
         is_best = val and val_loss < progress["best_val_loss"]
         progress = {
             "step": step,
@@ -292,6 +298,14 @@ def shared_max(*values: float) -> tuple[float, ...]:
 
     gathered = multihost_utils.process_allgather(np.array(values, np.float64))
     return tuple(float(value) for value in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))
+
+
+def _identity(directory) -> tuple[int, int] | None:
+    try:
+        status = os.stat(directory)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _append_metrics(run: Run, record: dict) -> None:

@@ -6,10 +6,16 @@ from typing import Annotated
 import typer
 
 from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig
+from charrnn.errors import UsageError
 
 from . import console
+from .options import flag_errors
+
+MAX_CHUNK = 1 << 16
+MAX_PEAK_SIZE = 1 << 15
 
 
+@flag_errors
 def bench(
     cell: Annotated[str, typer.Option(help=f"Cells to measure, comma-separated: {', '.join(CELLS)}; or all.")] = "all",
     dtype: Annotated[str, typer.Option(help=f"Precision: {', '.join(DTYPES)} or all.")] = "all",
@@ -30,6 +36,22 @@ def bench(
 ) -> None:
     """Measure training, sampling and scoring throughput, compile and start-up times, against the matmul peak."""
     cells = list(CELLS) if cell == "all" else [name.strip() for name in cell.split(",")]
+    for name in cells:
+        if name not in CELLS:
+            raise UsageError(f"--cell must be one of {', '.join(CELLS)} or all (or a list of them), not {name!r}")
+    if dtype not in (*DTYPES, "all"):
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)} or all, not {dtype!r}")
+    for name, value, low, high in (
+        ("--vocab", vocab, 2, 1 << 20),
+        ("--steps", steps, 1, 1 << 20),
+        ("--streams", streams, 1, 1 << 20),
+        ("--chunk", chunk, 1, MAX_CHUNK),
+        ("--peak-size", peak_size, 1, MAX_PEAK_SIZE),
+        ("--score-rows", score_rows, 1, 1 << 16),
+        ("--score-length", score_length, 1, MAX_CHUNK),
+    ):
+        if not low <= value <= high:
+            raise UsageError(f"{name} must be between {low} and {high}, not {value}")
     dtypes = list(DTYPES) if dtype == "all" else [dtype]
     configs = [
         ModelConfig(vocab_size=vocab, cell=c, layers=layers, hidden_size=hidden, embed_size=embed, dtype=d)
@@ -37,6 +59,18 @@ def bench(
         for d in dtypes
     ]
     train_config = TrainConfig(batch_size=batch_size, seq_len=seq_len)
+    from charrnn import memory
+
+    for config in configs:
+        memory.require(
+            max(
+                memory.training_bytes(config, train_config),
+                memory.sampling_bytes(config, streams, 0, chunk),
+                3 * peak_size**2 * memory.FLOAT + memory.OVERHEAD,
+            ),
+            f"benchmarking a {layers}×{hidden} {config.cell.upper()} (batch {batch_size} × {seq_len}, "
+            f"{streams} streams, peak GEMM {peak_size}²)",
+        )
 
     from charrnn.runtime import configure_jax
 

@@ -1,7 +1,11 @@
 """Small helpers shared by the commands' option parsing."""
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
+
+from charrnn.errors import ConfigError, UsageError
 
 
 def default_of(config_class: type, name: str) -> Any:
@@ -30,3 +34,34 @@ def unescape(text: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+# Settings whose option is not simply --<name with dashes>.
+FLAGS = {
+    "hidden_size": "--hidden",
+    "embed_size": "--embed",
+    "learning_rate": "--lr",
+    "warmup_steps": "--warmup",
+    "time_seconds": "--time",
+}
+
+
+def flag(name: str) -> str:
+    """The command-line option that sets configuration field `name`."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def flag_errors(command: Callable) -> Callable:
+    """Wrap a command so that a configuration value it was given and that is out of range is
+    reported under the option's name (``--hidden must be ...``), not the field's (``hidden_size``).
+    Errors about a run's saved configuration never reach here as ConfigError: the run loader
+    turns them into RunErrors that name the file."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as error:
+            raise UsageError(f"{flag(error.field)} {error.problem}" if error.field else error.problem) from None
+
+    return wrapper

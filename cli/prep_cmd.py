@@ -4,10 +4,10 @@ from typing import Annotated
 
 import typer
 
-from charrnn.config import TrainConfig
+from charrnn.config import TrainConfig, check_text_options
 
 from . import console
-from .options import default_of
+from .options import default_of, flag_errors
 
 CorpusArgument = Annotated[
     list[str] | None,
@@ -39,6 +39,7 @@ MinCountOption = Annotated[
 ]
 
 
+@flag_errors
 def prep(
     corpus: CorpusArgument = None,
     val_fraction: ValFractionOption = None,
@@ -49,6 +50,7 @@ def prep(
     """Prepare a corpus: vocabulary, encoded train/validation splits (cached), statistics."""
     from charrnn.corpus import prepare
 
+    check_text_options(encoding, errors)
     fraction = TrainConfig(val_fraction=val_fraction).val_fraction if val_fraction is not None else 0.1
     prepared, cached = prepare(
         corpus or ["pydoc"],

@@ -2,12 +2,13 @@
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from charrnn.errors import RunError, UsageError
+from charrnn.errors import UsageError
 
 from . import console
 
@@ -55,15 +56,19 @@ def sample(
         raise UsageError(f"--length must be >= 0, not {length}")
     if num < 1:
         raise UsageError(f"--num must be positive, not {num}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
     if checkpoint not in ("best", "latest"):
         raise UsageError(f"--checkpoint must be best or latest, not {checkpoint!r}")
+    for name, text in (("--separator", separator), ("--prime", prime or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{name} is not valid text (it has bytes that are not UTF-8)") from None
     if prime is not None and prime_file is not None:
         raise UsageError("give --prime or --prime-file, not both")
     if prime_file is not None:
-        try:
-            prime = prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"cannot read --prime-file {prime_file}: {error}") from error
+        prime = _read_prime(prime_file)
     prime = prime or ""
     from .options import unescape
 
@@ -76,24 +81,37 @@ def sample(
 
     options = SampleOptions(temperature=temp, top_k=top_k, top_p=top_p)
 
-    from charrnn.runtime import configure_jax
-
-    configure_jax()
-    from charrnn.inference import load_params
     from charrnn.runs import Run, latest_run
-    from charrnn.sampling import sample_stream
 
     run = Run(run_dir) if run_dir is not None else latest_run()
-    if not run.exists():
-        raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
-    vocab = run.read_vocab()
-    boundary = run.read_config()[2].get("boundary")  # the document boundary of a run trained on documents
+    loaded = run.open()  # the configuration and vocabulary, checked, before JAX is even loaded
+    vocab = loaded.vocab
+    boundary = loaded.corpus.get("boundary")  # the document boundary of a run trained on documents
     if unknown := vocab.missing(prime):
         if not skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise UsageError(f"the prime has characters this model never saw: {shown} (--skip-unknown drops them)")
         prime = "".join(c for c in prime if c in vocab)
-    params, model_config = load_params(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+
+    from charrnn import memory
+
+    memory.require(
+        memory.sampling_bytes(loaded.model, num, len(prime)),
+        f"sampling {num:,} streams from a {loaded.model.layers}×{loaded.model.hidden_size} "
+        f"{loaded.model.cell.upper()}" + (f" after a prime of {len(prime):,} characters" if len(prime) > 1 else ""),
+    )
+    spool_bytes = 4 * (length + length // 256 + 1) * (num - 1)  # samples 2..N wait on disk, as UTF-32
+    if spool_bytes:
+        _require_disk(spool_bytes, num, length)
+
+    from charrnn.runtime import configure_jax
+
+    configure_jax()
+    from charrnn.inference import load_model
+    from charrnn.sampling import sample_stream
+
+    _, params = load_model(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    model_config = loaded.model
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
 
     # A closed pipe (`| head`) or a full disk on stdout is handled for every command in main().
@@ -117,22 +135,115 @@ def sample(
     )
 
 
+MAX_SEED = (1 << 63) - 1
+
+
+def _read_prime(path: Path) -> str:
+    """The text of --prime-file: a UTF-8 text file (not a directory, not binary)."""
+    if path.is_dir():
+        raise UsageError(f"--prime-file {path} is a directory, not a text file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--prime-file {path} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"--prime-file {path} is not readable (permission denied)") from None
+    except OSError as error:
+        raise UsageError(f"cannot read --prime-file {path}: {error.strerror or error}") from None
+    if b"\x00" in data:
+        raise UsageError(f"--prime-file {path} looks binary (NUL byte at offset {data.index(0)}); give a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--prime-file {path} is not valid UTF-8 (bad byte at offset {error.start})") from None
+
+
+def _require_disk(needed: int, num: int, length: int) -> None:
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if needed > free:
+        raise UsageError(
+            f"--num {num:,} × --length {length:,} needs about {needed / 2**30:.1f} GiB of temporary disk "
+            f"space in {tempfile.gettempdir()} (samples after the first wait there); it has {free / 2**30:.1f} GiB"
+        )
+
+
+class _Spool:
+    """Samples 2..N of a batch, waiting on disk for sample 1 to finish: an anonymous temporary file
+    (gone when closed, even after kill -9). Each chunk is stored as one record per sample of the
+    same size (a 4-byte length, then the piece as UTF-32, padded to the chunk's longest piece: a
+    sample that met its --stop has shorter pieces), so sample i is read back chunk by chunk at
+    computed offsets. Memory stays bounded whatever --length and --num."""
+
+    def __init__(self, count: int) -> None:
+        import tempfile
+
+        self.count = count
+        self.file = tempfile.TemporaryFile()
+        self.runs: list[list[int]] = []  # [piece size, number of chunks]: consecutive chunks of one size
+
+    def add(self, pieces: list[str]) -> None:
+        size = max(len(piece) for piece in pieces)
+        if not size:
+            return
+        self.file.write(
+            b"".join(
+                len(piece).to_bytes(4, "little") + piece.encode("utf-32-le").ljust(4 * size, b"\0") for piece in pieces
+            )
+        )
+        if self.runs and self.runs[-1][0] == size:
+            self.runs[-1][1] += 1
+        else:
+            self.runs.append([size, 1])
+
+    def text(self, index: int, block_chars: int = 1 << 20) -> Iterator[str]:
+        """Sample `index` (0-based among the spooled ones), in pieces of about `block_chars`."""
+        self.file.flush()
+        offset = 0
+        for size, chunks in self.runs:
+            record = 4 + 4 * size
+            stride = self.count * record
+            per_block = max(1, block_chars // size)
+            for first in range(0, chunks, per_block):
+                parts = []
+                for chunk in range(first, min(chunks, first + per_block)):
+                    self.file.seek(offset + chunk * stride + index * record)
+                    data = self.file.read(record)
+                    length = int.from_bytes(data[:4], "little")
+                    parts.append(data[4 : 4 + 4 * length])
+                yield b"".join(parts).decode("utf-32-le")
+            offset += chunks * stride
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _write_samples(stream, prime: str, num: int, separator: str) -> None:
-    """Stream sample 0 as it is generated; the others (same batch) follow, each after `separator`."""
+    """Stream sample 1 as it is generated; the others (same batch) follow, each after `separator`,
+    read back from a spool on disk."""
     out = sys.stdout
     out.write(prime)
     out.flush()
-    rest: list[list[str]] = [[] for _ in range(num - 1)]
+    spool = _Spool(num - 1) if num > 1 else None
     last = prime[-1:] if prime else ""
-    for pieces in stream:
-        out.write(pieces[0])
-        out.flush()
-        last = pieces[0][-1:] or last
-        for buffer, piece in zip(rest, pieces[1:], strict=True):
-            buffer.append(piece)
-    for buffer in rest:
-        out.write(separator + prime + "".join(buffer))
-        last = (separator + prime + "".join(buffer))[-1:]
+    try:
+        for pieces in stream:
+            out.write(pieces[0])
+            out.flush()
+            last = pieces[0][-1:] or last
+            if spool is not None:
+                spool.add(pieces[1:])
+        for index in range(num - 1):
+            out.write(separator + prime)
+            last = (separator + prime)[-1:] or last
+            for text in spool.text(index):
+                out.write(text)
+                last = text[-1:] or last
+    finally:
+        if spool is not None:
+            spool.close()
     if out.isatty() and last != "\n":
         out.write("\n")  # keep the shell prompt on its own line; pipes get the text exactly
     out.flush()

@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, parse_duration
-from charrnn.errors import CharrnnError, RunError, UsageError
+from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, check_text_options, parse_duration
+from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
+from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
-from .options import default_of, given
+from .options import default_of, flag, flag_errors, given
 from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
@@ -24,6 +25,7 @@ def _help(text: str, config_class: type, name: str) -> str:
     return f"{text} [default: {default_of(config_class, name)}]"
 
 
+@flag_errors
 def train(
     corpus: Annotated[
         list[str] | None,
@@ -141,6 +143,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
+    check_text_options(encoding, errors)
     model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
@@ -158,13 +161,19 @@ def train(
     )
     if resume is not None and init_from is not None:
         raise UsageError("give --resume (continue the same run) or --init-from (a new run from its weights), not both")
-    asked = ModelConfig(vocab_size=1, **model_options)  # option mistakes are reported before JAX loads
-    TrainConfig(**train_options, **budget_options)
+    if out is not None and resume is not None:
+        raise UsageError("give --out or --resume, not both (a resumed run stays where it is)")
+    asked_model = ModelConfig(vocab_size=1, **model_options)  # option mistakes are reported before JAX loads
+    asked_train = TrainConfig(**train_options, **budget_options)
+    if resume is not None:
+        check_output_dir(resume, "--resume")
+    else:
+        check_output_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
 
     from charrnn.runtime import configure_jax
 
     configure_jax()
-    asked.check_fits_in_memory(_memory_bytes())  # counted on the parameter tree: fail before slow work
+    _check_memory(asked_model, asked_train)  # counted on the parameter tree: fail before slow work
     from charrnn.placement import make_placement, start_distributed
 
     if coordinator is not None or num_processes is not None or process_id is not None:
@@ -227,14 +236,14 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
     may change), and the same corpus, byte for byte."""
     from charrnn.corpus import prepare
 
-    saved_model, saved_train, corpus_info = run.read_config()
+    loaded = run.open()
+    saved_model, saved_train, corpus_info = loaded.model, loaded.train, loaded.corpus
     if _is_leader():
         held.enter_context(run.lock())  # refuse at once if another process trains this run
     saved = saved_model.to_dict() | saved_train.to_dict()
     conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
     if conflicts:
-        flags = {"hidden_size": "hidden", "embed_size": "embed", "learning_rate": "lr", "warmup_steps": "warmup"}
-        names = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in conflicts)
+        names = ", ".join(flag(name) for name in conflicts)
         raise UsageError(
             f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
             f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
@@ -244,16 +253,21 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         raise UsageError("--min-count differs from the run being resumed; drop it or start a new run with --out")
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
-    # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
-    prepared, cached = prepare(
-        source,
-        val_fraction=train_config.val_fraction,
-        encoding=encoding,
-        errors=errors,
-        base_vocab=run.read_vocab(),
-        warn=_warn,
-        min_count=saved_min_count,
-    )
+    try:
+        # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
+        prepared, cached = prepare(
+            source,
+            val_fraction=train_config.val_fraction,
+            encoding=encoding,
+            errors=errors,
+            base_vocab=loaded.vocab if saved_min_count == 1 else None,
+            warn=_warn,
+            min_count=saved_min_count,
+        )
+    except CorpusError as error:
+        if corpus:
+            raise
+        raise CorpusError(f"{error} (the corpus {run.config_path} names; give it as FILE if it moved)") from None
     if prepared.stats["sha256"] != corpus_info["sha256"]:
         raise RunError(
             f"the corpus {source if isinstance(source, str) else ' '.join(source)} has changed since "
@@ -314,6 +328,16 @@ def _new_run(
     if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
         budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
     train_config = TrainConfig(**train_options, **budget_options)
+    first = sources[0]
+    stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
+    run = Run(out if out is not None else fresh_run_dir(stem or "corpus"))
+    leader = _is_leader()
+    if leader:  # decided before any slow work
+        if run.exists():
+            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+        check_output_dir(run.directory, "--out" if out is not None else "the run directory")
+    elif out is None:
+        raise UsageError("a run over several hosts needs --out (a directory every host shares)")
     prepared, cached = prepare(
         sources,
         val_fraction=train_config.val_fraction,
@@ -328,23 +352,15 @@ def _new_run(
 
         model_options = model_options | {"dtype": default_dtype()}
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
-    model_config.check_fits_in_memory(_memory_bytes())
+    _check_memory(model_config, train_config)
     if choose_dropout:  # regularise only runs long enough to start memorising the text
         from charrnn.trainer import auto_dropout, planned_epochs
 
         epochs_planned = _leaders_value(planned_epochs(model_config, train_config, len(prepared.train)))
         model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
         console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
-    first = sources[0]
-    stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
-    stem = stem or "corpus"
-    run = Run(out if out is not None else fresh_run_dir(stem))
-    if not _is_leader():  # process 0 creates and describes the run; the others train into it
-        if out is None:
-            raise UsageError("a run over several hosts needs --out (a directory every host shares)")
+    if not leader:  # process 0 creates and describes the run; the others train into it
         return run, prepared, cached, model_config, train_config
-    if run.exists():
-        raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
     run.directory.mkdir(parents=True, exist_ok=True)
     held.enter_context(run.lock())
     prepared.vocab.save(run.vocab_path)
@@ -406,11 +422,15 @@ def _leaders_value(value: float) -> float:
     return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+def _check_memory(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse, before any slow work, a model and batch whose training cannot fit in memory."""
+    from charrnn import memory
+
+    memory.require(
+        memory.training_bytes(model, train),
+        f"training a {model.layers}×{model.hidden_size} {model.cell.upper()} ({model.parameter_count():,} "
+        f"parameters) on batches of {train.batch_size} × {train.seq_len}",
+    )
 
 
 def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool, placement) -> None:
