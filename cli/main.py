@@ -57,12 +57,12 @@ def _root(
     """Character-level recurrent language models (LSTM, GRU, RNN) on JAX."""
 
 
-class OutputError(CharrnnError):
+class StdoutError(CharrnnError):
     """Standard output cannot be written (a full disk, say)."""
 
 
 class _GuardedStdout:
-    """sys.stdout, with a failure to write it turned into one OutputError; a closed pipe stays a
+    """sys.stdout, with a failure to write it turned into one StdoutError; a closed pipe stays a
     BrokenPipeError, which `main` ends quietly."""
 
     def __init__(self, stream) -> None:
@@ -84,7 +84,7 @@ class _GuardedStdout:
         except BrokenPipeError:
             raise
         except OSError as error:
-            raise OutputError(f"cannot write to standard output: {error.strerror or error}") from None
+            raise StdoutError(f"cannot write to standard output: {error.strerror or error}") from None
 
 
 def main() -> None:
@@ -104,7 +104,7 @@ def main() -> None:
             sys.stdout.flush()  # deliver the last output now, where a failure can still be reported
             raise
     except CharrnnError as error:
-        if isinstance(error, OutputError):
+        if isinstance(error, StdoutError):
             silence_stdout()  # so that the flush at exit cannot fail again
         console.info(f"charrnn: error: {error}")
         sys.exit(error.exit_code)

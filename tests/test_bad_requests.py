@@ -156,7 +156,11 @@ def test_many_long_samples_stream_through_a_spool_and_head_ends_quietly(tiny_run
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bench", "--cell", "banana"], "--cell must be one of lstm, gru, rnn or all, not 'banana'"),
+        (
+            ["bench", "--cell", "banana"],
+            "--cell must be one of lstm, gru, rnn, lstm-peephole, lstm-coupled, lstm-ln, gru-ln or all "
+            "(or a list of them), not 'banana'",
+        ),
         (["bench", "--hidden", "0"], "--hidden must be between 1 and 65536, not 0"),
         (["bench", "--steps", "0"], "--steps must be between 1 and 1048576, not 0"),
         (["bench", "--dtype", "float16"], "--dtype must be one of float32, bfloat16 or all, not 'float16'"),

@@ -30,6 +30,10 @@ from charrnn.errors import CharrnnError
 COMMANDS = {
     "sample": ["sample", "{run}", "-n", "3", "--seed", "0", "--checkpoint", "{checkpoint}"],
     "resume": ["train", "--resume", "{run}", "--steps", "1"],  # the run is past step 1: nothing to train
+    "score": ["score", "{run}", "{home}/lines.txt", "--checkpoint", "{checkpoint}"],
+    "eval": ["eval", "{run}", "{home}/lines.txt", "--checkpoint", "{checkpoint}"],
+    "info": ["info", "{run}", "--json"],
+    "plot": ["plot", "{run}", "-o", "{home}/plot-{case}.png"],
 }
 QUARANTINE = "damaged-checkpoints"  # the only place a command may move files to (resume does, and says so)
 MAY_MOVE_DAMAGED = {"resume"}
@@ -44,6 +48,7 @@ def trained(tmp_path_factory):
     home = tmp_path_factory.mktemp("damaged")
     os.environ["CHARRNN_CACHE"] = str(home / "cache")  # shared by every case: the corpus is prepared once
     (home / "text.txt").write_text(periodic_text(3000))
+    (home / "lines.txt").write_text(periodic_text(120))  # what score and eval read
     args = ["train", str(home / "text.txt"), "--out", str(home / "run"), "--layers", "1", "--hidden", "16"]
     args += ["--embed", "8", "-b", "4", "-t", "8", "--steps", "6", "--eval-every", "2", "--keep", "2"]
     result = CliRunner().invoke(app, [*args, "--dropout", "0", "--dtype", "float32"])
@@ -160,14 +165,18 @@ def check_nothing_spread(before: dict[str, bytes], after: dict[str, bytes], may_
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("first", range(0, CASES, BLOCK))
 def test_damaged_runs_fail_in_one_line_and_change_nothing(trained, tmp_path, first):
+    names = list(COMMANDS)
     for case in range(first, min(first + BLOCK, CASES)):
-        for name, template in COMMANDS.items():
+        # Two commands per case, in turn: every command meets a third of the cases, and any damage kind.
+        for name in (names[case % len(names)], names[(case + len(names) // 2) % len(names)]):
+            template = COMMANDS[name]
             run = tmp_path / f"case{case}-{name}"
             shutil.copytree(trained / "run", run)
             what = f"case {case}: {damage(run, random.Random(case))}, then {name}"
             before = snapshot(run)
             checkpoint = ("best", "latest")[case % 2]
-            result = CliRunner().invoke(app, [arg.format(run=run, checkpoint=checkpoint) for arg in template])
+            args = [arg.format(run=run, checkpoint=checkpoint, home=trained, case=case) for arg in template]
+            result = CliRunner().invoke(app, args)
             check_outcome(result, run, what)
             check_nothing_spread(before, snapshot(run), name in MAY_MOVE_DAMAGED, what)
             shutil.rmtree(run)

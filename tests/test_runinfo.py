@@ -26,7 +26,10 @@ def fake_run(directory: Path, *, hidden: int = 32, losses=(2.0, 1.5, 1.7), secti
     directory.mkdir(parents=True)
     model = ModelConfig(vocab_size=3, cell="gru", layers=1, hidden_size=hidden, embed_size=8)
     run.write_config(
-        model, TrainConfig(batch_size=4, seq_len=16, steps=30), {"source": "x.txt", "characters": 99}, section
+        model,
+        TrainConfig(batch_size=4, seq_len=16, steps=30),
+        {"source": "x.txt", "sha256": "0" * 64, "characters": 99},
+        section,
     )
     Vocabulary(("\n", "a", "b")).save(run.vocab_path)
     for i, loss in enumerate(losses, start=1):

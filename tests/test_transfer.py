@@ -7,7 +7,7 @@ import numpy as np
 from conftest import periodic_text
 from test_cli import TINY, charrnn
 
-from charrnn.config import ModelConfig
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.model import init_params
 from charrnn.transfer import extend_params
@@ -83,8 +83,8 @@ def test_init_from_bad_inputs_are_one_line(tmp_path):
     config = {
         "format": 1,
         "model": ModelConfig(vocab_size=9, layers=1, hidden_size=32).to_dict(),
-        "train": {},
-        "corpus": {},
+        "train": TrainConfig().to_dict(),
+        "corpus": {"source": "old.txt", "sha256": "0" * 64, "characters": 100},
     }
     (tmp_path / "runs" / "parent" / "config.json").write_text(json.dumps(config))
     (tmp_path / "runs" / "parent" / "vocab.json").write_text(Vocabulary.from_text("helo wrd,").to_json())
