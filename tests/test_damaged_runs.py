@@ -37,7 +37,7 @@ COMMANDS = {
 }
 QUARANTINE = "damaged-checkpoints"  # the only place a command may move files to (resume does, and says so)
 MAY_MOVE_DAMAGED = {"resume"}
-CASES = int(os.environ.get("CHARRNN_DAMAGE_CASES", "100"))  # more: CHARRNN_DAMAGE_CASES=1000
+CASES = int(os.environ.get("CHARRNN_DAMAGE_CASES", "60"))  # more: CHARRNN_DAMAGE_CASES=1000
 BLOCK = 20
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 

@@ -48,12 +48,12 @@ def corpus(tmp_path):
     return tmp_path
 
 
-def test_kill_9_at_random_moments_loses_nothing_beyond_the_last_checkpoint(corpus):
+@pytest.mark.parametrize("kills", [6, pytest.param(20, marks=pytest.mark.slow)])  # 20 with -m slow
+def test_kill_9_at_random_moments_loses_nothing_beyond_the_last_checkpoint(corpus, kills):
     rng = random.Random(20261122)
     run = corpus / "run"
     args = ["text.txt", "--out", "run", *TINY, "--steps", "100000", "--eval-every", "1"]
     newest_seen = -1
-    kills = 20
     for attempt in range(kills):
         process = start_training(corpus, *(args if attempt == 0 else ["--resume", "run", "--steps", "100000"]))
         wait_for(lambda seen=newest_seen: bool(committed_steps(run)) and committed_steps(run)[-1] > seen)
