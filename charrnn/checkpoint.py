@@ -208,12 +208,12 @@ class CheckpointStore:
         )
         return restored.state, dict(restored.progress)
 
-    def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the parameters of checkpoint `step` (orbax partial restore of ``state.params``): the
-        optimizer moments, twice the parameters' size, are never read."""
+    def restore_params(self, step: int, abstract_params: Any, field: str = "params") -> Any:
+        """Only the parameters of checkpoint `step` (orbax partial restore of ``state.params``, or of
+        ``state.ema``, the moving average): the optimizer moments, twice their size, are never read."""
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = {
-            "params": jax.tree.map(
+            field: jax.tree.map(
                 lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_params
             )
         }
@@ -224,7 +224,7 @@ class CheckpointStore:
                 state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
             ),
         )
-        return restored.state["params"]
+        return restored.state[field]
 
     def restore_first_good(
         self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None

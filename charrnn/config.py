@@ -27,6 +27,7 @@ class ModelConfig:
     hidden_size: int = 512
     embed_size: int = 64
     dropout: float = 0.0  # applied to every layer's output, i.e. between layers and before the logits
+    recurrent_dropout: float = 0.0  # on h where it enters the recurrence, one mask per window (recurrence.py)
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
 
     def __post_init__(self) -> None:
@@ -40,6 +41,11 @@ class ModelConfig:
         _check(1 <= self.hidden_size <= 65536, "hidden_size", f"must be between 1 and 65536, not {self.hidden_size}")
         _check(1 <= self.embed_size <= 65536, "embed_size", f"must be between 1 and 65536, not {self.embed_size}")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), not {self.dropout}")
+        _check(
+            0.0 <= self.recurrent_dropout < 1.0,
+            "recurrent_dropout",
+            f"must be in [0, 1), not {self.recurrent_dropout}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,6 +72,7 @@ class TrainConfig:
     warmup_steps: int = 20
     grad_clip: float = 5.0  # global-norm clipping threshold
     beta2: float = 0.999  # Adam's second-moment decay
+    ema: float = 0.0  # decay of the weights' moving average used to validate and sample (0: the raw weights)
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None
     time_seconds: float | None = None
@@ -95,6 +102,7 @@ class TrainConfig:
             f"must be between 0 and {MAX_COUNT}, not {self.warmup_steps}",
         )
         _check(0.0 < self.beta2 < 1.0, "beta2", f"must be in (0, 1), not {self.beta2}")
+        _check(0.0 <= self.ema < 1.0, "ema", f"must be in [0, 1), not {self.ema}")
         _check(
             self.steps is None or 1 <= self.steps <= MAX_COUNT,
             "steps",

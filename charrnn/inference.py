@@ -58,7 +58,8 @@ def load_checkpoint(run: Run, which: str | int = "best", warn: Callable[[str], N
             )
         for step in candidates:
             try:
-                return LoadedParams(store.restore_params(step, abstract), loaded, step)
+                field = "ema" if loaded.train.ema else "params"  # the weights the run was validated with
+                return LoadedParams(store.restore_params(step, abstract, field), loaded, step)
             except Exception as error:  # any failure to read means "damaged": try the previous one
                 damage = f"checkpoint {step} is damaged ({type(error).__name__})"
                 if isinstance(which, int):

@@ -52,10 +52,14 @@ class RecurrentLayer(nn.Module):
             for name, (shape, init) in self.cell.parameters(self.hidden_size).items()
         }
 
-    def __call__(self, x: jax.Array, carry: Carry, keep: jax.Array | None = None) -> tuple[jax.Array, Carry]:
-        """x: [T, B, D] time-major -> ([T, B, H], carry). keep: None or [T, B, 1], 0 to reset before step t."""
+    def __call__(
+        self, x: jax.Array, carry: Carry, keep: jax.Array | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, Carry]:
+        """x: [T, B, D] time-major -> ([T, B, H], carry). keep: None or [T, B, 1], 0 to reset before
+        step t; mask: None or [B, H], recurrent dropout (see charrnn.recurrence)."""
         xp = self._input(x)  # [T, B, G*H]
-        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, self._step_params(), xp, carry, keep)
+        params = self._step_params()
+        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, params, xp, carry, keep, mask)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
         """x: [B, D], one time step (sampling)."""
@@ -103,11 +107,19 @@ class CharRNN(nn.Module):
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
         for layer, layer_carry in zip(self.layers, carry, strict=True):
-            x, layer_carry = layer(x, layer_carry, keep)
+            x, layer_carry = layer(x, layer_carry, keep, self._recurrent_mask(x.shape[1]) if train else None)
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
         return self._logits(x), tuple(new_carry)
+
+    def _recurrent_mask(self, batch: int) -> jax.Array | None:
+        """One variational dropout mask [B, H] per layer and window (rng 'dropout'), or None."""
+        rate = self.config.recurrent_dropout
+        if not rate:
+            return None
+        kept = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, (batch, self.config.hidden_size))
+        return kept.astype(jnp.float32) / (1.0 - rate)
 
     def step(self, token: jax.Array, carry: ModelCarry) -> tuple[jax.Array, ModelCarry]:
         """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""

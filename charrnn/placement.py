@@ -50,6 +50,7 @@ class Placement:
             opt_state=jax.tree.map(lambda _: self.replicated, state.opt_state),
             carry=jax.tree.map(lambda _: self.carry, state.carry),
             key=self.replicated,
+            ema=jax.tree.map(lambda _: self.replicated, state.ema),
         )
 
     def local_rows(self, batch_size: int) -> slice:

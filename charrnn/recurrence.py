@@ -14,6 +14,11 @@ one large matmul after the loop, instead of T small ones.
 Resets (optional): `keep` [T, B, 1] is 0 where the state must be zeroed before step t (a new
 document starts) and 1 elsewhere; the carry is multiplied by it before the step, and so is the
 carry's gradient. Without resets (`keep` None) the program is the one without that multiplication.
+
+Recurrent dropout (optional, training only): `mask` [B, H] multiplies h_{t-1} where it enters the
+matmul, the same mask at every step of the window (Gal & Ghahramani's variational dropout), so
+the loop keeps its one matmul; the state carried and the cell's own uses of h are not masked.
+Without it (`mask` None) the program is the one without that multiplication.
 """
 
 import functools
@@ -75,9 +80,15 @@ def _operand(w: jax.Array, compute_dtype: str) -> jax.Array:
 
 
 # -- the time loop ------------------------------------------------------------------------------
-def step(cell: Cell, carry: Carry, xp: jax.Array, w: jax.Array, b: jax.Array, params: Params) -> tuple[Carry, tuple]:
+def step(
+    cell: Cell, carry: Carry, xp: jax.Array, w: jax.Array, b: jax.Array, params: Params, mask: jax.Array | None = None
+) -> tuple[Carry, tuple]:
     """One time step of `cell` (xp: [B, G*H]): the one matmul h @ W, then the cell's elementwise step."""
-    return cell.step(carry, xp, matmul(carry[0], w, cell.compute_dtype), b, params)
+    return cell.step(carry, xp, matmul(_masked(carry[0], mask), w, cell.compute_dtype), b, params)
+
+
+def _masked(h: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return h if mask is None else h * mask
 
 
 def _reset(carry: Carry, keep_t: jax.Array | None) -> Carry:
@@ -93,9 +104,11 @@ def recurrence(
     xp: jax.Array,
     carry: Carry,
     keep: jax.Array | None,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Carry]:
     """Run `cell` over time. xp: [T, B, G*H] (time-major), w: [H, G*H], b: [G*H], params: the cell's
-    `step_parameters`; keep: None, or [T, B, 1] with 0 where the carry is zeroed before step t.
+    `step_parameters`; keep: None, or [T, B, 1] with 0 where the carry is zeroed before step t;
+    mask: None, or [B, H], the recurrent dropout mask (already scaled by 1 / keep probability).
 
     Returns (hs [T, B, H], final carry). Differentiable in w, b, params, xp and carry.
     """
@@ -103,27 +116,27 @@ def recurrence(
 
     def body(carry, inputs):
         xp_t, keep_t = inputs
-        carry, _ = step(cell, _reset(carry, keep_t), xp_t, w, b, params)
+        carry, _ = step(cell, _reset(carry, keep_t), xp_t, w, b, params, mask)
         return carry, carry[0]
 
     carry, hs = jax.lax.scan(body, carry, (xp, keep), unroll=cell.unroll)
     return hs, carry
 
 
-def _recurrence_forward(cell, w, b, params, xp, carry0, keep):
+def _recurrence_forward(cell, w, b, params, xp, carry0, keep, mask=None):
     w_operand = _operand(w, cell.compute_dtype)
 
     def body(carry, inputs):
         xp_t, keep_t = inputs
-        new, saved = step(cell, _reset(carry, keep_t), xp_t, w_operand, b, params)
+        new, saved = step(cell, _reset(carry, keep_t), xp_t, w_operand, b, params, mask)
         return new, (new, saved)
 
     carry, (carries, saved) = jax.lax.scan(body, carry0, (xp, keep), unroll=cell.unroll)
-    return (carries[0], carry), (w, params, carry0, carries, saved, keep)
+    return (carries[0], carry), (w, params, carry0, carries, saved, keep, mask)
 
 
 def _recurrence_backward(cell, residuals, cotangents):
-    w, params, carry0, carries, saved, keep = residuals
+    w, params, carry0, carries, saved, keep, mask = residuals
     d_hs, d_final = cotangents
     # The carry each step read: carry0 followed by all but the last carry, reset where asked.
     prevs = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries, strict=True))
@@ -137,7 +150,7 @@ def _recurrence_backward(cell, residuals, cotangents):
         grads = cell.step_backward(saved_t, prev_t, new_t, d_carry, params)
         d_hp = grads.d_xp if grads.d_hp is None else grads.d_hp
         d_hw = d_hp if grads.d_hw is None else grads.d_hw
-        d_prev = (grads.d_prev[0] + matmul(d_hw, w_t, cell.compute_dtype), *grads.d_prev[1:])
+        d_prev = (grads.d_prev[0] + _masked(matmul(d_hw, w_t, cell.compute_dtype), mask), *grads.d_prev[1:])
         d_params = jax.tree.map(jnp.add, d_params, grads.d_params)
         return (_reset(d_prev, keep_t), d_params), (grads.d_xp, grads.d_hp, grads.d_hw)
 
@@ -151,10 +164,11 @@ def _recurrence_backward(cell, residuals, cotangents):
     d_hp = d_xp if d_hp is None else d_hp
     d_hw = d_hp if d_hw is None else d_hw
     # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
-    d_w = weight_gradient(prevs[0], d_hw, cell.compute_dtype)
+    d_w = weight_gradient(_masked(prevs[0], mask), d_hw, cell.compute_dtype)
     d_b = d_hp.sum(axis=(0, 1))
     d_keep = None if keep is None else jnp.zeros_like(keep)  # resets are data, not learned
-    return d_w, d_b, d_params, d_xp, d_carry0, d_keep
+    d_mask = None if mask is None else jnp.zeros_like(mask)  # so is the dropout mask
+    return d_w, d_b, d_params, d_xp, d_carry0, d_keep, d_mask
 
 
 recurrence.defvjp(_recurrence_forward, _recurrence_backward)

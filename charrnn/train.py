@@ -28,6 +28,12 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     carry: ModelCarry  # recurrent state at the end of the previous window
     key: jax.Array  # <uint32>[2] raw PRNG key data; per-step keys are fold_in(key, step)
+    ema: Any = None  # moving average of params when TrainConfig.ema > 0 (else None: no leaves)
+
+    @property
+    def weights(self) -> Any:
+        """The parameters a run is judged and sampled by: the moving average when there is one."""
+        return self.params if self.ema is None else self.ema
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -57,7 +63,23 @@ def create_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainS
         opt_state=make_optimizer(train_config).init(params),
         carry=initial_carry(model_config, train_config.batch_size),
         key=jax.random.key_data(run_key),
+        ema=fresh_average(params, train_config),
     )
+
+
+def fresh_average(params: Any, train_config: TrainConfig) -> Any:
+    """The moving average's starting point (a copy of `params`), or None when it is off."""
+    return jax.tree.map(jnp.copy, params) if train_config.ema else None
+
+
+def update_average(average: Any, params: Any, decay: float, step: jax.Array) -> Any:
+    """One step of the weights' exponential moving average. The decay ramps up as
+    min(decay, (1 + step) / (10 + step)), so early steps are not dominated by the initial weights."""
+    if average is None:
+        return None
+    step = step.astype(jnp.float32)
+    rate = 1.0 - jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda a, p: a + rate * (p - a), average, params)
 
 
 def placed_state(model_config: ModelConfig, train_config: TrainConfig, placement: Placement) -> TrainState:
@@ -136,7 +158,11 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, carry=jax.lax.stop_gradient(carry)
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            carry=jax.lax.stop_gradient(carry),
+            ema=update_average(state.ema, params, train_config.ema, state.step),
         )
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 

@@ -30,6 +30,7 @@ from charrnn.runs import Run
 from charrnn.train import (
     abstract_state,
     evaluate,
+    fresh_average,
     learning_rate,
     make_eval_step,
     make_optimizer,
@@ -181,7 +182,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
             params = extend_params(init_from[0], state.params, init_from[1])
             if placement.size > 1:
                 params = jax.device_put(params, placement.replicated)
-            state = state.replace(params=params, opt_state=make_optimizer(tc).init(params))
+            state = state.replace(
+                params=params, opt_state=make_optimizer(tc).init(params), ema=fresh_average(params, tc)
+            )
 
     step = int(progress["step"])
     started = time.monotonic() - float(progress["elapsed"])
@@ -197,7 +200,7 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
 
     def validate_and_save(val: bool = True) -> EvalReport | None:
         nonlocal progress
-        val_loss = evaluate(eval_step, state.params, model_config, val_windows, placement) if val else NOT_EVALUATED
+        val_loss = evaluate(eval_step, state.weights, model_config, val_windows, placement) if val else NOT_EVALUATED
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
         if _identity(run.directory) != home or (had_config and not run.config_path.exists()):

@@ -19,7 +19,8 @@ from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 
 STRUCTURE = {"cell": "--cell", "layers": "--layers", "hidden_size": "--hidden", "embed_size": "--embed"}
-INHERITED = (*STRUCTURE, "dropout", "dtype")  # model options a child takes from its parent unless given
+# Model options a child takes from its parent unless given:
+INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "dtype")
 
 
 def parent_of(directory: Path) -> tuple[Run, ModelConfig, Vocabulary]:

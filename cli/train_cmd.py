@@ -62,6 +62,12 @@ def train(
         float | None,
         typer.Option(help="Dropout after each layer. [default: 0, or 0.25 when the budget covers over 4 epochs]"),
     ] = None,
+    recurrent_dropout: Annotated[
+        float | None,
+        typer.Option(
+            help=_help("Dropout on the recurrent connections, one mask per window.", ModelConfig, "recurrent_dropout")
+        ),
+    ] = None,
     dtype: Annotated[
         str | None,
         typer.Option(
@@ -85,6 +91,16 @@ def train(
     ] = None,
     warmup: Annotated[
         int | None, typer.Option("--warmup", help=_help("Warmup steps.", TrainConfig, "warmup_steps"))
+    ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "Validate, keep and sample a moving average of the weights with this decay (0: the raw weights).",
+                TrainConfig,
+                "ema",
+            )
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
     epochs: Annotated[
@@ -144,7 +160,15 @@ def train(
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
     check_text_options(encoding, errors)
-    model_options = given(cell=cell, layers=layers, hidden_size=hidden, embed_size=embed, dropout=dropout, dtype=dtype)
+    model_options = given(
+        cell=cell,
+        layers=layers,
+        hidden_size=hidden,
+        embed_size=embed,
+        dropout=dropout,
+        recurrent_dropout=recurrent_dropout,
+        dtype=dtype,
+    )
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
     train_options = given(
@@ -153,6 +177,7 @@ def train(
         learning_rate=lr,
         grad_clip=grad_clip,
         warmup_steps=warmup,
+        ema=ema,
         eval_every=eval_every,
         keep=keep,
         seed=seed,
@@ -441,9 +466,12 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
     ]
     console.info(
         f"{'resuming' if resuming else 'training'} {run.directory}: {model_config.layers}×{model_config.hidden_size} "
-        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}, "
-        f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
-        f"{train_config.learning_rate:g}; budget {', '.join(b for b in budgets if b)}"
+        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}"
+        + (f", recurrent dropout {model_config.recurrent_dropout:g}" if model_config.recurrent_dropout else "")
+        + f", {model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
+        f"{train_config.learning_rate:g}"
+        + (f", weights averaged (decay {train_config.ema:g})" if train_config.ema else "")
+        + f"; budget {', '.join(b for b in budgets if b)}"
         + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
 

@@ -41,8 +41,13 @@ def blocks(v, n):
     return jnp.split(v, n, axis=-1)
 
 
+def recur(p, h):
+    """h @ W_h; with recurrent dropout ("mask" in p) the matmul reads h * mask, nothing else does."""
+    return (h * p["mask"] if "mask" in p else h) @ p["recurrent_kernel"]
+
+
 def affine(p, x, h):
-    return x @ p["input_kernel"] + p["bias"] + h @ p["recurrent_kernel"] + p["recurrent_bias"]
+    return x @ p["input_kernel"] + p["bias"] + recur(p, h) + p["recurrent_bias"]
 
 
 def lstm(p, x, state):
@@ -70,7 +75,7 @@ def lstm_coupled(p, x, state):
 def lstm_ln(p, x, state):
     h, c = state
     x_part = ln(x @ p["input_kernel"]) * p["input_gain"] + p["bias"]
-    h_part = ln(h @ p["recurrent_kernel"]) * p["recurrent_gain"] + p["recurrent_bias"]
+    h_part = ln(recur(p, h)) * p["recurrent_gain"] + p["recurrent_bias"]
     i, f, g, o = blocks(x_part + h_part, 4)
     c = sigmoid(f) * c + sigmoid(i) * tanh(g)
     return sigmoid(o) * tanh(ln(c) * p["cell_gain"] + p["cell_shift"]), c
@@ -87,13 +92,13 @@ def gru_equations(x_part, h_part, h):
 def gru(p, x, state):
     (h,) = state
     x_part = x @ p["input_kernel"] + p["bias"]
-    return gru_equations(x_part, h @ p["recurrent_kernel"] + p["recurrent_bias"], h)
+    return gru_equations(x_part, recur(p, h) + p["recurrent_bias"], h)
 
 
 def gru_ln(p, x, state):
     (h,) = state
     x_part = ln(x @ p["input_kernel"]) * p["input_gain"] + p["bias"]
-    h_part = ln(h @ p["recurrent_kernel"]) * p["recurrent_gain"] + p["recurrent_bias"]
+    h_part = ln(recur(p, h)) * p["recurrent_gain"] + p["recurrent_bias"]
     return gru_equations(x_part, h_part, h)
 
 
@@ -185,6 +190,29 @@ def test_outputs_and_every_gradient_match_autodiff_of_the_textbook_cell(name, wi
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
     for param in params:  # every parameter matters: none is silently left out of the computation
         assert np.abs(np.asarray(grads[0][param])).max() > 0, param
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=() if name in ("lstm", "gru-ln") else pytest.mark.slow) for name in NAMES]
+)
+def test_recurrent_dropout_masks_only_what_enters_the_matmul_and_its_gradients_match(name):
+    layer, params, xs, carry = random_layer(name, seed=len(name) + 1)
+    mask = jax.random.bernoulli(jax.random.key(7), 0.6, carry[0].shape).astype(jnp.float32) / 0.6
+
+    def ours(params, xs, carry):
+        return layer.apply({"params": params}, xs, carry, None, mask)
+
+    def reference(params, xs, carry):
+        return textbook_layer(name, params | {"mask": mask}, xs, carry)
+
+    (hs, _), (hs_ref, _) = jax.jit(ours)(params, xs, carry), reference(params, xs, carry)
+    np.testing.assert_allclose(hs, hs_ref, rtol=1e-5, atol=1e-6)
+    unmasked, _ = layer.apply({"params": params}, xs, carry)
+    assert np.abs(np.asarray(hs - unmasked)).max() > 1e-3  # the mask does something
+    grads = jax.jit(jax.grad(objective(ours), argnums=(0, 1, 2)))(params, xs, carry)
+    grads_ref = jax.grad(objective(reference), argnums=(0, 1, 2))(params, xs, carry)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("name", NAMES)

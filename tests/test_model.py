@@ -63,3 +63,19 @@ def test_dropout_changes_training_outputs_only():
     train, _ = model.apply({"params": params}, tokens, carry, train=True, rngs={"dropout": jax.random.key(5)})
     np.testing.assert_array_equal(eval_a, eval_b)
     assert not np.allclose(train, eval_a)
+
+
+def test_recurrent_dropout_changes_training_outputs_only_and_is_one_mask_per_window():
+    plain = ModelConfig(vocab_size=11, layers=2, hidden_size=16, embed_size=8)
+    config = ModelConfig(vocab_size=11, layers=2, hidden_size=16, embed_size=8, recurrent_dropout=0.5)
+    params = init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 11)
+    carry = initial_carry(config, 2)
+    evaluated, _ = CharRNN(config).apply({"params": params}, tokens, carry)
+    unmasked, _ = CharRNN(plain).apply({"params": params}, tokens, carry)
+    np.testing.assert_array_equal(evaluated, unmasked)  # evaluation and sampling never drop
+    rngs = {"dropout": jax.random.key(5)}
+    train, _ = CharRNN(config).apply({"params": params}, tokens, carry, train=True, rngs=rngs)
+    assert not np.allclose(train, evaluated)
+    # The first step reads the zero state, which no mask changes: its outputs are the unmasked ones.
+    np.testing.assert_allclose(train[:, 0], evaluated[:, 0], rtol=1e-6)

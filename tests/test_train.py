@@ -89,12 +89,12 @@ def train_run(tmp_path, name, text_path, *, resume=False, stop_after=None, **tra
     return losses, evals, None, run
 
 
-def latest_params(run):
+def latest_params(run, **train_options):
     model_config = ModelConfig(vocab_size=9, dropout=0.1, **SMALL)
     store = CheckpointStore(run.checkpoints_dir, create=False)
     state, _ = store.restore(
         store.latest_step(),
-        jax.eval_shape(lambda: create_state(model_config, TrainConfig(batch_size=4, seq_len=10))),
+        jax.eval_shape(lambda: create_state(model_config, TrainConfig(batch_size=4, seq_len=10, **train_options))),
     )
     store.close()
     return state
@@ -103,7 +103,8 @@ def latest_params(run):
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     text_path = tmp_path / "text.txt"
     text_path.write_text(periodic_text(2000))
-    options = {"steps": 30, "eval_every": 10}  # an epoch is 45 windows: no epoch boundary here
+    # An epoch is 45 windows: no epoch boundary here. The weights' moving average is part of the state.
+    options = {"steps": 30, "eval_every": 10, "ema": 0.9}
     losses, _, final, run_a = train_run(tmp_path, "a", text_path, **options)
     assert final.reason == "steps" and final.step == 30
 
@@ -116,10 +117,51 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     resumed, _, final_b, _ = train_run(tmp_path, "b", text_path, resume=True, **options)
     assert min(resumed) == 21 and final_b.step == 30
     assert {k: resumed[k] for k in range(21, 31)} == {k: losses[k] for k in range(21, 31)}
-    a, b = latest_params(run_a), latest_params(run_b)
-    assert int(a.step) == int(b.step) == 30
+    a, b = latest_params(run_a, ema=0.9), latest_params(run_b, ema=0.9)
+    assert int(a.step) == int(b.step) == 30 and a.ema is not None
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_weights_moving_average_follows_its_formula():
+    vocab, batcher = batches(periodic_text(), 4, 8)
+    model_config = ModelConfig(vocab_size=len(vocab), **SMALL)
+    train_config = TrainConfig(batch_size=4, seq_len=8, ema=0.9)
+    step, state = make_train_step(model_config, train_config), create_state(model_config, train_config)
+    expected = jax.tree.map(np.asarray, state.params)
+    for i in range(12):
+        state, _ = step(state, *batcher.batch(i), np.float32(1e-2))
+        rate = np.float32(1.0 - min(0.9, (1 + i) / (10 + i)))  # ramps up: 0.9 only from step 80 on
+        expected = jax.tree.map(lambda a, p, r=rate: a + r * (np.asarray(p) - a), expected, state.params)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(state.ema["head_bias"]), np.asarray(state.params["head_bias"]))
+    assert create_state(model_config, TrainConfig()).ema is None  # off: the state is what it always was
+
+
+def test_a_run_with_a_moving_average_is_validated_and_sampled_with_it(tmp_path):
+    from charrnn.inference import load_checkpoint
+
+    text_path = tmp_path / "text.txt"
+    text_path.write_text(periodic_text(2000))
+    options = {"steps": 20, "eval_every": 20, "ema": 0.8, "learning_rate": 1e-2}
+    _, evals, final, run = train_run(tmp_path, "r", text_path, **options)
+    prepared, _ = prepare(str(text_path), val_fraction=0.1)
+    prepared.vocab.save(run.vocab_path)
+    run.write_config(  # what `charrnn train` writes beside the checkpoints
+        ModelConfig(vocab_size=len(prepared.vocab), dropout=0.1, **SMALL),
+        TrainConfig(batch_size=4, seq_len=10, log_every=1, **options),
+        {"source": str(text_path), "sha256": prepared.stats["sha256"], "characters": prepared.stats["characters"]},
+    )
+    state = latest_params(run, ema=0.8)
+    loaded = load_checkpoint(run, "latest")
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.ema), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    windows = evaluation_windows(prepared.val, 4, 10)
+    model_config = loaded.model_config
+    val_ema = evaluate(make_eval_step(model_config), state.ema, model_config, windows)
+    val_raw = evaluate(make_eval_step(model_config), state.params, model_config, windows)
+    assert evals[-1].val_loss == pytest.approx(val_ema, abs=1e-6) and val_ema != val_raw
 
 
 def test_epoch_boundary_resets_state_and_validation_is_logged(tmp_path):
