@@ -15,6 +15,9 @@ MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
+# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.trainer).
+LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need dropout
+LONG_RUN_DROPOUT = 0.25
 
 
 @dataclass(frozen=True)

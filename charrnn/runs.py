@@ -35,6 +35,8 @@ FORMAT_1_KEYS = {
         "max_val_chars", "unroll",
     },
 }  # fmt: skip
+# Settings added since, with the value that runs written before them used (not today's default).
+ADDED_KEYS = {"model": {"recurrent_dropout": 0.0}, "train": {"ema": 0.0}}
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}
 # Written only by some runs: a corpus of documents (source is then a list of paths), --min-count.
 OPTIONAL_CORPUS_TYPES = {"documents": int, "boundary": str, "min_count": int}
@@ -162,7 +164,7 @@ class Run:
             if missing := sorted(FORMAT_1_KEYS[section] - set(values)):
                 raise RunError(f"{damaged} {section}.{missing[0]} is missing")
             try:
-                configs.append(config_class.from_dict(values))
+                configs.append(config_class.from_dict(ADDED_KEYS[section] | values))
             except ConfigError as error:
                 raise RunError(f"{damaged} {section}.{error.field} {error.problem}") from None
         corpus = data.get("corpus")

@@ -22,7 +22,7 @@ import numpy as np
 
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import LONG_RUN_DROPOUT, LONG_RUN_EPOCHS, ModelConfig, TrainConfig
 from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.placement import Placement, make_placement
@@ -89,10 +89,6 @@ def step_budget(config: TrainConfig, windows_per_epoch: int) -> int | None:
     if config.epochs:
         budgets.append(max(1, math.ceil(config.epochs * windows_per_epoch)))
     return min(budgets) if budgets else None
-
-
-LONG_RUN_EPOCHS = 4.0
-LONG_RUN_DROPOUT = 0.25
 
 
 def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:

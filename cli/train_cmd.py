@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig, check_text_options, parse_duration
+from charrnn.config import (
+    CELLS,
+    DTYPES,
+    LONG_RUN_DROPOUT,
+    LONG_RUN_EPOCHS,
+    ModelConfig,
+    TrainConfig,
+    check_text_options,
+    parse_duration,
+)
 from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
 from charrnn.paths import check_output_dir, runs_dir
 
@@ -60,7 +69,10 @@ def train(
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(help="Dropout after each layer. [default: 0, or 0.25 when the budget covers over 4 epochs]"),
+        typer.Option(
+            help=f"Dropout after each layer. [default: 0, or {LONG_RUN_DROPOUT:g} when the budget covers over "
+            f"{LONG_RUN_EPOCHS:g} epochs]"
+        ),
     ] = None,
     recurrent_dropout: Annotated[
         float | None,
