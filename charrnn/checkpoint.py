@@ -8,6 +8,7 @@ checkpoints and, in addition, the one with the best validation loss.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -202,11 +203,36 @@ class CheckpointStore:
             ),
             abstract_state,
         )
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
+            )
+        except Exception:
+            if getattr(target, "ema", False) is not None:
+                raise
+            return self._restore_from_before_the_average(step, target)
         return restored.state, dict(restored.progress)
+
+    def _restore_from_before_the_average(self, step: int, target: Any) -> tuple[Any, dict]:
+        """A checkpoint written before the weights' moving average existed has no `ema` entry: the
+        other fields are restored by name (orbax partial restore) and the state rebuilt around them.
+        A separate read-only manager does it, so that this one keeps saving as before."""
+        fields = {field.name: getattr(target, field.name) for field in dataclasses.fields(target)}
+        del fields["ema"]
+        restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), fields)
+        reader = CheckpointStore(self.directory, create=False)
+        try:
+            restored = reader.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=fields, restore_args=restore_args, partial_restore=True),
+                    progress=ocp.args.JsonRestore(),
+                ),
+            )
+        finally:
+            reader.close()
+        return target.replace(**restored.state), dict(restored.progress)
 
     def restore_params(self, step: int, abstract_params: Any, field: str = "params") -> Any:
         """Only the parameters of checkpoint `step` (orbax partial restore of ``state.params``, or of

@@ -25,7 +25,7 @@ class ModelConfig:
     """Shape of the network: embedding -> `layers` recurrent layers -> logits over the vocabulary."""
 
     vocab_size: int
-    cell: str = "gru-ln"  # one of CELLS (charrnn/cells.py); the default by measurement (README, Cells)
+    cell: str = "lstm-coupled"  # one of CELLS (charrnn/cells.py); the default by measurement (README, Cells)
     layers: int = 2
     hidden_size: int = 512
     embed_size: int = 64

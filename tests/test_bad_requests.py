@@ -137,7 +137,7 @@ def tiny_run(tmp_path_factory):
 
 def test_sampling_too_many_streams_is_refused_before_loading(tiny_run):
     code, message = error_of(["sample", str(tiny_run), "--num", "100000000"])
-    assert code == 2 and message.startswith("sampling 100,000,000 streams from a 1×16 LSTM needs about ")
+    assert code == 2 and message.startswith("sampling 100,000,000 streams from a 1×16 LSTM-COUPLED needs about ")
     assert "GiB available" in message
 
 

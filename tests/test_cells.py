@@ -256,7 +256,7 @@ def test_parameter_count_of_the_default_lstm_is_unchanged():
     expected = (
         vocab * embed + hidden * vocab + vocab + (embed + hidden + 2) * 4 * hidden + (2 * hidden + 2) * 4 * hidden
     )
-    assert ModelConfig(vocab_size=vocab).parameter_count() == expected
+    assert ModelConfig(vocab_size=vocab, cell="lstm").parameter_count() == expected
 
 
 def test_bench_flops_count_every_matmul_kernel_of_the_tree():
@@ -264,7 +264,7 @@ def test_bench_flops_count_every_matmul_kernel_of_the_tree():
 
     # The formula that counted them before: input and recurrent projections, then the logits.
     expected = 2 * ((64 + 512) * 4 * 512 + (512 + 512) * 4 * 512) + 2 * 512 * 65
-    assert forward_flops_per_char(ModelConfig(vocab_size=65)) == expected
+    assert forward_flops_per_char(ModelConfig(vocab_size=65, cell="lstm")) == expected
     coupled = ModelConfig(vocab_size=65, cell="lstm-coupled")  # three gate blocks, the LSTM's matmuls otherwise
     assert forward_flops_per_char(coupled) == 2 * ((64 + 512) * 3 * 512 + (512 + 512) * 3 * 512) + 2 * 512 * 65
 

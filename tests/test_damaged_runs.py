@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     (home / "text.txt").write_text(periodic_text(3000))
     (home / "lines.txt").write_text(periodic_text(120))  # what score and eval read
     args = ["train", str(home / "text.txt"), "--out", str(home / "run"), "--layers", "1", "--hidden", "16"]
-    args += ["--embed", "8", "-b", "4", "-t", "8", "--steps", "6", "--eval-every", "2", "--keep", "2"]
+    args += ["--embed", "8", "-b", "4", "-t", "8", "--steps", "6", "--eval-every", "2", "--keep", "2", "--cell", "lstm"]
     result = CliRunner().invoke(app, [*args, "--dropout", "0", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     return home

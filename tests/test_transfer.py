@@ -82,7 +82,7 @@ def test_init_from_bad_inputs_are_one_line(tmp_path):
     (tmp_path / "runs" / "parent").mkdir(parents=True)
     config = {
         "format": 1,
-        "model": ModelConfig(vocab_size=9, layers=1, hidden_size=32).to_dict(),
+        "model": ModelConfig(vocab_size=9, cell="lstm", layers=1, hidden_size=32).to_dict(),
         "train": TrainConfig().to_dict(),
         "corpus": {"source": "old.txt", "sha256": "0" * 64, "characters": 100},
     }
