@@ -77,14 +77,15 @@ def parameter_bytes(model: ModelConfig) -> int:
 
 
 def training_bytes(model: ModelConfig, train: TrainConfig) -> int:
-    """Peak of a training step: parameters, gradients and two Adam moments (16 bytes a parameter),
-    plus what the backward pass keeps of a window (each layer's gate pre-activations and outputs at
-    every time step, the logits and their gradient)."""
+    """Peak of a training step: parameters, gradients and two Adam moments (16 bytes a parameter;
+    20 with the weights' moving average), plus what the backward pass keeps of a window (each
+    layer's gate pre-activations and outputs at every time step, the logits and their gradient)."""
     tokens = train.batch_size * train.seq_len
     per_layer = (_gates(model) + 3) * model.hidden_size  # gates, cell state, output, input gradient
     activations = tokens * (model.embed_size + model.layers * per_layer + 3 * model.vocab_size) * FLOAT
     carry = 2 * model.layers * train.batch_size * model.hidden_size * FLOAT
-    return 4 * parameter_bytes(model) + 2 * activations + carry + OVERHEAD
+    copies = 5 if train.ema else 4
+    return copies * parameter_bytes(model) + 2 * activations + carry + OVERHEAD
 
 
 def forward_bytes(model: ModelConfig, streams: int, length: int) -> int:

@@ -118,6 +118,7 @@ def test_memory_estimates_grow_with_the_request_and_refuse_in_one_line():
     assert small < large and large > 100_000 * 2 * 2 * 512 * 4  # at least the recurrent state of every stream
     assert memory.sampling_bytes(model, 64, 100_000) > memory.sampling_bytes(model, 64, 10)  # a long prime
     assert memory.training_bytes(model, TrainConfig(batch_size=64)) > memory.training_bytes(model, TrainConfig())
+    assert memory.training_bytes(model, TrainConfig(ema=0.99)) > memory.training_bytes(model, TrainConfig())
     assert memory.available_bytes() > 0
     with pytest.raises(UsageError, match=r"^sampling needs about 2\.0 GiB of memory; this machine has 1\.0 GiB"):
         memory.require(2 << 30, "sampling", available=1 << 30)

@@ -104,6 +104,8 @@ def test_unknown_prime_character_is_named(trained_run):
         (["train", "text.txt", "--hidden", "0"], 2, "--hidden"),
         (["train", "text.txt", "--time", "soon"], 2, "--time"),
         (["train", "text.txt", "--cell", "transformer"], 2, "--cell"),
+        (["train", "text.txt", "--ema", "1"], 2, "--ema must be in [0, 1), not 1.0"),
+        (["train", "text.txt", "--recurrent-dropout", "-0.1"], 2, "--recurrent-dropout must be in [0, 1), not -0.1"),
         (["sample", "--temp", "-1"], 2, "--temp"),
         (["sample", "nowhere"], 1, "not a charrnn run"),
     ],
