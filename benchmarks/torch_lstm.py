@@ -10,7 +10,8 @@ carried from window to window (truncated BPTT, zeroed at each epoch start). Data
 prepares it: the vocabulary is every distinct character, the last 10% of the characters are held
 out, training windows are 64 contiguous streams side by side. Validation as charrnn evaluates:
 every character of the held-out split exactly once, over 64 contiguous streams with the state
-carried across windows. The time budget is wall time from the first step, validation passes
+carried across windows, each stream after the 256 characters before it (read, not counted;
+`--val-burn-in`). The time budget is wall time from the first step, validation passes
 included, as for charrnn's --time; the throughput counts training steps only.
 
 Prints, on stdout, the best validation loss in nats/char and the training throughput in chars/s.
@@ -55,18 +56,24 @@ def training_windows(ids: np.ndarray, batch: int, length: int) -> tuple[np.ndarr
     return streams, windows
 
 
-def evaluation_windows(ids: np.ndarray, batch: int, length: int):
-    """Every target of `ids` exactly once: (inputs, targets, weights) windows over contiguous streams."""
+def evaluation_windows(ids: np.ndarray, batch: int, length: int, burn_in: int = 256):
+    """Every target of `ids` exactly once: (inputs, targets, weights) windows over contiguous streams,
+    each stream but the first reading the `burn_in` characters before it first, with weight 0."""
     n_targets = len(ids) - 1
     batch = max(1, min(batch, n_targets))
     stream_len = -(-n_targets // batch)
-    padded = -(-stream_len // length) * length
+    early = [min(burn_in, b * stream_len) for b in range(batch)]
+    padded = -(-(stream_len + max(early)) // length) * length
     inputs, targets = np.zeros((batch, padded), np.int64), np.zeros((batch, padded), np.int64)
     weights = np.zeros((batch, padded), np.float32)
     for b in range(batch):
         start = b * stream_len
         n = max(0, min(stream_len, n_targets - start))
-        inputs[b, :n], targets[b, :n], weights[b, :n] = ids[start : start + n], ids[start + 1 : start + 1 + n], 1.0
+        if n == 0:
+            continue
+        first, span = start - early[b], early[b] + n
+        inputs[b, :span], targets[b, :span] = ids[first : first + span], ids[first + 1 : first + 1 + span]
+        weights[b, early[b] : span] = 1.0
     return [
         tuple(torch.from_numpy(a[:, k : k + length]) for a in (inputs, targets, weights))
         for k in range(0, padded, length)
@@ -111,13 +118,14 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-burn-in", type=int, default=256, help="context read before each validation stream")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     train_ids, val_ids, vocab = load(args.text, 0.1)
     streams, windows = training_windows(train_ids, args.batch_size, args.seq_len)
     streams = torch.from_numpy(streams)
-    val_windows = evaluation_windows(val_ids, args.batch_size, args.seq_len)
+    val_windows = evaluation_windows(val_ids, args.batch_size, args.seq_len, args.val_burn_in)
     model = CharLSTM(vocab, args.embed, args.hidden, args.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     print(

@@ -104,12 +104,12 @@ class TrainedModel:
         return evaluate_text(self.params, self.model_config, self.vocab, text, streams=streams, unknown=unknown)
 
     def eval_validation(self) -> EvalResult:
-        """Training's validation pass: the same split, streams, window length and character cap."""
+        """Training's validation pass: the same split, streams, window length, burn-in and character cap."""
         tc: TrainConfig = self.train_config
         boundary = self.corpus_info.get("boundary") if self.corpus_info.get("documents") else None
         reset_id = self.vocab.index.get(boundary) if boundary else None
         ids = self.validation_ids()
-        return evaluate_ids(self.params, self.model_config, ids, tc.batch_size, tc.seq_len, reset_id)
+        return evaluate_ids(self.params, self.model_config, ids, tc.batch_size, tc.seq_len, reset_id, tc.val_burn_in)
 
     def validation_ids(self) -> np.ndarray:
         """The run's validation split (its first `max_val_chars`), from the preparation cache or by

@@ -47,21 +47,31 @@ class StreamBatcher:
 
 
 def evaluation_windows(
-    ids: np.ndarray, batch_size: int, seq_len: int, row_multiple: int = 1
+    ids: np.ndarray, batch_size: int, seq_len: int, row_multiple: int = 1, burn_in: int = 0
 ) -> list[tuple[np.ndarray, ...]]:
     """Every target of `ids` exactly once, as masked windows over `batch_size` contiguous streams.
 
     Returns (inputs, targets, weights) triples of shape [batch, time]; padding has weight 0, so a
     validation pass covers the whole split with carried state and no character counted twice.
     A short split gets fewer streams, rounded up to `row_multiple` (the device count) with empty ones.
+
+    Streams are a way to read the text in parallel, not a different measure: each stream but the
+    first starts `burn_in` characters early, on the end of the stream before it, with weight 0, so
+    its first counted characters are read with context, as when the text is read through in one
+    stream. Cold-started streams made the 2×512 default model 0.002–0.003 nats/char worse over
+    tiny Shakespeare's validation split in 32 streams; 256 characters of context make it equal to
+    one stream's reading to 1e-5 (README, Text quality).
     """
     n_targets = len(ids) - 1
     if n_targets < 1:
         raise CorpusError("the validation split needs at least two characters")
+    if burn_in < 0:
+        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
     batch_size = max(1, min(batch_size, n_targets))
     batch_size = -(-batch_size // row_multiple) * row_multiple
     stream_len = -(-n_targets // batch_size)
-    n_windows = -(-stream_len // seq_len)
+    early = [min(burn_in, b * stream_len) for b in range(batch_size)]  # context read before each stream
+    n_windows = -(-(stream_len + max(early)) // seq_len)
     padded = n_windows * seq_len
     inputs = np.zeros((batch_size, padded), np.int32)
     targets = np.zeros((batch_size, padded), np.int32)
@@ -69,9 +79,13 @@ def evaluation_windows(
     for b in range(batch_size):
         start = b * stream_len
         length = max(0, min(stream_len, n_targets - start))
-        inputs[b, :length] = ids[start : start + length]
-        targets[b, :length] = ids[start + 1 : start + 1 + length]
-        weights[b, :length] = 1.0
+        if length == 0:
+            continue  # an empty stream: all padding
+        first = start - early[b]  # the first input read, context included
+        span = early[b] + length
+        inputs[b, :span] = ids[first : first + span]
+        targets[b, :span] = ids[first + 1 : first + 1 + span]
+        weights[b, early[b] : span] = 1.0
     return [
         (inputs[:, k : k + seq_len], targets[:, k : k + seq_len], weights[:, k : k + seq_len])
         for k in range(0, padded, seq_len)

@@ -15,6 +15,7 @@ MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
+VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
 # Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.trainer).
 LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need dropout
 LONG_RUN_DROPOUT = 0.25
@@ -86,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     max_val_chars: int = 1_000_000  # a validation pass reads at most this much of the split (its start)
+    val_burn_in: int = VAL_BURN_IN  # context each validation stream reads before it counts (batching.py)
     unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's default_unroll
 
     def __post_init__(self) -> None:
@@ -132,6 +134,9 @@ class TrainConfig:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, not {self.seed}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), not {self.val_fraction}")
         _check(2 <= self.max_val_chars <= 1 << 62, "max_val_chars", f"must be at least 2, not {self.max_val_chars}")
+        _check(
+            0 <= self.val_burn_in <= 1 << 20, "val_burn_in", f"must be between 0 and {1 << 20}, not {self.val_burn_in}"
+        )
         _check(self.unroll is None or 1 <= self.unroll <= 64, "unroll", f"must be between 1 and 64, not {self.unroll}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn.batching import evaluation_windows
-from charrnn.config import ModelConfig
+from charrnn.config import VAL_BURN_IN, ModelConfig
 from charrnn.errors import UsageError, VocabularyError
 from charrnn.model import CharRNN, initial_carry
 from charrnn.train import evaluate, make_eval_step
@@ -436,12 +436,19 @@ def _empty(details: bool) -> tuple[np.ndarray, ...]:
 
 # -- the loss over a whole text --------------------------------------------------------------------
 def evaluate_ids(
-    params: Any, model_config: ModelConfig, ids: np.ndarray, streams: int, window: int, reset_id: int | None = None
+    params: Any,
+    model_config: ModelConfig,
+    ids: np.ndarray,
+    streams: int,
+    window: int,
+    reset_id: int | None = None,
+    burn_in: int = VAL_BURN_IN,
 ) -> EvalResult:
     """Mean nats per predicted character over `ids` (every id after the first is predicted), cut
-    into `streams` contiguous parts each read with carried state: training's validation pass
+    into `streams` contiguous parts read side by side with carried state, each but the first after
+    `burn_in` characters of the text before it (not counted): training's validation pass
     (`reset_id`: a corpus of documents' boundary, where the state is reset as in training)."""
-    windows = evaluation_windows(ids, streams, window)
+    windows = evaluation_windows(ids, streams, window, burn_in=burn_in)
     step = make_eval_step(model_config, reset_id)
     return EvalResult(evaluate(step, params, model_config, windows), len(ids) - 1)
 
@@ -458,7 +465,8 @@ def evaluate_text(
 ) -> EvalResult:
     """The loss over `text` read from its start (its first character predicted after a newline),
     state carried; `streams` > 1 cuts it into that many parts read side by side (faster; each part
-    starts from a fresh state). ``unknown="skip"`` leaves unknown characters out and counts them."""
+    reads the `VAL_BURN_IN` characters before it first, uncounted, so the figure stays close to
+    one stream's). ``unknown="skip"`` leaves unknown characters out and counts them."""
     if streams < 1:
         raise UsageError(f"--streams must be positive, not {streams}")
     if unknown not in UNKNOWN_POLICIES:

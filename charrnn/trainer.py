@@ -149,7 +149,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     total_steps = step_budget(tc, windows)
     # A large corpus's validation split (20 MB of a 200 MB text) would take minutes per pass; its
     # first million characters measure the loss to about 0.001 nats/char, and the same ones every time.
-    val_windows = evaluation_windows(corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size)
+    val_windows = evaluation_windows(
+        corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size, tc.val_burn_in
+    )
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
     reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read

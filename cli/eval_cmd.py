@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from charrnn.config import VAL_BURN_IN
 from charrnn.errors import UsageError
 
 from . import console
@@ -25,7 +26,11 @@ def eval_(
     second: Annotated[str | None, typer.Argument(metavar="FILE", help="See RUN.", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best, latest or a step number.")] = "best",
     streams: Annotated[
-        int, typer.Option(help="FILE only: read it as this many parts side by side, each from a fresh state (faster).")
+        int,
+        typer.Option(
+            help=f"FILE only: read it as this many parts side by side (faster), each after the {VAL_BURN_IN} "
+            "characters before it, which give it context and are not counted.",
+        ),
     ] = 1,
     unknown: Annotated[str, typer.Option(help="Characters the model never saw: error, or skip (left out).")] = "error",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -33,7 +38,7 @@ def eval_(
     """Loss over a whole text read with carried state: nats/char, bits/char and perplexity.
 
     With no FILE, over the run's validation split exactly as training measured it (the same
-    streams, windows and character cap), so the figure equals the validation loss metrics.jsonl
+    streams, windows, burn-in and character cap), so the figure equals the validation loss metrics.jsonl
     records for that checkpoint. A FILE (or `-`) is read from its start, its first character
     predicted after a newline.
     """

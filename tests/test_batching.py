@@ -25,10 +25,11 @@ def test_too_small_corpus_says_how_long_it_must_be():
         StreamBatcher(np.arange(100), batch_size=64, seq_len=10)
 
 
+@pytest.mark.parametrize("burn_in", [0, 5, 256])
 @pytest.mark.parametrize(("n", "batch", "seq"), [(2, 4, 3), (101, 4, 10), (1000, 7, 13), (64, 64, 100)])
-def test_evaluation_windows_count_every_target_once(n, batch, seq):
+def test_evaluation_windows_count_every_target_once(n, batch, seq, burn_in):
     ids = np.arange(n) % 251
-    windows = evaluation_windows(ids, batch, seq)
+    windows = evaluation_windows(ids, batch, seq, burn_in=burn_in)
     pairs = []
     for inputs, targets, weights in windows:
         assert inputs.shape == targets.shape == weights.shape
@@ -43,3 +44,23 @@ def test_evaluation_windows_count_every_target_once(n, batch, seq):
         by_stream.setdefault(b, []).append((x, y))
     rebuilt = [pair for b in sorted(by_stream) for pair in by_stream[b]]
     assert rebuilt == [(ids[i], ids[i + 1]) for i in range(n - 1)]
+
+
+@pytest.mark.parametrize("burn_in", [0, 5, 40])
+def test_each_stream_reads_the_text_before_it_first(burn_in):
+    """Stream b > 0 starts `burn_in` characters early (uncounted), on the text just before its
+    first counted target, and reads on without a gap; stream 0 starts at the text's start."""
+    ids = np.arange(1000) % 251
+    windows = evaluation_windows(ids, 7, 13, burn_in=burn_in)
+    inputs, targets, weights = (np.concatenate([w[i] for w in windows], axis=1) for i in range(3))
+    stream_len = -(-999 // 7)
+    for b in range(7):
+        first_counted = int(np.argmax(weights[b] > 0))
+        early = min(burn_in, b * stream_len)
+        assert first_counted == early
+        span = early + min(stream_len, 999 - b * stream_len)
+        np.testing.assert_array_equal(inputs[b, :span], ids[b * stream_len - early : b * stream_len - early + span])
+        np.testing.assert_array_equal(
+            targets[b, :span], ids[b * stream_len - early + 1 : b * stream_len - early + span + 1]
+        )
+        assert not weights[b, span:].any()

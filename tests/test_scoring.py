@@ -92,6 +92,19 @@ def test_context_scores_equal_eval_over_the_same_text(model):
     assert model.eval(text, streams=3).chars == len(text)
 
 
+def test_streams_with_context_as_long_as_the_text_equal_one_stream(model):
+    """Each stream reads the text before it first, uncounted: with a burn-in reaching back to the
+    start, every stream is in the state one stream would be in, so the losses agree; without it
+    the streams start cold and lose."""
+    text = "".join(line + "\n" for line in word_lines(20, seed=4))
+    ids = np.concatenate([[scoring.start_id(model.vocab)], model.vocab.encode(text).astype(np.int64)])
+    one = scoring.evaluate_ids(model.params, model.model_config, ids, 1, 16).nats_per_char
+    full = scoring.evaluate_ids(model.params, model.model_config, ids, 5, 16, burn_in=len(ids)).nats_per_char
+    cold = scoring.evaluate_ids(model.params, model.model_config, ids, 5, 16, burn_in=0).nats_per_char
+    assert full == pytest.approx(one, rel=2e-6)
+    assert cold > one + 1e-3
+
+
 def test_eval_of_the_validation_split_equals_the_recorded_loss(home):
     metrics = [json.loads(line) for line in (home / "runs/words/metrics.jsonl").read_text().splitlines()]
     runner = CliRunner()

@@ -8,7 +8,7 @@ from conftest import periodic_text
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import VAL_BURN_IN, ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.runs import Run
 from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_train_step
@@ -157,7 +157,7 @@ def test_a_run_with_a_moving_average_is_validated_and_sampled_with_it(tmp_path):
     loaded = load_checkpoint(run, "latest")
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.ema), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    windows = evaluation_windows(prepared.val, 4, 10)
+    windows = evaluation_windows(prepared.val, 4, 10, burn_in=VAL_BURN_IN)
     model_config = loaded.model_config
     val_ema = evaluate(make_eval_step(model_config), state.ema, model_config, windows)
     val_raw = evaluate(make_eval_step(model_config), state.params, model_config, windows)
@@ -201,7 +201,7 @@ def test_validation_reads_at_most_max_val_chars(tmp_path):
     assert "the first 50 of 200 validation characters" in [r for r in reports if isinstance(r, Notice)][0].message
     (report,) = [r for r in reports if isinstance(r, EvalReport)]
     params = latest_params(run).params
-    windows = evaluation_windows(prepared.val[:50], 4, 10)
+    windows = evaluation_windows(prepared.val[:50], 4, 10, burn_in=VAL_BURN_IN)
     assert report.val_loss == evaluate(make_eval_step(model_config), params, model_config, windows)
 
 
