@@ -14,6 +14,7 @@ from charrnn.config import (
     CELLS,
     DTYPES,
     LONG_RUN_DROPOUT,
+    LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
     ModelConfig,
     TrainConfig,
@@ -107,11 +108,8 @@ def train(
     ema: Annotated[
         float | None,
         typer.Option(
-            help=_help(
-                "Validate, keep and sample a moving average of the weights with this decay (0: the raw weights).",
-                TrainConfig,
-                "ema",
-            )
+            help="Validate, keep and sample a moving average of the weights with this decay (0: the raw "
+            f"weights). [default: 0, or {LONG_RUN_EMA:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs]"
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
@@ -357,7 +355,7 @@ def _new_run(
     parent=None,
 ):
     """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
-    (10 epochs, the device's precision, dropout by the budget's length)."""
+    (10 epochs, the device's precision, dropout and the weights' average by the budget's length)."""
     from charrnn.corpus import prepare
     from charrnn.runs import Run, fresh_run_dir
 
@@ -390,12 +388,21 @@ def _new_run(
         model_options = model_options | {"dtype": default_dtype()}
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
     _check_memory(model_config, train_config)
-    if choose_dropout:  # regularise only runs long enough to start memorising the text
-        from charrnn.trainer import auto_dropout, planned_epochs
+    choose_ema = "ema" not in train_options
+    if choose_dropout or choose_ema:  # regularise and average only runs long enough to memorise the text
+        from charrnn.trainer import auto_dropout, auto_ema, planned_epochs
 
         epochs_planned = _leaders_value(planned_epochs(model_config, train_config, len(prepared.train)))
-        model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
-        console.info(f"dropout {model_config.dropout:g} (the budget covers about {epochs_planned:.1f} epochs)")
+        chosen = []
+        if choose_dropout:
+            model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
+            chosen.append(f"dropout {model_config.dropout:g}")
+        if choose_ema and (ema := auto_ema(epochs_planned)):
+            train_config = dataclasses.replace(train_config, ema=ema)
+            chosen.append(f"weights averaged with decay {ema:g}")
+            _check_memory(model_config, train_config)  # the average is one more copy of the weights
+        if chosen:
+            console.info(f"{', '.join(chosen)} (the budget covers about {epochs_planned:.1f} epochs)")
     if not leader:  # process 0 creates and describes the run; the others train into it
         return run, prepared, cached, model_config, train_config
     run.directory.mkdir(parents=True, exist_ok=True)
