@@ -20,7 +20,9 @@ UNKNOWN = "unknown"
 def info(
     run_dir: Annotated[
         Path | None,
-        typer.Argument(help="Run directory. [default: the run trained most recently under ./runs]", show_default=False),
+        typer.Argument(
+            help="Run directory. \\[default: the run trained most recently under ./runs]", show_default=False
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -38,7 +40,7 @@ def info(
 
 def runs(
     directory: Annotated[
-        Path | None, typer.Argument(help="Directory of runs. [default: ./runs]", show_default=False)
+        Path | None, typer.Argument(help="Directory of runs. \\[default: ./runs]", show_default=False)
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

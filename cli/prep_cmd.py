@@ -13,7 +13,7 @@ CorpusArgument = Annotated[
     list[str] | None,
     typer.Argument(
         help="Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
-        "several files are documents. [default: pydoc]",
+        "several files are documents. \\[default: pydoc]",
         show_default=False,
     ),
 ]
@@ -25,7 +25,7 @@ ValFractionOption = Annotated[
     float | None,
     typer.Option(
         "--val-fraction",
-        help=f"Fraction at the end held out for validation. [default: {default_of(TrainConfig, 'val_fraction')}]",
+        help=f"Fraction at the end held out for validation. \\[default: {default_of(TrainConfig, 'val_fraction')}]",
     ),
 ]
 MinCountOption = Annotated[

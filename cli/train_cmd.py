@@ -32,7 +32,7 @@ DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is give
 
 
 def _help(text: str, config_class: type, name: str) -> str:
-    return f"{text} [default: {default_of(config_class, name)}]"
+    return f"{text} \\[default: {default_of(config_class, name)}]"
 
 
 @flag_errors
@@ -47,7 +47,7 @@ def train(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory. [default: runs/<corpus name>]")
+        Path | None, typer.Option("--out", "-o", help="Run directory. \\[default: runs/<corpus name>]")
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
@@ -71,7 +71,7 @@ def train(
     dropout: Annotated[
         float | None,
         typer.Option(
-            help=f"Dropout after each layer. [default: 0, or {LONG_RUN_DROPOUT:g} when the budget covers over "
+            help=f"Dropout after each layer. \\[default: 0, or {LONG_RUN_DROPOUT:g} when the budget covers over "
             f"{LONG_RUN_EPOCHS:g} epochs]"
         ),
     ] = None,
@@ -84,7 +84,7 @@ def train(
     dtype: Annotated[
         str | None,
         typer.Option(
-            help=f"Matmul precision: {', '.join(DTYPES)}. [default: bfloat16 on GPU/TPU and on CPUs with native "
+            help=f"Matmul precision: {', '.join(DTYPES)}. \\[default: bfloat16 on GPU/TPU and on CPUs with native "
             "bf16 instructions, else float32]"
         ),
     ] = None,
@@ -109,13 +109,13 @@ def train(
         float | None,
         typer.Option(
             help="Validate, keep and sample a moving average of the weights with this decay (0: the raw "
-            f"weights). [default: 0, or {LONG_RUN_EMA:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs]"
+            f"weights). \\[default: 0, or {LONG_RUN_EMA:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs]"
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
     epochs: Annotated[
         float | None,
-        typer.Option(help=f"Stop after this many epochs. [default: {DEFAULT_EPOCHS:g} if no budget is given]"),
+        typer.Option(help=f"Stop after this many epochs. \\[default: {DEFAULT_EPOCHS:g} if no budget is given]"),
     ] = None,
     time: Annotated[str | None, typer.Option("--time", help="Stop after this long, e.g. 300, 90s, 10m, 1h30m.")] = None,
     patience: Annotated[
@@ -131,7 +131,8 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option(help=_help("Random seed.", TrainConfig, "seed"))] = None,
     unroll: Annotated[
-        int | None, typer.Option(help="Time-loop unroll factor. [default: the cell's own, by measurement]", hidden=True)
+        int | None,
+        typer.Option(help="Time-loop unroll factor. \\[default: the cell's own, by measurement]", hidden=True),
     ] = None,
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
@@ -141,13 +142,13 @@ def train(
         typer.Option(
             "--min-count",
             min=1,
-            help="Characters seen fewer times share one unknown symbol (never sampled). [default: 1]",
+            help="Characters seen fewer times share one unknown symbol (never sampled). \\[default: 1]",
             show_default=False,
         ),
     ] = None,
     devices: Annotated[
         int | None,
-        typer.Option(help="Train on this many of each machine's devices. [default: all of them]", show_default=False),
+        typer.Option(help="Train on this many of each machine's devices. \\[default: all of them]", show_default=False),
     ] = None,
     coordinator: Annotated[
         str | None,

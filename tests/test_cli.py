@@ -168,6 +168,14 @@ def test_sample_without_any_run_says_where_it_looked(tmp_path):
     assert str(tmp_path / "runs") in result.stderr
 
 
+def test_help_shows_the_defaults_it_writes_out():
+    """Help texts spell some defaults out ("[default: …]"); rich must print them, not read them as markup."""
+    train = charrnn("train", "--help").stdout
+    for shown in ("[default: 32]", "[default: 0, or 0.25 when", "[default: 0, or 0.999 when", "[default: 10 if no"):
+        assert shown in train
+    assert "[default: a new one each call]" in charrnn("sample", "--help").stdout
+
+
 def test_help_and_option_errors_do_not_import_jax():
     code = (
         "import sys, typer.testing\n"
