@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from . import console
+from .options import with_default
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 UNKNOWN = "unknown"
@@ -21,7 +22,7 @@ def info(
     run_dir: Annotated[
         Path | None,
         typer.Argument(
-            help="Run directory. \\[default: the run trained most recently under ./runs]", show_default=False
+            help=with_default("Run directory.", "the run trained most recently under ./runs"), show_default=False
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -40,7 +41,7 @@ def info(
 
 def runs(
     directory: Annotated[
-        Path | None, typer.Argument(help="Directory of runs. \\[default: ./runs]", show_default=False)
+        Path | None, typer.Argument(help=with_default("Directory of runs.", "./runs"), show_default=False)
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -14,6 +14,18 @@ def default_of(config_class: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
 
 
+def with_default(text: str, default: Any) -> str:
+    """`text` followed by "[default: DEFAULT]", for options that default to None (see `default_of`),
+    whose default typer cannot show. The bracket is escaped: rich reads "[...]" as markup and would
+    print nothing of it."""
+    return f"{text} \\[default: {default}]"
+
+
+def config_help(text: str, config_class: type, name: str) -> str:
+    """`with_default` for an option that sets configuration field `name`."""
+    return with_default(text, default_of(config_class, name))
+
+
 def given(**values: Any) -> dict[str, Any]:
     """The options the user actually gave."""
     return {name: value for name, value in values.items() if value is not None}

@@ -8,17 +8,21 @@ import typer
 
 from charrnn.errors import UsageError
 
+from .options import with_default
+
 
 def plot(
     run_dirs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Run directories. \\[default: the run trained most recently under ./runs]", show_default=False
+            help=with_default("Run directories.", "the run trained most recently under ./runs"), show_default=False
         ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="PNG file to write. \\[default: loss.png in the first run's directory]"),
+        typer.Option(
+            "--output", "-o", help=with_default("PNG file to write.", "loss.png in the first run's directory")
+        ),
     ] = None,
     x: Annotated[str, typer.Option("--x", help="x axis: steps or chars (characters seen).")] = "steps",
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw in the terminal (plotext) instead.")] = False,

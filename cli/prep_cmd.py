@@ -7,13 +7,16 @@ import typer
 from charrnn.config import TrainConfig, check_text_options
 
 from . import console
-from .options import default_of, flag_errors
+from .options import config_help, flag_errors, with_default
 
 CorpusArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
-        "several files are documents. \\[default: pydoc]",
+        help=with_default(
+            "Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
+            "several files are documents.",
+            "pydoc",
+        ),
         show_default=False,
     ),
 ]
@@ -25,7 +28,7 @@ ValFractionOption = Annotated[
     float | None,
     typer.Option(
         "--val-fraction",
-        help=f"Fraction at the end held out for validation. \\[default: {default_of(TrainConfig, 'val_fraction')}]",
+        help=config_help("Fraction at the end held out for validation.", TrainConfig, "val_fraction"),
     ),
 ]
 MinCountOption = Annotated[

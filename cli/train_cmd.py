@@ -25,14 +25,10 @@ from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
 from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
-from .options import default_of, flag, flag_errors, given
+from .options import config_help, flag, flag_errors, given, with_default
 from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
-
-
-def _help(text: str, config_class: type, name: str) -> str:
-    return f"{text} \\[default: {default_of(config_class, name)}]"
 
 
 @flag_errors
@@ -47,7 +43,7 @@ def train(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory. \\[default: runs/<corpus name>]")
+        Path | None, typer.Option("--out", "-o", help=with_default("Run directory.", "runs/<corpus name>"))
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
@@ -60,62 +56,72 @@ def train(
             "fresh optimizer; model options default to the parent's).",
         ),
     ] = None,
-    cell: Annotated[str | None, typer.Option(help=_help(f"Cell: {', '.join(CELLS)}.", ModelConfig, "cell"))] = None,
-    layers: Annotated[int | None, typer.Option(help=_help("Recurrent layers.", ModelConfig, "layers"))] = None,
+    cell: Annotated[
+        str | None, typer.Option(help=config_help(f"Cell: {', '.join(CELLS)}.", ModelConfig, "cell"))
+    ] = None,
+    layers: Annotated[int | None, typer.Option(help=config_help("Recurrent layers.", ModelConfig, "layers"))] = None,
     hidden: Annotated[
-        int | None, typer.Option("--hidden", help=_help("Units per layer.", ModelConfig, "hidden_size"))
+        int | None, typer.Option("--hidden", help=config_help("Units per layer.", ModelConfig, "hidden_size"))
     ] = None,
     embed: Annotated[
-        int | None, typer.Option("--embed", help=_help("Embedding size.", ModelConfig, "embed_size"))
+        int | None, typer.Option("--embed", help=config_help("Embedding size.", ModelConfig, "embed_size"))
     ] = None,
     dropout: Annotated[
         float | None,
         typer.Option(
-            help=f"Dropout after each layer. \\[default: 0, or {LONG_RUN_DROPOUT:g} when the budget covers over "
-            f"{LONG_RUN_EPOCHS:g} epochs]"
+            help=with_default(
+                "Dropout after each layer.",
+                f"0, or {LONG_RUN_DROPOUT:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs",
+            )
         ),
     ] = None,
     recurrent_dropout: Annotated[
         float | None,
         typer.Option(
-            help=_help("Dropout on the recurrent connections, one mask per window.", ModelConfig, "recurrent_dropout")
+            help=config_help(
+                "Dropout on the recurrent connections, one mask per window.", ModelConfig, "recurrent_dropout"
+            )
         ),
     ] = None,
     dtype: Annotated[
         str | None,
         typer.Option(
-            help=f"Matmul precision: {', '.join(DTYPES)}. \\[default: bfloat16 on GPU/TPU and on CPUs with native "
-            "bf16 instructions, else float32]"
+            help=with_default(
+                f"Matmul precision: {', '.join(DTYPES)}.",
+                "bfloat16 on GPU/TPU and on CPUs with native bf16 instructions, else float32",
+            )
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", "-b", help=_help("Parallel streams.", TrainConfig, "batch_size")),
+        typer.Option("--batch-size", "-b", help=config_help("Parallel streams.", TrainConfig, "batch_size")),
     ] = None,
     seq_len: Annotated[
         int | None,
-        typer.Option("--seq-len", "-t", help=_help("Characters per BPTT window.", TrainConfig, "seq_len")),
+        typer.Option("--seq-len", "-t", help=config_help("Characters per BPTT window.", TrainConfig, "seq_len")),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option("--lr", help=_help("Peak learning rate.", TrainConfig, "learning_rate"))
+        float | None, typer.Option("--lr", help=config_help("Peak learning rate.", TrainConfig, "learning_rate"))
     ] = None,
     grad_clip: Annotated[
-        float | None, typer.Option(help=_help("Global gradient-norm clip.", TrainConfig, "grad_clip"))
+        float | None, typer.Option(help=config_help("Global gradient-norm clip.", TrainConfig, "grad_clip"))
     ] = None,
     warmup: Annotated[
-        int | None, typer.Option("--warmup", help=_help("Warmup steps.", TrainConfig, "warmup_steps"))
+        int | None, typer.Option("--warmup", help=config_help("Warmup steps.", TrainConfig, "warmup_steps"))
     ] = None,
     ema: Annotated[
         float | None,
         typer.Option(
-            help="Validate, keep and sample a moving average of the weights with this decay (0: the raw "
-            f"weights). \\[default: 0, or {LONG_RUN_EMA:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs]"
+            help=with_default(
+                "Validate, keep and sample a moving average of the weights with this decay (0: the raw weights).",
+                f"0, or {LONG_RUN_EMA:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs",
+            )
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
     epochs: Annotated[
         float | None,
-        typer.Option(help=f"Stop after this many epochs. \\[default: {DEFAULT_EPOCHS:g} if no budget is given]"),
+        typer.Option(help=with_default("Stop after this many epochs.", f"{DEFAULT_EPOCHS:g} if no budget is given")),
     ] = None,
     time: Annotated[str | None, typer.Option("--time", help="Stop after this long, e.g. 300, 90s, 10m, 1h30m.")] = None,
     patience: Annotated[
@@ -124,15 +130,15 @@ def train(
     ] = None,
     eval_every: Annotated[
         int | None,
-        typer.Option(help=_help("Steps between validations/checkpoints.", TrainConfig, "eval_every")),
+        typer.Option(help=config_help("Steps between validations/checkpoints.", TrainConfig, "eval_every")),
     ] = None,
     keep: Annotated[
-        int | None, typer.Option(help=_help("Newest checkpoints kept (plus the best).", TrainConfig, "keep"))
+        int | None, typer.Option(help=config_help("Newest checkpoints kept (plus the best).", TrainConfig, "keep"))
     ] = None,
-    seed: Annotated[int | None, typer.Option(help=_help("Random seed.", TrainConfig, "seed"))] = None,
+    seed: Annotated[int | None, typer.Option(help=config_help("Random seed.", TrainConfig, "seed"))] = None,
     unroll: Annotated[
         int | None,
-        typer.Option(help="Time-loop unroll factor. \\[default: the cell's own, by measurement]", hidden=True),
+        typer.Option(help=with_default("Time-loop unroll factor.", "the cell's own, by measurement"), hidden=True),
     ] = None,
     val_fraction: ValFractionOption = None,
     encoding: EncodingOption = "utf-8",
@@ -142,13 +148,15 @@ def train(
         typer.Option(
             "--min-count",
             min=1,
-            help="Characters seen fewer times share one unknown symbol (never sampled). \\[default: 1]",
+            help=with_default("Characters seen fewer times share one unknown symbol (never sampled).", "1"),
             show_default=False,
         ),
     ] = None,
     devices: Annotated[
         int | None,
-        typer.Option(help="Train on this many of each machine's devices. \\[default: all of them]", show_default=False),
+        typer.Option(
+            help=with_default("Train on this many of each machine's devices.", "all of them"), show_default=False
+        ),
     ] = None,
     coordinator: Annotated[
         str | None,
