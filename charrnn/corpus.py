@@ -23,7 +23,7 @@ import numpy as np
 
 from charrnn.config import check_text_options
 from charrnn.errors import CorpusError, UsageError
-from charrnn.paths import cache_dir
+from charrnn.paths import cache_dir, why_unreadable
 from charrnn.vocab import Vocabulary
 
 BUILTIN_NAME = "pydoc"
@@ -58,10 +58,8 @@ def _open_source(source: str, stack: ExitStack) -> tuple[BinaryIO, str]:
         raise CorpusError(f"corpus {source} is a directory, not a text file")
     try:
         return stack.enter_context(path.open("rb")), source
-    except PermissionError as error:
-        raise CorpusError(f"corpus {source} is not readable (permission denied)") from error
     except OSError as error:
-        raise CorpusError(f"corpus {source} cannot be read: {error.strerror or error}") from error
+        raise CorpusError(f"corpus {source} {why_unreadable(error)}") from error
 
 
 def read_chunks(

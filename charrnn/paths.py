@@ -17,6 +17,18 @@ def runs_dir() -> Path:
     return Path("runs")
 
 
+def why_unreadable(error: OSError) -> str:
+    """How opening a file for reading failed, as the end of a one-line message ("corpus x.txt does
+    not exist"): the same words for every file a command reads (corpus, prime, lines to score)."""
+    if isinstance(error, FileNotFoundError):
+        return "does not exist"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, not a text file"
+    if isinstance(error, PermissionError):
+        return "is not readable (permission denied)"
+    return f"cannot be read: {error.strerror or error}"
+
+
 def check_output_dir(path: Path, label: str) -> None:
     """Refuse, before any slow work, a directory that cannot be written: `path` names a file, lies
     inside a file, or it (or the nearest existing parent it would be created in) is not writable

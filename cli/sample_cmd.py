@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from charrnn.errors import UsageError
+from charrnn.paths import why_unreadable
 
 from . import console
 from .options import with_default
@@ -147,12 +148,8 @@ def _read_prime(path: Path) -> str:
         raise UsageError(f"--prime-file {path} is a directory, not a text file")
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"--prime-file {path} does not exist") from None
-    except PermissionError:
-        raise UsageError(f"--prime-file {path} is not readable (permission denied)") from None
     except OSError as error:
-        raise UsageError(f"cannot read --prime-file {path}: {error.strerror or error}") from None
+        raise UsageError(f"--prime-file {path} {why_unreadable(error)}") from None
     if b"\x00" in data:
         raise UsageError(f"--prime-file {path} looks binary (NUL byte at offset {data.index(0)}); give a text file")
     try:

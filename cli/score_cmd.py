@@ -9,6 +9,7 @@ from typing import Annotated, BinaryIO
 import typer
 
 from charrnn.errors import CharrnnError, CorpusError, UsageError
+from charrnn.paths import why_unreadable
 
 from . import console
 
@@ -46,12 +47,8 @@ def open_input(source: str | None) -> tuple[BinaryIO, str]:
         raise CorpusError(f"{source} is a directory, not a text file")
     try:
         return path.open("rb"), source
-    except FileNotFoundError:
-        raise CorpusError(f"{source} does not exist") from None
-    except PermissionError:
-        raise CorpusError(f"{source} is not readable (permission denied)") from None
     except OSError as error:
-        raise CorpusError(f"{source} cannot be read: {error.strerror or error}") from None
+        raise CorpusError(f"{source} {why_unreadable(error)}") from None
 
 
 def read_lines(stream: BinaryIO, label: str) -> Iterator[str]:

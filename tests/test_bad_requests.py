@@ -1,6 +1,7 @@
 """Places that cannot be written, requests larger than the machine, options outside what they document:
 each one line and a non-zero exit, decided before any slow work."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from charrnn import memory
 from charrnn.cli.main import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharrnnError, OutputError, UsageError
-from charrnn.paths import check_output_dir, check_output_file
+from charrnn.paths import check_output_dir, check_output_file, why_unreadable
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "-b", "4", "-t", "8", "--dropout", "0"]
@@ -177,6 +178,7 @@ def test_many_long_samples_stream_through_a_spool_and_head_ends_quietly(tiny_run
         (["train", "--resume", "run", "--out", "x"], "give --out or --resume, not both"),
         (["sample", "--seed", str(1 << 64)], "--seed must be between 0 and"),
         (["sample", "--prime-file", "."], "--prime-file . is a directory, not a text file"),
+        (["sample", "--prime-file", "missing.txt"], "--prime-file missing.txt does not exist"),
         (["sample", "--prime-file", "binary.bin"], "--prime-file binary.bin looks binary (NUL byte at offset 2)"),
         (["sample", "--prime-file", "latin1.txt"], "--prime-file latin1.txt is not valid UTF-8 (bad byte at offset 3)"),
     ],
@@ -186,3 +188,16 @@ def test_options_accept_exactly_what_they_document(corpus, args, message):
     (corpus / "latin1.txt").write_bytes("abcé".encode("latin-1"))
     code, line = error_of(args)
     assert code == 2 and line.startswith(message), line
+
+
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"), "does not exist"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory"), "is a directory, not a text file"),
+        (PermissionError(errno.EACCES, "Permission denied"), "is not readable (permission denied)"),
+        (OSError(errno.EIO, "Input/output error"), "cannot be read: Input/output error"),
+    ],
+)
+def test_every_file_a_command_reads_fails_in_the_same_words(error, words):
+    assert why_unreadable(error) == words
