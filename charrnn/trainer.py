@@ -120,9 +120,9 @@ def auto_ema(epochs: float) -> float:
     """The weights' moving average used when --ema is not given: decay 0.999 (a horizon of about
     a thousand steps) for the same long runs, where it averages away the noise of a learning rate
     still high when the model starts to memorise (30 minutes on tiny Shakespeare: best validation
-    0.003–0.009 nats/char lower in two runs); none for short runs, which end on a learning rate decayed to 5% that
-    already averages (an average with decay 0.99 ended 5-minute runs slightly worse; README, Text
-    quality)."""
+    0.003–0.009 nats/char lower in two runs); none for short runs, which end on a learning rate
+    decayed to 5% that already averages (an average with decay 0.99 ended 5-minute runs slightly
+    worse; README, Text quality)."""
     return LONG_RUN_EMA if epochs > LONG_RUN_EPOCHS else 0.0
 
 
