@@ -78,6 +78,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # global-norm clipping threshold
     beta2: float = 0.999  # Adam's second-moment decay
     ema: float = 0.0  # decay of the weights' moving average used to validate and sample (0: the raw weights)
+    weight_decay: float = 0.1  # decoupled (AdamW), of the weight matrices only, scaled by the learning rate
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None
     time_seconds: float | None = None
@@ -109,6 +110,7 @@ class TrainConfig:
         )
         _check(0.0 < self.beta2 < 1.0, "beta2", f"must be in (0, 1), not {self.beta2}")
         _check(0.0 <= self.ema < 1.0, "ema", f"must be in [0, 1), not {self.ema}")
+        _check(0.0 <= self.weight_decay <= 1.0, "weight_decay", f"must be between 0 and 1, not {self.weight_decay}")
         _check(
             self.steps is None or 1 <= self.steps <= MAX_COUNT,
             "steps",

@@ -37,12 +37,24 @@ class TrainState(struct.PyTreeNode):
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam's scaling; the learning rate is applied by `train_step`.
+    """Global-norm clipping, Adam's scaling, then decoupled weight decay (AdamW: `weight_decay` × the
+    parameter added to the update) of the weight matrices, not of biases, gains or peepholes. The
+    learning rate is applied by `train_step`, so the decay follows the schedule like the step does.
 
     Keeping the rate outside the optimizer lets one compiled step serve any schedule, including a
-    time budget whose length is only known as the run goes.
+    time budget whose length is only known as the run goes. Without decay the chain is the two
+    transformations runs written before it saved (their optimizer state loads unchanged).
     """
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b2=config.beta2))
+    transforms = [optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b2=config.beta2)]
+    if config.weight_decay:
+        transforms.append(optax.add_decayed_weights(config.weight_decay, mask=weight_matrices))
+    return optax.chain(*transforms)
+
+
+def weight_matrices(params: Any) -> Any:
+    """True for the leaves that weight decay shrinks: the matrices (embedding, input and recurrent
+    weights, output layer), whose size lets a model memorise; vectors are few and set scales."""
+    return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:

@@ -118,6 +118,16 @@ def train(
             )
         ),
     ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            help=config_help(
+                "Decoupled weight decay (AdamW) of the weight matrices, times the learning rate.",
+                TrainConfig,
+                "weight_decay",
+            )
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Stop after this many steps.", show_default=False)] = None,
     epochs: Annotated[
         float | None,
@@ -197,6 +207,7 @@ def train(
         grad_clip=grad_clip,
         warmup_steps=warmup,
         ema=ema,
+        weight_decay=weight_decay,
         eval_every=eval_every,
         keep=keep,
         seed=seed,
@@ -498,6 +509,7 @@ def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resumin
         + (f", recurrent dropout {model_config.recurrent_dropout:g}" if model_config.recurrent_dropout else "")
         + f", {model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
         f"{train_config.learning_rate:g}"
+        + (f", weight decay {train_config.weight_decay:g}" if train_config.weight_decay else "")
         + (f", weights averaged (decay {train_config.ema:g})" if train_config.ema else "")
         + f"; budget {', '.join(b for b in budgets if b)}"
         + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")

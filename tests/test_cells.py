@@ -324,6 +324,7 @@ def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_pat
     (tmp_path / "corpus.txt").write_text(periodic_text(600))
     _, train_config, _ = run.read_config()
     assert train_config.val_burn_in == 0  # validation as that code did it: streams start cold
+    assert train_config.weight_decay == 0  # and no decay: its optimizer state, saved without one, resumes
     prepared, _ = prepare(str(tmp_path / "corpus.txt"), val_fraction=train_config.val_fraction)
     reports = list(fit(run, prepared, model_config, dataclasses.replace(train_config, steps=8), resume=True))
     (last,) = [r for r in reports if isinstance(r, EvalReport)]

@@ -105,6 +105,7 @@ def test_unknown_prime_character_is_named(trained_run):
         (["train", "text.txt", "--time", "soon"], 2, "--time"),
         (["train", "text.txt", "--cell", "transformer"], 2, "--cell"),
         (["train", "text.txt", "--ema", "1"], 2, "--ema must be in [0, 1), not 1.0"),
+        (["train", "text.txt", "--weight-decay", "-0.1"], 2, "--weight-decay must be between 0 and 1, not -0.1"),
         (["train", "text.txt", "--recurrent-dropout", "-0.1"], 2, "--recurrent-dropout must be in [0, 1), not -0.1"),
         (["sample", "--temp", "-1"], 2, "--temp"),
         (["sample", "nowhere"], 1, "not a charrnn run"),
@@ -171,7 +172,8 @@ def test_sample_without_any_run_says_where_it_looked(tmp_path):
 def test_help_shows_the_defaults_it_writes_out():
     """Help texts spell some defaults out ("[default: …]"); rich must print them, not read them as markup."""
     train = charrnn("train", "--help").stdout
-    for shown in ("[default: 32]", "[default: 0, or 0.25 when", "[default: 0, or 0.999 when", "[default: 10 if no"):
+    shown_defaults = ("[default: 32]", "[default: 0.1]", "[default: 0, or 0.25 when", "[default: 10 if no")
+    for shown in shown_defaults:
         assert shown in train
     assert "[default: a new one each call]" in charrnn("sample", "--help").stdout
 

@@ -123,6 +123,25 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_weight_decay_shrinks_the_matrices_by_the_learning_rate_and_nothing_else():
+    """AdamW: the update is Adam's plus weight_decay × the parameter, for matrices only, so a step
+    with decay lands lr × weight_decay × p below the same step without it."""
+    vocab, batcher = batches(periodic_text(), 4, 8)
+    model_config = ModelConfig(vocab_size=len(vocab), **SMALL)
+    lr = np.float32(1e-2)
+    after = {}
+    for decay in (0.5, 0.0):
+        config = TrainConfig(batch_size=4, seq_len=8, weight_decay=decay)
+        state, _ = make_train_step(model_config, config)(create_state(model_config, config), *batcher.batch(0), lr)
+        after[decay] = dict(jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, state.params))[0])
+    before = jax.tree_util.tree_flatten_with_path(create_state(model_config, TrainConfig()).params)[0]
+    for path, p in before:
+        p = np.asarray(p)
+        expected = -lr * 0.5 * p if p.ndim >= 2 else np.zeros_like(p)
+        np.testing.assert_allclose(after[0.5][path] - after[0.0][path], expected, atol=1e-6, err_msg=str(path))
+    assert sum(np.ndim(p) >= 2 for _, p in before) >= 4  # embedding, input and recurrent weights, output layer
+
+
 def test_the_weights_moving_average_follows_its_formula():
     vocab, batcher = batches(periodic_text(), 4, 8)
     model_config = ModelConfig(vocab_size=len(vocab), **SMALL)
