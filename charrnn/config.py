@@ -78,7 +78,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # global-norm clipping threshold
     beta2: float = 0.999  # Adam's second-moment decay
     ema: float = 0.0  # decay of the weights' moving average used to validate and sample (0: the raw weights)
-    weight_decay: float = 0.1  # decoupled (AdamW), of the weight matrices only, scaled by the learning rate
+    weight_decay: float = 0.1  # decoupled (AdamW), of the weight matrices only; by measurement (README)
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None
     time_seconds: float | None = None

@@ -53,7 +53,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def weight_matrices(params: Any) -> Any:
     """True for the leaves that weight decay shrinks: the matrices (embedding, input and recurrent
-    weights, output layer), whose size lets a model memorise; vectors are few and set scales."""
+    weights, output layer). Biases, norm gains and peepholes set offsets and scales, which decay
+    would pull towards zero; leaving them out is the usual AdamW practice (decaying them too was
+    not measured)."""
     return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
