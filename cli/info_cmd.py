@@ -102,15 +102,18 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "model",
             f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, embed {model['embed_size']}, "
-            f"dropout {model['dropout']:g}",
+            f"dropout {model['dropout']:g}"
+            + (f", recurrent dropout {model['recurrent_dropout']:g}" if model.get("recurrent_dropout") else ""),
         ),
         ("parameters", f"{facts['parameters']:,}"),
         ("vocabulary", f"{facts['vocab_size']} characters: {facts['vocab_preview']}"),
         ("corpus", _corpus(corpus)),
         (
             "training",
-            f"batch {train['batch_size']} × {train['seq_len']} chars, lr {train['learning_rate']:g}, "
-            f"seed {train['seed']}; budget {', '.join(b for b in budgets if b) or 'none'}",
+            f"batch {train['batch_size']} × {train['seq_len']} chars, lr {train['learning_rate']:g}"
+            + (f", weight decay {train['weight_decay']:g}" if train.get("weight_decay") else "")
+            + (f", weights averaged (decay {train['ema']:g})" if train.get("ema") else "")
+            + f", seed {train['seed']}; budget {', '.join(b for b in budgets if b) or 'none'}",
         ),
         ("steps", str(facts["steps"])),
         ("epochs", UNKNOWN if facts["epochs"] is None else f"{facts['epochs']:.2f}"),

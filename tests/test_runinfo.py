@@ -20,14 +20,24 @@ def charrnn(*args, cwd=None):
     )
 
 
-def fake_run(directory: Path, *, hidden: int = 32, losses=(2.0, 1.5, 1.7), section: dict | None = None) -> Run:
+def fake_run(
+    directory: Path,
+    *,
+    hidden: int = 32,
+    losses=(2.0, 1.5, 1.7),
+    section: dict | None = None,
+    recurrent_dropout: float = 0.0,
+    **train: float,
+) -> Run:
     """A run directory as training writes it, without training: config, vocabulary, metrics, checkpoints."""
     run = Run(directory)
     directory.mkdir(parents=True)
-    model = ModelConfig(vocab_size=3, cell="gru", layers=1, hidden_size=hidden, embed_size=8)
+    model = ModelConfig(
+        vocab_size=3, cell="gru", layers=1, hidden_size=hidden, embed_size=8, recurrent_dropout=recurrent_dropout
+    )
     run.write_config(
         model,
-        TrainConfig(batch_size=4, seq_len=16, steps=30),
+        TrainConfig(batch_size=4, seq_len=16, steps=30, **train),
         {"source": "x.txt", "sha256": "0" * 64, "characters": 99},
         section,
     )
@@ -93,6 +103,8 @@ def test_info_and_runs_cli_plain_and_json(tmp_path):
 
     assert "1×32 GRU" in result.stdout and "device           unknown" in result.stdout
     assert "1.5000 nats/char (2.1640 bits/char) at step 20" in result.stdout
+    assert "lr 0.003, weight decay 0.1, seed 0; budget 30 steps" in result.stdout  # no average, no recurrent dropout
+    assert "recurrent" not in result.stdout
 
     data = json.loads(charrnn("info", "runs/one", "--json", cwd=tmp_path).stdout)
     assert data["best_step"] == 20 and data["device"] is None
@@ -116,3 +128,10 @@ def test_info_of_a_non_run_is_one_line(tmp_path):
     result = charrnn("info", "norun", cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == "charrnn: error: norun is not a charrnn run (no config.json)\n"
+
+
+def test_info_shows_the_regularisation_a_run_trained_with(tmp_path):
+    fake_run(tmp_path / "runs" / "reg", recurrent_dropout=0.1, weight_decay=0.0, ema=0.999)
+    out = charrnn("info", "runs/reg", cwd=tmp_path).stdout
+    assert "dropout 0, recurrent dropout 0.1" in out
+    assert "lr 0.003, weights averaged (decay 0.999), seed 0" in out and "weight decay" not in out
