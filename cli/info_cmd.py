@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from . import console
-from .options import with_default
+from .options import budget_text, regularisation_text, with_default
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 UNKNOWN = "unknown"
@@ -86,11 +86,7 @@ def _loss(nats: float | None, bits: float | None, step: int | None = None) -> st
 def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     model, train, corpus = facts["model"], facts["train"], facts["corpus"]
     console_duration = console.format_duration
-    budgets = [
-        f"{train['steps']} steps" if train.get("steps") else "",
-        f"{train['epochs']:g} epochs" if train.get("epochs") else "",
-        f"{train['time_seconds']:g}s" if train.get("time_seconds") else "",
-    ]
+    model_extra, train_extra = regularisation_text(model, train)
     device = facts["device"] or UNKNOWN
     if facts["platform"] and facts["platform"] != facts["device"]:
         device = f"{device} ({facts['platform']})"
@@ -102,18 +98,15 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "model",
             f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, embed {model['embed_size']}, "
-            f"dropout {model['dropout']:g}"
-            + (f", recurrent dropout {model['recurrent_dropout']:g}" if model.get("recurrent_dropout") else ""),
+            f"dropout {model['dropout']:g}{model_extra}",
         ),
         ("parameters", f"{facts['parameters']:,}"),
         ("vocabulary", f"{facts['vocab_size']} characters: {facts['vocab_preview']}"),
         ("corpus", _corpus(corpus)),
         (
             "training",
-            f"batch {train['batch_size']} × {train['seq_len']} chars, lr {train['learning_rate']:g}"
-            + (f", weight decay {train['weight_decay']:g}" if train.get("weight_decay") else "")
-            + (f", weights averaged (decay {train['ema']:g})" if train.get("ema") else "")
-            + f", seed {train['seed']}; budget {', '.join(b for b in budgets if b) or 'none'}",
+            f"batch {train['batch_size']} × {train['seq_len']} chars, lr {train['learning_rate']:g}{train_extra}, "
+            f"seed {train['seed']}; budget {budget_text(train) or 'none'}",
         ),
         ("steps", str(facts["steps"])),
         ("epochs", UNKNOWN if facts["epochs"] is None else f"{facts['epochs']:.2f}"),

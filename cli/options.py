@@ -26,6 +26,30 @@ def config_help(text: str, config_class: type, name: str) -> str:
     return with_default(text, default_of(config_class, name))
 
 
+def budget_text(train: dict[str, Any]) -> str:
+    """A run's budgets as `train` and `info` name them ("600 steps, 300s"); empty without one."""
+    return ", ".join(
+        part
+        for part in (
+            f"{train['steps']} steps" if train.get("steps") else "",
+            f"{train['epochs']:g} epochs" if train.get("epochs") else "",
+            f"{train['time_seconds']:g}s" if train.get("time_seconds") else "",
+        )
+        if part
+    )
+
+
+def regularisation_text(model: dict[str, Any], train: dict[str, Any]) -> tuple[str, str]:
+    """What `train` and `info` add to their model and training lines for the settings a run may leave
+    off (recurrent dropout; weight decay, the weights' average), each ", ..." or empty. Settings
+    missing from an older run's config read as off."""
+    model_part = f", recurrent dropout {model['recurrent_dropout']:g}" if model.get("recurrent_dropout") else ""
+    train_part = (f", weight decay {train['weight_decay']:g}" if train.get("weight_decay") else "") + (
+        f", weights averaged (decay {train['ema']:g})" if train.get("ema") else ""
+    )
+    return model_part, train_part
+
+
 def given(**values: Any) -> dict[str, Any]:
     """The options the user actually gave."""
     return {name: value for name, value in values.items() if value is not None}

@@ -25,7 +25,7 @@ from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
 from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
-from .options import config_help, flag, flag_errors, given, with_default
+from .options import budget_text, config_help, flag, flag_errors, given, regularisation_text, with_default
 from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
@@ -498,20 +498,12 @@ def _check_memory(model: ModelConfig, train: TrainConfig) -> None:
 
 
 def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool, placement) -> None:
-    budgets = [
-        f"{train_config.steps} steps" if train_config.steps else "",
-        f"{train_config.epochs:g} epochs" if train_config.epochs else "",
-        f"{train_config.time_seconds:g}s" if train_config.time_seconds else "",
-    ]
+    model_extra, train_extra = regularisation_text(model_config.to_dict(), train_config.to_dict())
     console.info(
         f"{'resuming' if resuming else 'training'} {run.directory}: {model_config.layers}×{model_config.hidden_size} "
-        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}"
-        + (f", recurrent dropout {model_config.recurrent_dropout:g}" if model_config.recurrent_dropout else "")
-        + f", {model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
-        f"{train_config.learning_rate:g}"
-        + (f", weight decay {train_config.weight_decay:g}" if train_config.weight_decay else "")
-        + (f", weights averaged (decay {train_config.ema:g})" if train_config.ema else "")
-        + f"; budget {', '.join(b for b in budgets if b)}"
+        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}{model_extra}, "
+        f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
+        f"{train_config.learning_rate:g}{train_extra}; budget {budget_text(train_config.to_dict())}"
         + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
 
