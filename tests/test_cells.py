@@ -1,5 +1,9 @@
-"""Every registered cell against an independent textbook implementation, and the old cells and runs
-against what the code before the cell registry computed."""
+"""Every registered cell against an independent textbook implementation computed in the same
+process, and a run written before the cell registry against the same textbook and what it sampled.
+
+Nothing here compares floating-point results with numbers recorded on another machine: XLA
+generates different code for AVX2, AVX-512 and AMX, so the last bits of the same computation
+differ from CPU to CPU."""
 
 import dataclasses
 import shutil
@@ -9,13 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cell_reference import CASES, pack, reference_outputs
 from conftest import periodic_text
 
 from charrnn.cells import REGISTRY, make_cell
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import CELLS, ModelConfig, TrainConfig
-from charrnn.model import RecurrentLayer, init_params, parameter_count
+from charrnn.model import CharRNN, RecurrentLayer, init_params, parameter_count
 from charrnn.sampling import sample_stream
 from charrnn.train import create_state
 from charrnn.vocab import Vocabulary
@@ -269,21 +272,6 @@ def test_bench_flops_count_every_matmul_kernel_of_the_tree():
     assert forward_flops_per_char(coupled) == 2 * ((64 + 512) * 3 * 512 + (512 + 512) * 3 * 512) + 2 * 512 * 65
 
 
-@pytest.mark.parametrize(
-    ("cell", "dtype"),
-    [pytest.param(*case, marks=pytest.mark.slow if case == ("gru", "bfloat16") else ()) for case in CASES],
-)
-def test_lstm_gru_and_rnn_compute_bit_for_bit_what_they_did_before_the_registry(cell, dtype):
-    recorded = np.load(DATA / "old_cells.npz")[f"{cell}-{dtype}"]
-    outputs = reference_outputs([(cell, dtype)])[f"{cell}-{dtype}"]
-    assert pack(outputs).shape == recorded.shape
-    offset = 0
-    for name in sorted(outputs):  # name by name, so a failure says what changed
-        size = outputs[name].size
-        np.testing.assert_array_equal(outputs[name].ravel(), recorded[offset : offset + size], err_msg=name)
-        offset += size
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_save_restore_sample(name, tmp_path):
     text = periodic_text(400)
@@ -306,7 +294,9 @@ def test_save_restore_sample(name, tmp_path):
 
 def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_path):
     """tests/data/old-run-lstm was trained (4 steps) by the code of commit 62452a4 on
-    periodic_text(600); the sample and the resumed validation loss below are what that code gave."""
+    periodic_text(600). Its weights are stored bytes, so they load exactly on any CPU; what today's
+    code computes from them is checked against the textbook LSTM in this process; the sample and the
+    resumed loss are what that code gave, compared as tightly as a change of CPU allows."""
     from charrnn.corpus import prepare
     from charrnn.inference import load_params
     from charrnn.runs import Run
@@ -316,6 +306,19 @@ def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_pat
     run = Run(tmp_path / "run")
     params, model_config = load_params(run)
     vocab = run.read_vocab()
+
+    # The old parameters mean what they meant: today's model is the textbook LSTM on them.
+    tokens = jnp.asarray([vocab.encode(periodic_text(24))])
+    carry = tuple(tuple(jnp.zeros((1, 8)) for _ in range(2)) for _ in range(model_config.layers))
+    logits, _ = CharRNN(model_config).apply({"params": params}, tokens, carry)
+    xs = params["embed"]["embedding"][tokens[0]][:, None, :]  # [T, 1, E]
+    outputs, _ = textbook_layer("lstm", params["layer0"], xs, carry[0])
+    expected = outputs[:, 0] @ params["head_kernel"] + params["head_bias"]
+    np.testing.assert_allclose(logits[0], expected, rtol=1e-5, atol=1e-5)  # float32 rounding, summed orders apart
+
+    # The same seed draws the same characters. A draw is the argmax of logits plus Gumbel noise, so a
+    # change of CPU (about 1e-7 of each logit) could change a character only if two candidates were
+    # that close: a hash of the draws, in effect, that any change to the sampler or the model breaks.
     text = "".join(s[0] for s in sample_stream(params, model_config, vocab, length=40, prime="hel", seed=1))
     assert (
         "hel" + text == "helhlwdeololdwelh,ol  hh lwodwww,,,oeollddo"
@@ -329,4 +332,6 @@ def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_pat
     reports = list(fit(run, prepared, model_config, dataclasses.replace(train_config, steps=8), resume=True))
     (last,) = [r for r in reports if isinstance(r, EvalReport)]
     assert last.step == 8
-    assert last.val_loss == pytest.approx(2.2025527954101562, rel=1e-6)  # `charrnn train --resume RUN --steps 8`
+    # `charrnn train --resume RUN --steps 8` gave 2.2025528. Four float32 steps on another CPU move it
+    # by about 1e-6 (relative); one training step more or less moves it by 4e-4.
+    assert last.val_loss == pytest.approx(2.2025527954101562, rel=2e-5)
