@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ ADDED_KEYS = {"model": {"recurrent_dropout": 0.0}, "train": {"ema": 0.0, "val_bu
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}
 # Written only by some runs: a corpus of documents (source is then a list of paths), --min-count.
 OPTIONAL_CORPUS_TYPES = {"documents": int, "boundary": str, "min_count": int}
+_HELD: dict[str, int] = {}  # lock files this process holds, and how deeply (nested `Run.lock`)
 MAX_FILE_BYTES = 64 << 20  # config.json and vocab.json are far smaller (a vocabulary of every code point: ~13 MB)
 
 
@@ -83,34 +85,50 @@ class Run:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run for one training process. A second one is refused with the owner's PID; a
-        lock left by a process that no longer exists (kill -9, power loss) is taken over."""
+        """Hold the run for one training process. The lock is the kernel's (`fcntl.flock` on
+        train.lock): it is released when its holder ends, however it ends (kill -9, a crash, a
+        reboot), so a lock left behind never blocks anyone, and of several processes that find one
+        exactly one gets it. The file names its holder (PID and host) for the message a second
+        trainer gets. Nested use in the holding process is allowed (the command locks early,
+        `fit` again)."""
+        import fcntl
+
         self.directory.mkdir(parents=True, exist_ok=True)
-        owner = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
+        key = str(self.lock_path.resolve())
+        if key in _HELD:
+            _HELD[key] += 1
             try:
-                descriptor = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if _read_lock(self.lock_path) == owner:  # this process holds it already (nested use)
-                    yield
-                    return
-                if _lock_is_live(self.lock_path):
-                    pid = self.lock_path.read_text().split()[0]
-                    raise RunError(
-                        f"{self.directory} is being trained by process {pid}; wait for it or stop it "
-                        f"(if no such process is running, delete {self.lock_path})"
-                    ) from None
-                self.lock_path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            with os.fdopen(descriptor, "w") as file:
-                file.write(owner + "\n")
-            break
-        else:
-            raise RunError(f"could not lock {self.directory}; delete {self.lock_path} if no training is running")
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        while True:
+            descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                holder = _holder(self.lock_path)
+                raise RunError(f"{self.directory} is being trained by {holder}; wait for it or stop it") from None
+            except OSError as error:  # a file system without locks
+                os.close(descriptor)
+                raise RunError(f"cannot lock {self.lock_path}: {error.strerror or error}") from None
+            try:  # a holder releasing the lock removes the file: if it did since we opened it, open anew
+                current = os.path.samestat(os.fstat(descriptor), os.stat(self.lock_path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(descriptor)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        _HELD[key] = 1
         try:
             yield
         finally:
-            self.lock_path.unlink(missing_ok=True)
+            del _HELD[key]
+            self.lock_path.unlink(missing_ok=True)  # removed while still held, so no one locks a dead file
+            os.close(descriptor)
 
     def write_config(
         self, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any], run: dict[str, Any] | None = None
@@ -271,29 +289,36 @@ def _read_json(path: Path) -> Any:
         raise RunError(f"{path} is damaged: nested too deeply to be a charrnn file") from None
 
 
-def _read_lock(path: Path) -> str:
+def _holder(path: Path) -> str:
+    """Who holds a run's lock ("process 4242", "process 4242 on node7"): the kernel's word where it
+    keeps one (/proc/locks names the PID that holds a lock on this file; the file's own text can be
+    a dead holder's for the moment after a new one took the lock), else what the file says."""
+    if (pid := _local_lock_holder(path)) is not None:
+        return f"process {pid}"
+    time.sleep(0.05)  # the holder writes its name just after it locks
     try:
-        return path.read_text().strip()
+        pid, host = (path.read_text().split() + ["", ""])[:2]
     except OSError:
-        return ""
+        pid, host = "", ""
+    if not pid.isdigit():
+        return "another process"
+    return f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
 
 
-def _lock_is_live(path: Path) -> bool:
-    """Whether the process named in a lock file still runs (on this host; other hosts are trusted)."""
+def _local_lock_holder(path: Path) -> int | None:
+    """The PID holding a flock on `path` according to Linux's /proc/locks, or None (another system,
+    or a holder on another host of a network file system)."""
     try:
-        pid_text, host = (path.read_text().split() + ["", ""])[:2]
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return False  # unreadable or half-written: its writer died before finishing it
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)  # PermissionError means it exists, under another user
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        info = path.stat()
+        device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:  # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123456 0 EOF"
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+                    return int(fields[4])
+    except OSError:
         pass
-    return True
+    return None
 
 
 def fresh_run_dir(stem: str, root: Path | None = None) -> Path:

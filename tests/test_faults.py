@@ -7,6 +7,7 @@ after every step, so that random kills often land in the middle of writing a che
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,6 +103,61 @@ def test_second_trainer_on_the_same_run_is_refused(corpus):
     finally:
         process.kill()
         process.wait()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from charrnn.errors import RunError
+from charrnn.runs import Run
+while not Path(sys.argv[2]).exists():  # a start line, so that every contender tries at once
+    time.sleep(0.001)
+try:
+    with Run(Path(sys.argv[1])).lock():
+        print("held", flush=True)
+        time.sleep(float(sys.argv[3]))
+except RunError as error:
+    print(error, flush=True)
+"""
+
+
+def contend(run: Path, count: int, hold: float = 2.0) -> list[tuple[int, str]]:
+    """`count` processes that try to lock `run` at the same moment: (pid, what each printed)."""
+    go = run.parent / "go"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(go), str(hold)], stdout=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    time.sleep(0.5)  # let them all start and wait at the line
+    go.touch()
+    results = [(process.pid, process.communicate(timeout=60)[0].strip()) for process in processes]
+    go.unlink()
+    return results
+
+
+def test_a_lock_naming_a_live_but_unrelated_process_is_taken_over(tmp_path):
+    """The PID in a lock file left by a dead trainer may belong to another process by now (after a
+    reboot, or in a container that starts every command as PID 1): the lock is the kernel's, not the
+    file's, so it does not matter."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.lock").write_text(f"1 {socket.gethostname()}\n")  # PID 1 is alive, and not a trainer
+    ((_, said),) = contend(run, 1, hold=0)
+    assert said == "held"
+    assert not (run / "train.lock").exists()  # released and removed
+
+
+def test_of_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for _ in range(3):
+        (run / "train.lock").write_text("999999 elsewhere-or-gone\n")  # left by a trainer that died
+        results = contend(run, 4)
+        winners = [pid for pid, said in results if said == "held"]
+        assert len(winners) == 1, results
+        for pid, said in results:
+            if pid != winners[0]:
+                assert said == f"{run} is being trained by process {winners[0]}; wait for it or stop it"
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(corpus):
