@@ -114,17 +114,18 @@ class TrainedModel:
     def validation_ids(self) -> np.ndarray:
         """The run's validation split (its first `max_val_chars`), from the preparation cache or by
         preparing the run's corpus again (which must not have changed)."""
-        from charrnn.corpus import find_prepared, prepare
+        from charrnn.corpus import find_prepared, prepare, rereadable
 
         tc: TrainConfig = self.train_config
         digest, source = self.corpus_info.get("sha256", ""), self.corpus_info.get("source", "")
         min_count = self.corpus_info.get("min_count", 1)
-        prepared = find_prepared(digest, tc.val_fraction, min_count=min_count) if digest else None
+        prepared = find_prepared(digest, tc.val_fraction, min_count=min_count, vocab=self.vocab) if digest else None
         if prepared is None:
             where = f"{self.run.directory}'s validation split"
-            if source == "-" or not source:
-                raise RunError(f"{where} came from standard input and is no longer cached; give a FILE to evaluate")
             sources = [source] if isinstance(source, str) else list(source)  # one text, or documents
+            if not source or not all(rereadable(s) for s in sources):
+                origin = "standard input" if source in ("-", "") else "a pipe"
+                raise RunError(f"{where} came from {origin} and is no longer cached; give a FILE to evaluate")
             if gone := [s for s in sources if s != "pydoc" and not Path(s).exists()]:
                 raise RunError(f"{where} needs its corpus {gone[0]}, which is gone; give a FILE to evaluate")
             # The run's own vocabulary (a run continued from a parent's extends the text's own).

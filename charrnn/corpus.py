@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -138,7 +139,8 @@ def prepare(
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
 
-    Two passes over the text, chunk by chunk: the first hashes it and counts every character, the
+    Two passes over the text, chunk by chunk: the first reads it (once: pipes and standard input
+    are spooled as they are read, see `_first_pass`), hashes it and counts every character; the
     second writes the ids straight into the ``.npy`` files (memory-mapped when read). Characters seen fewer than
     `min_count` times all become the vocabulary's one unknown symbol.
 
@@ -159,28 +161,96 @@ def prepare(
         if "-" in sources:
             raise UsageError("standard input ('-') cannot be one of several documents")
         label = " ".join(sources)
-        documents = _count_documents(_collect_documents(sources), label, encoding, errors, chunk_bytes, warn)
-        return _prepare_counted(documents, val_fraction, root, base_vocab, min_count)
+        with ExitStack() as stack:
+            documents = _count_documents(
+                _collect_documents(sources), label, encoding, errors, chunk_bytes, warn, stack, root
+            )
+            return _prepare_counted(documents, val_fraction, root, base_vocab, min_count)
     source = sources[0]
+    label = "standard input" if source == "-" else source
     with ExitStack() as stack:
-        if source == "-":  # read standard input once, into a file both passes can read
-            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="charrnn-stdin-"))
-            shutil.copyfileobj(sys.stdin.buffer, spool, CHUNK_BYTES)
-            spool.flush()
-            source, label = spool.name, "standard input"
-        else:
-            label = source
-
-        def chunks() -> Iterator[str]:
-            return read_chunks(source, encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=label)
-
-        digest = hashlib.sha256()
+        first = _first_pass(source, label, encoding, errors, chunk_bytes, stack, root)
         counts = np.zeros(CODE_POINTS, dtype=np.int64)
-        for text in chunks():
-            digest.update(text.encode("utf-8", errors="surrogatepass"))
-            counts += np.bincount(_code_points(text), minlength=CODE_POINTS)
-        counted = _Counted(label, digest.hexdigest(), counts, chunks, {})
+        counts[: len(first.counts)] = first.counts
+        counted = _Counted(label, first.digest, counts, first.chunks, {})
         return _prepare_counted(counted, val_fraction, root, base_vocab, min_count)
+
+
+@dataclass(frozen=True)
+class _FirstPass:
+    """One text after its single read: its SHA-256 and character counts, and the text again for the
+    second pass (from the spool, or from the file itself)."""
+
+    digest: str
+    counts: np.ndarray  # occurrences of every code point up to the largest seen
+    chunks: Callable[[], Iterator[str]]
+
+
+def _first_pass(
+    source: str, label: str, encoding: str, errors: str, chunk_bytes: int, stack: ExitStack, root: Path | None
+) -> _FirstPass:
+    """Read `source` once, hashing and counting it. Standard input, pipes (``<(zcat big.gz)``, a
+    ``mkfifo``) and devices can be read only once, so their decoded text is copied as it is read into
+    a spool: an anonymous file in the preparation cache, gone when `stack` closes or the process dies.
+    A regular file is not copied (that would cost its size in disk): it is read again for the second
+    pass, and only when the text is not in the cache yet, and must hash the same the second time."""
+    spool = None
+    if source == "-" or (source != BUILTIN_NAME and not _is_regular_file(source)):
+        spool_dir = root or cache_dir() / "prep"
+        try:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix=".spool-"))
+        except OSError as error:
+            raise CorpusError(f"cannot keep a copy of {label} in {spool_dir}: {error.strerror or error}") from error
+    digest = hashlib.sha256()
+    counts = np.zeros(0, dtype=np.int64)
+    for text in read_chunks(source, encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=label):
+        data = text.encode("utf-8", errors="surrogatepass")
+        digest.update(data)
+        counts = _add_counts(counts, np.bincount(_code_points(text)))
+        if spool is not None:
+            try:
+                spool.write(data)
+            except OSError as error:
+                raise CorpusError(f"cannot keep a copy of {label}: {error.strerror or error}") from error
+    if spool is not None:
+        spool.flush()
+        return _FirstPass(digest.hexdigest(), counts, lambda: _read_spool(spool, chunk_bytes))
+
+    def again() -> Iterator[str]:
+        check = hashlib.sha256()
+        for text in read_chunks(source, encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=label):
+            check.update(text.encode("utf-8", errors="surrogatepass"))
+            yield text
+        if check.hexdigest() != digest.hexdigest():
+            raise CorpusError(f"corpus {label} changed while it was being prepared; try again")
+
+    return _FirstPass(digest.hexdigest(), counts, again)
+
+
+def _is_regular_file(source: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(source).st_mode)
+    except (OSError, ValueError):
+        return False  # reading it says what is wrong
+
+
+def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
+    if len(part) > len(total):
+        total, part = part, total
+    total[: len(part)] += part
+    return total
+
+
+def _read_spool(spool: BinaryIO, chunk_bytes: int) -> Iterator[str]:
+    """The text a spool holds (UTF-8, lone surrogates passed through as they were hashed)."""
+    spool.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    while data := spool.read(chunk_bytes):
+        if text := decoder.decode(data):
+            yield text
+    if tail := decoder.decode(b"", final=True):
+        yield tail
 
 
 @dataclass(frozen=True)
@@ -212,7 +282,7 @@ def _prepare_counted(
     key = cache_entry(digest, val_fraction, min_count=min_count).name
     if base_vocab is not None and base_vocab.chars != vocab.chars:
         vocab = base_vocab.extended(vocab.chars)
-        key += "-vocab" + hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+        key += "-vocab" + _vocab_key(vocab)
     directory = (root or cache_dir() / "prep") / key
     if (directory / "stats.json").exists():
         try:
@@ -285,41 +355,41 @@ def _collect_documents(sources: list[str]) -> list[_Document]:
 
 
 def _count_documents(
-    documents: list[_Document], label: str, encoding: str, errors: str, chunk_bytes: int, warn: Callable[[str], None]
+    documents: list[_Document],
+    label: str,
+    encoding: str,
+    errors: str,
+    chunk_bytes: int,
+    warn: Callable[[str], None],
+    stack: ExitStack,
+    root: Path | None,
 ) -> _Counted:
-    """The first pass over documents: hash and count each, skipping unreadable ones found in folders."""
+    """The first pass over documents: hash and count each (each read once, see `_first_pass`),
+    skipping unreadable ones found in folders."""
     digest = hashlib.sha256(b"charrnn documents v1\n")
     counts = np.zeros(CODE_POINTS, dtype=np.int64)
     kept = []
     for document in documents:
-        file_digest, parts = hashlib.sha256(), []
         try:
-            for text in read_chunks(
-                str(document.path), encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=document.name
-            ):
-                if BOUNDARY in text:
-                    raise CorpusError(f"corpus {document.name} contains U+001E, the character that separates documents")
-                file_digest.update(text.encode("utf-8", errors="surrogatepass"))
-                parts.append(np.bincount(_code_points(text)))
+            first = _first_pass(str(document.path), document.name, encoding, errors, chunk_bytes, stack, root)
+            if len(first.counts) > ord(BOUNDARY) and first.counts[ord(BOUNDARY)]:
+                raise CorpusError(f"corpus {document.name} contains U+001E, the character that separates documents")
         except CorpusError as error:
             if not document.in_folder:
                 raise
             reason = str(error).removeprefix(f"corpus {document.name} ").removesuffix("; give a text file")
             warn(f"skipped {document.name}: {reason}")
             continue
-        for part in parts:
-            counts[: len(part)] += part
-        kept.append(document)
-        digest.update(json.dumps([document.key, file_digest.hexdigest()], ensure_ascii=False).encode() + b"\n")
+        counts[: len(first.counts)] += first.counts
+        kept.append(first)
+        digest.update(json.dumps([document.key, first.digest], ensure_ascii=False).encode() + b"\n")
     if not kept:
         raise CorpusError(f"{'folder ' if all(d.in_folder for d in documents) else ''}{label} has no text files")
     counts[ord(BOUNDARY)] += len(kept)
 
     def chunks() -> Iterator[str]:
-        for document in kept:
-            yield from read_chunks(
-                str(document.path), encoding=encoding, errors=errors, chunk_bytes=chunk_bytes, label=document.name
-            )
+        for first in kept:
+            yield from first.chunks()
             yield BOUNDARY
 
     return _Counted(label, digest.hexdigest(), counts, chunks, {"documents": len(kept), "boundary": BOUNDARY})
@@ -360,15 +430,33 @@ def cache_entry(digest: str, val_fraction: float, root: Path | None = None, *, m
 
 
 def find_prepared(
-    digest: str, val_fraction: float, root: Path | None = None, *, min_count: int = 1
+    digest: str, val_fraction: float, root: Path | None = None, *, min_count: int = 1, vocab: Vocabulary | None = None
 ) -> PreparedCorpus | None:
-    """The cached preparation of the text with SHA-256 `digest`, if it is still in the cache intact."""
+    """The cached preparation of the text with SHA-256 `digest`, if it is still in the cache intact;
+    with `vocab` (a run's own vocabulary), only one encoded with it, which for a run continued from
+    a parent's (see `prepare`'s `base_vocab`) is an entry of its own."""
     directory = cache_entry(digest, val_fraction, root, min_count=min_count)
-    try:
-        prepared = load_prepared(directory)
-    except (OSError, ValueError, KeyError):
-        return None
-    return prepared if prepared.stats.get("sha256") == digest else None
+    candidates = [directory]
+    if vocab is not None:
+        candidates.append(directory.with_name(directory.name + "-vocab" + _vocab_key(vocab)))
+    for candidate in candidates:
+        try:
+            prepared = load_prepared(candidate)
+        except (OSError, ValueError, KeyError):
+            continue
+        if prepared.stats.get("sha256") == digest and (vocab is None or prepared.vocab.chars == vocab.chars):
+            return prepared
+    return None
+
+
+def _vocab_key(vocab: Vocabulary) -> str:
+    return hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+
+
+def rereadable(source: str) -> bool:
+    """Whether a corpus path recorded by a run names something that can be read again: not standard
+    input, nor a pipe that a shell handed over as ``/dev/fd/N`` (process substitution)."""
+    return source != "-" and not source.startswith(("/dev/fd/", "/proc/self/fd/", "/dev/stdin"))
 
 
 def boundary_id(corpus: "PreparedCorpus") -> int | None:

@@ -289,7 +289,7 @@ def train(
 def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors, min_count):
     """The run to continue, checked against what was asked: same model and training options (budgets
     may change), and the same corpus, byte for byte."""
-    from charrnn.corpus import prepare
+    from charrnn.corpus import find_prepared, prepare, rereadable
 
     loaded = run.open()
     saved_model, saved_train, corpus_info = loaded.model, loaded.train, loaded.corpus
@@ -308,6 +308,22 @@ def _resume_run(run, corpus, model_options, train_options, budget_options, held,
         raise UsageError("--min-count differs from the run being resumed; drop it or start a new run with --out")
     train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
     source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
+    sources = [source] if isinstance(source, str) else source
+    # A corpus read from a pipe a shell handed over (<(zcat x.gz)) cannot be read again, and one that
+    # is gone cannot either: the run's own text is then taken from the preparation cache if it is
+    # still there. (A file that is still there is read again, and refused if it has changed.)
+    pipes = [s for s in sources if s != "-" and not rereadable(s)]
+    if not corpus and (pipes or not all(s in ("-", "pydoc") or Path(s).exists() for s in sources)):
+        prepared = find_prepared(
+            corpus_info["sha256"], train_config.val_fraction, min_count=saved_min_count, vocab=loaded.vocab
+        )
+        if prepared is not None:
+            return run, prepared, True, saved_model, train_config
+        if pipes:
+            raise CorpusError(
+                f"{run.directory} was trained on text read from a pipe ({pipes[0]}), which is no longer "
+                "cached; give the same text as FILE to resume"
+            )
     try:
         # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
         prepared, cached = prepare(

@@ -5,8 +5,9 @@
 #
 # Builds /tmp/charrnn-prep-SIZE.txt from tiny Shakespeare and the Chinese quatrains in turn (one-
 # and three-byte UTF-8, ~6,300 distinct characters), then runs `charrnn prep` on it twice under
-# /usr/bin/time -v with a fresh cache: plain, and with --min-count 5. Prints wall time, MB/s and
-# peak resident memory. Needs about 3×SIZE of free space in /tmp (text + ids); deletes it after.
+# /usr/bin/time -v with a fresh cache: plain, with --min-count 5, and read from a pipe (process
+# substitution, which is read once and spooled into the cache). Prints wall time, MB/s and peak
+# resident memory. Needs about 4×SIZE of free space in /tmp (text, spool, ids); deletes it after.
 set -euo pipefail
 size_mb=${1:-2048}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,12 +36,21 @@ with open(path, "wb") as out:
 PY
 bytes=$(stat -c %s "$text")
 echo "corpus: $text, $bytes bytes" >&2
-for extra in "" "--min-count 5"; do
+for mode in plain "--min-count 5" pipe; do
     log=$(mktemp)
-    CHARRNN_CACHE=$cache /usr/bin/time -v "$charrnn" prep "$text" $extra 2>"$log" || { cat "$log" >&2; exit 1; }
+    case $mode in
+        plain) args=("$text") ;;
+        pipe) args=(/dev/stdin) ;;
+        *) args=("$text" $mode) ;;
+    esac
+    if [ "$mode" = pipe ]; then
+        cat "$text" | CHARRNN_CACHE=$cache /usr/bin/time -v "$charrnn" prep "${args[@]}" 2>"$log" || { cat "$log" >&2; exit 1; }
+    else
+        CHARRNN_CACHE=$cache /usr/bin/time -v "$charrnn" prep "${args[@]}" 2>"$log" || { cat "$log" >&2; exit 1; }
+    fi
     wall=$(grep "Elapsed (wall clock)" "$log" | awk '{print $NF}')
     rss_kb=$(grep "Maximum resident set size" "$log" | awk '{print $NF}')
-    python3 - "$wall" "$rss_kb" "$bytes" "${extra:-plain}" <<'PY'
+    python3 - "$wall" "$rss_kb" "$bytes" "$mode" <<'PY'
 import sys
 wall, rss_kb, size, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))

@@ -1,6 +1,8 @@
 import io
+import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -132,3 +134,88 @@ def test_a_long_single_line_is_prepared_in_bounded_memory(tmp_path):
     # The ids themselves (64 MB of uint8) are written through a memory map, and count in the resident
     # size as pages are touched; everything else must stay within a few chunks' worth.
     assert (peak_kb - before_kb) * 1024 < (64 << 20) + (40 << 20), (before_kb, peak_kb)
+
+
+def feed_pipe(path, data: bytes) -> threading.Thread:
+    """A producer writing `data` into the named pipe `path` (it blocks until a reader opens it)."""
+
+    def produce() -> None:
+        with open(path, "wb") as pipe:
+            pipe.write(data)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    return thread
+
+
+def leftovers(root) -> list[str]:
+    """What the preparation cache holds besides complete entries (spools, staging directories)."""
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".") or not (p / "stats.json").exists())
+
+
+@pytest.mark.parametrize("chunk_bytes", [5, 1 << 20])
+def test_a_named_pipe_is_read_once_and_prepared_like_the_file(tmp_path, chunk_bytes):
+    """`charrnn train <(zcat big.gz)` and `mkfifo`: a pipe can be read only once, so the text is
+    spooled while it is hashed and counted, and encoded from the spool."""
+    (tmp_path / "c.txt").write_bytes(MIXED.encode("utf-8"))
+    os.mkfifo(tmp_path / "fifo")
+    producer = feed_pipe(tmp_path / "fifo", MIXED.encode("utf-8"))
+    root = tmp_path / "prep"
+    from_pipe, cached = prepare(str(tmp_path / "fifo"), val_fraction=0.2, root=root, chunk_bytes=chunk_bytes)
+    producer.join(timeout=10)
+    assert not cached and not producer.is_alive()
+    assert from_pipe.vocab.decode(np.concatenate([from_pipe.train, from_pipe.val])) == MIXED
+    from_file, cached = prepare(str(tmp_path / "c.txt"), val_fraction=0.2, root=root)
+    assert cached and from_file.directory == from_pipe.directory  # the same text, the same entry
+    assert leftovers(root) == []
+
+
+def test_documents_given_as_pipes_are_each_read_once(tmp_path):
+    texts = ["first document\n", "second one, 第二\n"]
+    for number, text in enumerate(texts):
+        (tmp_path / f"d{number}.txt").write_text(text)
+        os.mkfifo(tmp_path / f"p{number}")
+    producers = [feed_pipe(tmp_path / f"p{n}", text.encode()) for n, text in enumerate(texts)]
+    root = tmp_path / "prep"
+    piped, _ = prepare([str(tmp_path / "p0"), str(tmp_path / "p1")], val_fraction=0.2, root=root)
+    for producer in producers:
+        producer.join(timeout=10)
+    assert piped.vocab.decode(np.concatenate([piped.train, piped.val])) == "\x1e".join(texts) + "\x1e"
+    assert piped.stats["documents"] == 2 and leftovers(root) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "corpus {} is empty"),  # the producer failed before writing anything
+        (b"good text, then cut \xe2\x82", "corpus {} is not valid utf-8 (bad byte at offset 20)"),  # cut mid-character
+        (b"text\x00\x01binary", "corpus {} looks binary (NUL byte at offset 4); give a text file"),
+    ],
+)
+def test_a_pipe_that_fails_is_one_error_and_leaves_nothing_behind(tmp_path, data, message):
+    os.mkfifo(tmp_path / "fifo")
+    producer = feed_pipe(tmp_path / "fifo", data)
+    root = tmp_path / "prep"
+    with pytest.raises(CorpusError) as error:
+        prepare(str(tmp_path / "fifo"), val_fraction=0.2, root=root)
+    producer.join(timeout=10)
+    assert str(error.value).startswith(message.format(tmp_path / "fifo"))
+    assert not root.exists() or leftovers(root) == []
+
+
+def test_a_regular_file_that_changes_between_the_two_passes_is_refused(tmp_path, monkeypatch):
+    from charrnn import corpus as corpus_module
+
+    path = tmp_path / "c.txt"
+    path.write_text("original text " * 100)
+    first_pass = corpus_module._first_pass
+
+    def and_then_edit(*args, **kwargs):
+        result = first_pass(*args, **kwargs)
+        path.write_text("replaced text " * 100)  # the same length, other characters' counts
+        return result
+
+    monkeypatch.setattr(corpus_module, "_first_pass", and_then_edit)
+    with pytest.raises(CorpusError, match="changed while it was being prepared; try again"):
+        prepare(str(path), val_fraction=0.2, root=tmp_path / "prep")
+    assert leftovers(tmp_path / "prep") == []
