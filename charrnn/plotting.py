@@ -5,11 +5,11 @@ The curves are the run's metrics.jsonl: at every evaluation, the validation loss
 training loss of the last steps before it.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import CharrnnError, RunError
+from charrnn.paths import write_atomically
 from charrnn.runinfo import read_run
 from charrnn.runs import Run
 
@@ -71,19 +71,7 @@ def save_png(runs: list[Run], path: Path, x_axis: str = "steps") -> None:
     axes.set_title("training and validation loss")
     axes.grid(True, alpha=0.3)
     axes.legend()
-    _write_atomically(path, lambda target: figure.savefig(target, format="png"))
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, renamed into place when complete."""
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomically(path, lambda target: figure.savefig(target, format="png"))
 
 
 def terminal_plot(

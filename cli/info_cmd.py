@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from . import console
-from .options import budget_text, regularisation_text, with_default
+from .options import budget_text, nonempty_path, regularisation_text, with_default
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 UNKNOWN = "unknown"
@@ -22,7 +22,9 @@ def info(
     run_dir: Annotated[
         Path | None,
         typer.Argument(
-            help=with_default("Run directory.", "the run trained most recently under ./runs"), show_default=False
+            parser=nonempty_path("RUN"),
+            help=with_default("Run directory.", "the run trained most recently under ./runs"),
+            show_default=False,
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -41,7 +43,10 @@ def info(
 
 def runs(
     directory: Annotated[
-        Path | None, typer.Argument(help=with_default("Directory of runs.", "./runs"), show_default=False)
+        Path | None,
+        typer.Argument(
+            parser=nonempty_path("DIRECTORY"), help=with_default("Directory of runs.", "./runs"), show_default=False
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from charrnn.errors import ConfigError, UsageError
@@ -48,6 +49,24 @@ def regularisation_text(model: dict[str, Any], train: dict[str, Any]) -> tuple[s
         f", weights averaged (decay {train['ema']:g})" if train.get("ema") else ""
     )
     return model_part, train_part
+
+
+def nonempty_path(name: str) -> Callable[[str], Path]:
+    """Typer's `parser` for a path option or argument called `name`: an empty value is a usage
+    error, not the current directory that ``Path("")`` would make of it (``--out ''`` once trained
+    into ``.``)."""
+
+    def parse(value: str) -> Path:
+        require_nonempty(name, value)
+        return Path(value)
+
+    return parse
+
+
+def require_nonempty(name: str, *values: str | None) -> None:
+    """Refuse an empty string given for a path (`name`: its option or argument, for the message)."""
+    if any(value == "" for value in values):
+        raise UsageError(f"{name} must not be empty")
 
 
 def given(**values: Any) -> dict[str, Any]:

@@ -7,21 +7,27 @@ from typing import Annotated
 import typer
 
 from charrnn.errors import UsageError
+from charrnn.paths import check_output_file
 
-from .options import with_default
+from .options import nonempty_path, with_default
 
 
 def plot(
     run_dirs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help=with_default("Run directories.", "the run trained most recently under ./runs"), show_default=False
+            parser=nonempty_path("RUN"),
+            help=with_default("Run directories.", "the run trained most recently under ./runs"),
+            show_default=False,
         ),
     ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help=with_default("PNG file to write.", "loss.png in the first run's directory")
+            "--output",
+            "-o",
+            parser=nonempty_path("--output"),
+            help=with_default("PNG file to write.", "loss.png in the first run's directory"),
         ),
     ] = None,
     x: Annotated[str, typer.Option("--x", help="x axis: steps or chars (characters seen).")] = "steps",
@@ -32,6 +38,8 @@ def plot(
         raise UsageError(f"--x must be steps or chars, not {x!r}")
     if terminal and output is not None:
         raise UsageError("give --terminal or --output, not both")
+    if output is not None:
+        check_output_file(output, "--output")
     from charrnn.plotting import save_png, terminal_plot
     from charrnn.runs import Run, latest_run
 

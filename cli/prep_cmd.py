@@ -7,7 +7,7 @@ import typer
 from charrnn.config import TrainConfig, check_text_options
 
 from . import console
-from .options import config_help, flag_errors, with_default
+from .options import config_help, flag_errors, require_nonempty, with_default
 
 CorpusArgument = Annotated[
     list[str] | None,
@@ -51,6 +51,7 @@ def prep(
     min_count: MinCountOption = 1,
 ) -> None:
     """Prepare a corpus: vocabulary, encoded train/validation splits (cached), statistics."""
+    require_nonempty("FILE", *(corpus or []))
     from charrnn.corpus import prepare
 
     check_text_options(encoding, errors)

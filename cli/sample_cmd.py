@@ -12,20 +12,24 @@ from charrnn.errors import UsageError
 from charrnn.paths import why_unreadable
 
 from . import console
-from .options import with_default
+from .options import nonempty_path, with_default
 
 
 def sample(
     run_dir: Annotated[
         Path | None,
         typer.Argument(
-            help=with_default("Run directory.", "the run trained most recently under ./runs"), show_default=False
+            parser=nonempty_path("RUN"),
+            help=with_default("Run directory.", "the run trained most recently under ./runs"),
+            show_default=False,
         ),
     ] = None,
     temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 picks the most likely character.")] = 0.8,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate (after the prime).")] = 1000,
     prime: Annotated[str | None, typer.Option(help="Text to warm the state on; printed first.")] = None,
-    prime_file: Annotated[Path | None, typer.Option(help="Read the prime text from this file.")] = None,
+    prime_file: Annotated[
+        Path | None, typer.Option(parser=nonempty_path("--prime-file"), help="Read the prime text from this file.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help=with_default("Random seed.", "a new one each call"))] = None,
     top_k: Annotated[int, typer.Option(help="Sample only among the k most likely characters (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: the smallest set with this much probability.")] = 1.0,

@@ -9,9 +9,10 @@ from typing import Annotated, BinaryIO
 import typer
 
 from charrnn.errors import CharrnnError, CorpusError, UsageError
-from charrnn.paths import why_unreadable
+from charrnn.paths import check_output_file, why_unreadable, write_atomically
 
 from . import console
+from .options import nonempty_path, require_nonempty
 
 RUN_OR_FILE_HELP = (
     "The run directory and the file to read. Given one argument, it is the run if it is a directory "
@@ -22,6 +23,8 @@ RUN_OR_FILE_HELP = (
 
 def run_and_file(first: str | None, second: str | None) -> tuple[Path | None, str | None]:
     """Tell RUN from FILE: ``RUN FILE``; one argument is a run if it holds a config.json, else a file."""
+    require_nonempty("RUN" if second is not None else "RUN or FILE", first)
+    require_nonempty("FILE", second)
     if second is not None:
         return Path(first), second
     if first is None or first == "-":
@@ -66,24 +69,6 @@ def read_lines(stream: BinaryIO, label: str) -> Iterator[str]:
         raise CorpusError(f"{label} cannot be read after line {number}: {error.strerror or error}") from None
 
 
-def check_output_file(path: Path, option: str) -> None:
-    """A file we are asked to write: its directory must exist and it must not be a directory."""
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise UsageError(f"{option} {path}: directory {path.parent} does not exist")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
-
-
 def load_model(run_dir: Path | None, checkpoint: str):
     """The run's model (`charrnn.load`), with JAX configured the CLI's way."""
     from charrnn.config import parse_checkpoint
@@ -113,7 +98,10 @@ def score(
     ] = False,
     html: Annotated[
         Path | None,
-        typer.Option(help="Also write one HTML page: characters coloured by surprisal; hover for alternatives."),
+        typer.Option(
+            parser=nonempty_path("--html"),
+            help="Also write one HTML page: characters coloured by surprisal; hover for alternatives.",
+        ),
     ] = None,
 ) -> None:
     """Score each line of FILE: bits/char, log-probability (nats), characters, the line, tab-separated.
@@ -168,7 +156,8 @@ def score(
         from charrnn.surprisal import html_page
 
         title = f"{label} scored by {model.run.directory} (checkpoint {model.step})"
-        write_atomically(html, html_page(kept, model.vocab, title, summary))
+        page = html_page(kept, model.vocab, title, summary)
+        write_atomically(html, lambda target: target.write_text(page, encoding="utf-8"))
     console.info(describe(summary, unknown))
 
 

@@ -22,10 +22,20 @@ from charrnn.config import (
     parse_duration,
 )
 from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
-from charrnn.paths import check_output_dir, runs_dir
+from charrnn.paths import check_new_run_dir, check_output_dir, runs_dir
 
 from . import console
-from .options import budget_text, config_help, flag, flag_errors, given, regularisation_text, with_default
+from .options import (
+    budget_text,
+    config_help,
+    flag,
+    flag_errors,
+    given,
+    nonempty_path,
+    regularisation_text,
+    require_nonempty,
+    with_default,
+)
 from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
@@ -43,15 +53,22 @@ def train(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help=with_default("Run directory.", "runs/<corpus name>"))
+        Path | None,
+        typer.Option(
+            "--out", "-o", parser=nonempty_path("--out"), help=with_default("Run directory.", "runs/<corpus name>")
+        ),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue this run from its latest checkpoint.")
+        Path | None,
+        typer.Option(
+            "--resume", parser=nonempty_path("--resume"), help="Continue this run from its latest checkpoint."
+        ),
     ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
             "--init-from",
+            parser=nonempty_path("--init-from"),
             help="Start a new run from this run's best weights (new characters extend its vocabulary; "
             "fresh optimizer; model options default to the parent's).",
         ),
@@ -189,6 +206,7 @@ def train(
 ) -> None:
     """Train a character-level model; progress on stderr, checkpoints in the run directory."""
     check_text_options(encoding, errors)
+    require_nonempty("FILE", *(corpus or []))
     model_options = given(
         cell=cell,
         layers=layers,
@@ -223,7 +241,7 @@ def train(
     if resume is not None:
         check_output_dir(resume, "--resume")
     else:
-        check_output_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
+        _check_new_run_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
 
     from charrnn.runtime import configure_jax
 
@@ -404,9 +422,7 @@ def _new_run(
     run = Run(out if out is not None else fresh_run_dir(stem or "corpus"))
     leader = _is_leader()
     if leader:  # decided before any slow work
-        if run.exists():
-            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
-        check_output_dir(run.directory, "--out" if out is not None else "the run directory")
+        _check_new_run_dir(run.directory, "--out" if out is not None else "the run directory")
     elif out is None:
         raise UsageError("a run over several hosts needs --out (a directory every host shares)")
     prepared, cached = prepare(
@@ -459,6 +475,14 @@ def _new_run(
     section = run_section(model_config, parent.run.directory if parent is not None else None)
     run.write_config(model_config, train_config, corpus_info, section)
     return run, prepared, cached, model_config, train_config
+
+
+def _check_new_run_dir(directory: Path, label: str) -> None:
+    """Where a new run may go: nowhere yet, or an empty directory; a run there is refused with the
+    way to continue it, anything else with what it holds."""
+    if (directory / "config.json").exists():
+        raise RunError(f"{directory} already holds a run; continue it with --resume {directory}")
+    check_new_run_dir(directory, label)
 
 
 def _warn(text: str) -> None:

@@ -201,3 +201,63 @@ def test_options_accept_exactly_what_they_document(corpus, args, message):
 )
 def test_every_file_a_command_reads_fails_in_the_same_words(error, words):
     assert why_unreadable(error) == words
+
+
+def test_a_folder_of_other_files_is_never_written_into(corpus, monkeypatch):
+    """The user's own vocab.json and metrics.jsonl (names a run's files also have) beside no config.json."""
+    mine = corpus / "mine"
+    mine.mkdir()
+    (mine / "vocab.json").write_text('{"mine": true}')
+    (mine / "metrics.jsonl").write_text("my numbers\n")
+    said = "is not empty and not a charrnn run (it holds metrics.jsonl, vocab.json); give a new or empty directory"
+    assert error_of(["train", "text.txt", "--out", "mine", *TINY, "--steps", "1"]) == (1, f"--out mine {said}")
+    monkeypatch.chdir(mine)
+    assert error_of(["train", "../text.txt", "--out", ".", *TINY, "--steps", "1"]) == (1, f"--out . {said}")
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.jsonl", "vocab.json"]  # nothing written, no lock
+    assert (mine / "vocab.json").read_text() == '{"mine": true}'
+    assert (mine / "metrics.jsonl").read_text() == "my numbers\n"
+    assert not (corpus / "cache").exists()  # refused before the corpus was read
+    (corpus / "empty").mkdir()  # an empty directory is fine
+    monkeypatch.chdir(corpus)
+    assert error_of(["train", "text.txt", "--out", "empty", *TINY, "--steps", "1"])[0] == 0
+    assert (corpus / "empty" / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["train", "text.txt", "--out", ""], "--out"),
+        (["train", "--resume", ""], "--resume"),
+        (["train", "text.txt", "--init-from", ""], "--init-from"),
+        (["train", ""], "FILE"),
+        (["prep", ""], "FILE"),
+        (["sample", ""], "RUN"),
+        (["sample", "--prime-file", ""], "--prime-file"),
+        (["info", ""], "RUN"),
+        (["runs", ""], "DIRECTORY"),
+        (["plot", ""], "RUN"),
+        (["plot", "-o", ""], "--output"),
+        (["score", "", "text.txt"], "RUN"),
+        (["score", ""], "RUN or FILE"),
+        (["eval", "runs/x", ""], "FILE"),
+        (["score", "--html", "", "text.txt"], "--html"),
+    ],
+)
+def test_an_empty_path_is_a_usage_error_not_the_current_directory(corpus, args, name):
+    assert error_of(args) == (2, f"{name} must not be empty")
+    assert sorted(p.name for p in corpus.iterdir()) == ["text.txt"]
+
+
+def test_a_file_output_replaces_a_file_but_never_a_runs_own(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(OutputError, match=r"^--html .*config.json is a file of the run .*run; give another file name$"):
+        check_output_file(run / "config.json", "--html")
+    check_output_file(run / "page.html", "--html")  # any other name in a run directory is fine
+    from charrnn.paths import write_atomically
+
+    write_atomically(tmp_path / "new" / "deep" / "page.html", lambda target: target.write_text("one"))
+    write_atomically(tmp_path / "new" / "deep" / "page.html", lambda target: target.write_text("two"))
+    assert (tmp_path / "new" / "deep" / "page.html").read_text() == "two"
+    assert sorted(p.name for p in (tmp_path / "new" / "deep").iterdir()) == ["page.html"]  # no temporary left

@@ -42,6 +42,7 @@ def test_bad_inputs_are_one_line(tmp_path):
     run = fake_run(tmp_path / "runs" / "empty", losses=())
     run.metrics_path.write_text("")
     (tmp_path / "norun").mkdir()
+    (tmp_path / "afile").write_text("mine")
     fake_run(tmp_path / "runs" / "ok")
     cases = [
         (
@@ -49,7 +50,14 @@ def test_bad_inputs_are_one_line(tmp_path):
             "charrnn: error: runs/empty has no metrics yet (no evaluation in metrics.jsonl); nothing to plot",
         ),
         (["norun"], "charrnn: error: norun is not a charrnn run (no config.json)"),
-        (["runs/ok", "-o", "nodir/x.png"], "charrnn: error: cannot write nodir/x.png: No such file or directory"),
+        (
+            ["runs/ok", "-o", "afile/x.png"],
+            "charrnn: error: --output afile/x.png cannot be created: afile is a file, not a directory",
+        ),
+        (
+            ["runs/ok", "-o", "runs/ok/config.json"],
+            "charrnn: error: --output runs/ok/config.json is a file of the run runs/ok; give another file name",
+        ),
         (["runs/ok", "--x", "time"], "charrnn: error: --x must be steps or chars, not 'time'"),
     ]
     for args, message in cases:
