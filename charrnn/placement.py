@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from charrnn.errors import CharrnnError, UsageError
 
 AXIS = "data"
-HEARTBEAT_TIMEOUT = 30  # seconds without news from a process before the others are ended (JAX: 100)
+HEARTBEAT_TIMEOUT = 10  # seconds without news from a process before the others are ended (JAX: 100)
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ def train(
         # messages there from C++: stdout becomes stderr, so stdout stays clean for pipelines.
         os.dup2(2, 1)
         start_distributed(coordinator, num_processes, process_id)
+        _relay_output()
     placement = make_placement(devices)
     if "batch_size" in train_options:
         placement.check_batch_size(train_options["batch_size"])
@@ -493,8 +494,9 @@ def _warn(text: str) -> None:
 def _failure_ends_every_host():
     """Over several hosts, a process that fails says so in one line and leaves at once, without
     JAX's shutdown barrier (which would wait for hosts that are waiting for it in a collective):
-    the coordination service then sees it gone and ends the other processes. Checkpoints are
-    written to a temporary directory and renamed when complete, so the last complete one survives."""
+    the coordination service then sees it gone and ends the other processes, each with one line of
+    its own (`_relay_output`). Checkpoints are written to a temporary directory and renamed when
+    complete, so the last complete one survives."""
     import jax
 
     try:
@@ -505,6 +507,26 @@ def _failure_ends_every_host():
         console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
         sys.stderr.flush()
         os._exit(error.exit_code)
+
+
+def _relay_output() -> None:
+    """Send this process's standard error (and its stdout, which is stderr here) through
+    `charrnn.cli.host_log`, so that JAX ending it for a lost host is one line, not a fatal log."""
+    import subprocess
+
+    import jax
+
+    read_end, write_end = os.pipe()
+    subprocess.Popen(
+        [sys.executable, "-m", "charrnn.cli.host_log", str(jax.process_index()), str(jax.process_count())],
+        stdin=read_end,
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(read_end)
+    sys.stderr.flush()
+    for descriptor in (1, 2):
+        os.dup2(write_end, descriptor)
+    os.close(write_end)
 
 
 def _is_leader() -> bool:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from multidevice_worker import text
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.errors import UsageError
-from charrnn.placement import make_placement
+from charrnn.placement import HEARTBEAT_TIMEOUT, make_placement
 from charrnn.runs import Run
 from charrnn.trainer import fit
 
@@ -29,7 +30,8 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}  # float32 sums in another order
 
 
 def fake_devices(count: int, **extra: str) -> dict:
-    return os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"} | extra
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={count}"]))
+    return os.environ | {"XLA_FLAGS": flags} | extra
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +164,55 @@ def test_two_hosts_train_like_one_process(tmp_path):
     for key in ("val_loss", "learning_rate"):
         np.testing.assert_allclose([r[key] for r in shared], [r[key] for r in reference], **TOLERANCE)
     np.testing.assert_allclose(shared[-1]["train_loss"], reference[-1]["train_loss"], **TOLERANCE)
+
+
+@pytest.mark.parametrize("lost", [0, 1])
+def test_a_lost_host_stops_the_other_in_one_line_and_the_run_resumes(tmp_path, lost):
+    """kill -9 one of two processes mid-run: the other ends within the heartbeat timeout with one
+    line naming the lost one (not JAX's fatal log), and the last complete checkpoint resumes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text())
+    port = free_port()
+    args = [*CHARRNN, "train", str(corpus), "--out", str(tmp_path / "run"), *TINY, "--batch-size", "8"]
+    args += ["--seq-len", "8", "--steps", "100000", "--eval-every", "5", "--coordinator", f"127.0.0.1:{port}"]
+    hosts = [
+        subprocess.Popen(
+            [*args, "--num-processes", "2", "--process-id", str(pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=fake_devices(2, CHARRNN_CACHE=str(tmp_path / f"cache{pid}"), CHARRNN_NO_COMPILE_CACHE="1"),
+        )
+        for pid in range(2)
+    ]
+    survivor = hosts[1 - lost]
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "10").is_dir():
+            assert all(host.poll() is None for host in hosts) and time.monotonic() < deadline, "no checkpoint 10"
+            time.sleep(0.1)
+        hosts[lost].kill()
+        killed = time.monotonic()
+        _, stderr = survivor.communicate(timeout=HEARTBEAT_TIMEOUT + 60)
+        waited = time.monotonic() - killed
+    finally:
+        for host in hosts:
+            host.kill()
+            host.communicate()
+    assert survivor.returncode != 0 and waited < HEARTBEAT_TIMEOUT + 15, (survivor.returncode, waited)
+    errors = [line for line in stderr.splitlines() if "error" in line.lower() or "fatal" in line.lower()]
+    assert errors == [
+        f"charrnn: error: process {1 - lost} of 2: "
+        + ("process 0, the coordinator, stopped" if lost == 0 else "process 1 stopped (no heartbeat)")
+        + "; this one stops too (the last complete checkpoint is kept: continue the run with --resume)"
+    ], stderr
+    assert "Traceback" not in stderr and "Check failure" not in stderr and "[Gloo]" not in stderr
+
+    resumed = subprocess.run(
+        [*CHARRNN, "train", "--resume", str(tmp_path / "run"), "--steps", "30"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"CHARRNN_CACHE": str(tmp_path / "cache0")},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "stopped (steps) at step 30" in resumed.stderr
