@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -495,18 +496,31 @@ def _failure_ends_every_host():
     """Over several hosts, a process that fails says so in one line and leaves at once, without
     JAX's shutdown barrier (which would wait for hosts that are waiting for it in a collective):
     the coordination service then sees it gone and ends the other processes, each with one line of
-    its own (`_relay_output`). Checkpoints are written to a temporary directory and renamed when
-    complete, so the last complete one survives."""
+    its own (`_relay_output`). A failure that is itself another process gone (a collective whose
+    peer closed its connection: gloo says so before the heartbeat does) waits for that service to
+    end this process too, so that its line names the process lost. Checkpoints are written to a
+    temporary directory and renamed when complete, so the last complete one survives."""
     import jax
 
     try:
         yield
-    except CharrnnError as error:
-        if jax.process_count() == 1:
+    except Exception as error:
+        if jax.process_count() == 1 or not (isinstance(error, CharrnnError) or _peer_lost(error)):
             raise
+        if _peer_lost(error):
+            from charrnn.placement import HEARTBEAT_TIMEOUT
+
+            time.sleep(HEARTBEAT_TIMEOUT + 5)  # normally ended before this by the coordination service
+            error = CharrnnError(f"lost contact with another process of the run: {str(error).splitlines()[0]}")
         console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
         sys.stderr.flush()
-        os._exit(error.exit_code)
+        os._exit(getattr(error, "exit_code", 1))
+
+
+def _peer_lost(error: Exception) -> bool:
+    """Whether `error` comes from a collective (gloo) whose peer went away."""
+    text = str(error)
+    return "Gloo" in text and ("reset by peer" in text or "closed" in text.lower() or "Broken pipe" in text)
 
 
 def _relay_output() -> None:
