@@ -88,6 +88,10 @@ def check_output_file(path: Path, label: str) -> None:
         raise OutputError(f"{label} {path} is a broken symbolic link")
     if path.name in RUN_FILES and (path.parent / "config.json").is_file():
         raise OutputError(f"{label} {path} is a file of the run {path.parent}; give another file name")
+    if path.exists() and not path.is_file():  # /dev/stdout, a named pipe: written in place
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"{label} {path} is not writable: permission denied")
+        return
     check_output_dir(path.parent, label, named=path)
 
 

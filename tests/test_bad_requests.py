@@ -261,3 +261,19 @@ def test_a_file_output_replaces_a_file_but_never_a_runs_own(tmp_path):
     write_atomically(tmp_path / "new" / "deep" / "page.html", lambda target: target.write_text("two"))
     assert (tmp_path / "new" / "deep" / "page.html").read_text() == "two"
     assert sorted(p.name for p in (tmp_path / "new" / "deep").iterdir()) == ["page.html"]  # no temporary left
+
+
+def test_a_file_output_into_a_pipe_is_written_in_place(tmp_path):
+    """`--html /dev/stdout`, or a named pipe: nothing to keep intact, and no temporary beside it."""
+    import threading
+
+    from charrnn.paths import write_atomically
+
+    os.mkfifo(tmp_path / "pipe")
+    check_output_file(tmp_path / "pipe", "--html")
+    received = []
+    reader = threading.Thread(target=lambda: received.append((tmp_path / "pipe").read_text()), daemon=True)
+    reader.start()
+    write_atomically(tmp_path / "pipe", lambda target: target.write_text("<html>"))
+    reader.join(timeout=10)
+    assert received == ["<html>"] and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
