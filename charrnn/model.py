@@ -5,6 +5,8 @@ after window (truncated BPTT) and sampling can run one character after another, 
 recurrent state handed back and forth explicitly.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -148,6 +150,7 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     return model.init(key, tokens, initial_carry(config, 1))["params"]
 
 
+@functools.lru_cache(maxsize=16)
 def parameter_shapes(config: ModelConfig) -> dict:
     """The parameter tree of `config` as shapes (`jax.ShapeDtypeStruct`), without computing anything."""
     return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
