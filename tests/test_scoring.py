@@ -154,6 +154,26 @@ def test_score_cli_columns_json_and_argument_forms(home, monkeypatch):
     assert objects[0]["logprob"] == pytest.approx(float(rows[0][1]), abs=1e-4)
 
 
+def test_score_and_eval_read_a_named_pipe(home, monkeypatch, tmp_path):
+    """`charrnn score RUN <(zcat lines.gz)`: a pipe is read once, as it comes."""
+    monkeypatch.chdir(home)
+    text = "\n".join(word_lines(6, seed=9)) + "\n"
+    (tmp_path / "lines.txt").write_text(text)
+    results = {}
+    for command in ("score", "eval"):
+        os.mkfifo(tmp_path / command)
+        producer = threading.Thread(target=(tmp_path / command).write_text, args=(text,), daemon=True)
+        producer.start()
+        piped = CliRunner().invoke(app, [command, "runs/words", str(tmp_path / command), "--json"])
+        producer.join(timeout=10)
+        assert piped.exit_code == 0, piped.output
+        from_pipe = piped.stdout
+        from_file = CliRunner().invoke(app, [command, "runs/words", str(tmp_path / "lines.txt"), "--json"]).stdout
+        kept = {"score": lambda record: record, "eval": lambda record: record | {"text": "(its name)"}}[command]
+        results[command] = [[kept(json.loads(line)) for line in out.splitlines()] for out in (from_pipe, from_file)]
+    assert all(piped == filed and piped for piped, filed in results.values())  # eval's "text" names the file
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -163,7 +183,7 @@ def test_score_cli_columns_json_and_argument_forms(home, monkeypatch):
         (["score", "runs/words", "missing.txt"], "missing.txt does not exist"),
         (["score", "nowhere"], "nowhere does not exist (neither a run directory nor a file)"),
         (["score", "cache"], "cache is not a charrnn run"),
-        (["score", "--html", "no/such/dir/page.html"], "directory no/such/dir does not exist"),
+        (["score", "--html", "cache"], "--html cache is a directory, not a file"),
         (["score", "--show", "--json"], "give --show or --json, not both"),
         (["eval", "--streams", "0"], "--streams must be positive"),
     ],
