@@ -10,7 +10,9 @@ def configure_jax() -> None:
     `charrnn sample` or `charrnn train` loads its XLA programs instead of compiling them again.
 
     JAX caches only compiles slower than 1 s by default; most of ours are faster, so the threshold
-    is lowered to 0. ``CHARRNN_NO_COMPILE_CACHE=1`` turns the cache off.
+    is lowered to 0. ``CHARRNN_NO_COMPILE_CACHE=1`` turns the cache off; JAX's own
+    ``JAX_COMPILATION_CACHE_DIR``, when set, is where it is kept (one cache for several tools, or
+    for every process of a test session).
     """
     import logging
 
@@ -22,7 +24,9 @@ def configure_jax() -> None:
         logging.getLogger("absl").setLevel(logging.CRITICAL)
     if os.environ.get("CHARRNN_NO_COMPILE_CACHE"):
         return
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update(
+        "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir() / "xla")
+    )
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -2,13 +2,14 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import periodic_text
+from conftest import charrnn_in_process, periodic_text
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -141,23 +142,23 @@ def test_a_corpus_of_one_long_line_trains(tmp_path):
     """No newline anywhere (a minified file, a 200 MB single line at full size: see test_slow.py)."""
     line = "".join(f"{i % 97:02d}-{i % 89:02d}," for i in range(20_000))
     (tmp_path / "line.txt").write_text(line)
-    result = charrnn("train", "line.txt", *TINY, "--steps", "2", "--eval-every", "2", cwd=tmp_path)
+    result = charrnn_in_process("train", "line.txt", *TINY, "--steps", "2", "--eval-every", "2", cwd=tmp_path)
     assert "validation" in result.stderr
-    sample = charrnn("sample", "-n", "50", "--seed", "1", cwd=tmp_path).stdout
+    sample = charrnn_in_process("sample", "-n", "50", "--seed", "1", cwd=tmp_path).stdout
     assert len(sample) == 50 and set(sample) <= set(line)
 
 
 def test_resume_refuses_other_options_and_a_changed_corpus_and_touches_nothing(tmp_path):
     (tmp_path / "text.txt").write_text(periodic_text(3000))
-    charrnn("train", "text.txt", "--out", "run", *TINY, "--steps", "2", cwd=tmp_path)
+    charrnn_in_process("train", "text.txt", "--out", "run", *TINY, "--steps", "2", cwd=tmp_path)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
-    other = charrnn("train", "--resume", "run", "--hidden", "64", "--lr", "0.1", check=False, cwd=tmp_path)
+    other = charrnn_in_process("train", "--resume", "run", "--hidden", "64", "--lr", "0.1", check=False, cwd=tmp_path)
     assert other.returncode == 2
     assert other.stderr == (
         "charrnn: error: --hidden, --lr differ from the run being resumed; drop them or start a new run with --out\n"
     )
     (tmp_path / "text.txt").write_text(periodic_text(3000).upper())
-    changed = charrnn("train", "--resume", "run", check=False, cwd=tmp_path)
+    changed = charrnn_in_process("train", "--resume", "run", check=False, cwd=tmp_path)
     assert changed.returncode == 1
     assert "has changed since run was trained on it" in changed.stderr and len(changed.stderr.splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
@@ -315,15 +316,43 @@ def test_shell_completion_completes_commands_and_options_without_jax():
 def test_dropout_and_the_average_follow_the_budget_unless_given(tmp_path, epochs, dropout, ema):
     (tmp_path / "text.txt").write_text(periodic_text(1200))
     small = ["--layers", "1", "--hidden", "16", "--embed", "4", "-b", "4", "--eval-every", "1000"]
-    result = charrnn("train", "text.txt", *small, "--epochs", epochs, cwd=tmp_path)
+    result = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, cwd=tmp_path)
     chosen = f"dropout {dropout:g}" + (f", weights averaged with decay {ema:g}" if ema else "")
     assert f"{chosen} (the budget covers about {float(epochs):.1f} epochs)" in result.stderr
     config = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
     assert (config["model"]["dropout"], config["train"]["ema"]) == (dropout, ema)
-    given = charrnn("train", "text.txt", *small, "--epochs", epochs, "--dropout", "0.1", "--ema", "0.5", cwd=tmp_path)
+    given = charrnn_in_process(
+        "train", "text.txt", *small, "--epochs", epochs, "--dropout", "0.1", "--ema", "0.5", cwd=tmp_path
+    )
     assert "budget covers" not in given.stderr
     config = json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())
     assert (config["model"]["dropout"], config["train"]["ema"]) == (0.1, 0.5)
-    ema_given = charrnn("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
+    ema_given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
     assert f"dropout {dropout:g} (the budget covers" in ema_given.stderr
     assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["train"]["ema"] == 0.0
+
+
+def test_train_on_process_substitution_and_resume_from_the_cache(tmp_path):
+    """`charrnn train <(zcat big.txt.gz)`: bash hands over a pipe (/dev/fd/63), which can be read
+    only once; resuming takes the text from the preparation cache, or asks for it when it is gone."""
+    (tmp_path / "text.txt").write_text(periodic_text(3000))
+    command = shlex.join([*CHARRNN, "train"]) + " <(cat text.txt) " + shlex.join(["--out", "run", *TINY])
+    first = subprocess.run(
+        ["bash", "-c", command + " --steps 2 --eval-every 2"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    source = json.loads((tmp_path / "run" / "config.json").read_text())["corpus"]["source"]
+    assert source.startswith(("/dev/fd/", "/proc/self/fd/")), source
+    resumed = charrnn_in_process("train", "--resume", "run", "--steps", "4", "--eval-every", "2", cwd=tmp_path)
+    assert "(cached)" in resumed.stderr and "stopped (steps) at step 4" in resumed.stderr
+    shutil.rmtree(tmp_path / "cache" / "prep")
+    gone = charrnn_in_process("train", "--resume", "run", "--steps", "6", cwd=tmp_path, check=False)
+    assert (gone.returncode, gone.stderr) == (
+        1,
+        f"charrnn: error: run was trained on text read from a pipe ({source}), which is no longer cached; "
+        "give the same text as FILE to resume\n",
+    )
+    given = charrnn_in_process(
+        "train", "--resume", "run", "text.txt", "--steps", "6", "--eval-every", "2", cwd=tmp_path
+    )
+    assert "stopped (steps) at step 6" in given.stderr

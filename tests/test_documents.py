@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_cli import TINY, charrnn
+from conftest import charrnn_in_process
+from test_cli import TINY
 
 from charrnn.config import ModelConfig
 from charrnn.corpus import BOUNDARY, boundary_id, prepare
@@ -102,24 +103,26 @@ def test_a_documents_loss_does_not_depend_on_what_preceded_it(cell):
 def test_train_on_a_folder_and_sample_stops_at_the_document_end(tmp_path):
     write(tmp_path / "docs", {f"{i:03}.txt": b"hello world, hello." for i in range(60)})
     write(tmp_path / "docs", {"zz.bin": b"\x00\x00"})
-    result = charrnn("train", "docs", *TINY, "--steps", "150", "--lr", "0.01", "--eval-every", "50", cwd=tmp_path)
+    result = charrnn_in_process(
+        "train", "docs", *TINY, "--steps", "150", "--lr", "0.01", "--eval-every", "50", cwd=tmp_path
+    )
     assert f"charrnn: warning: skipped docs{'/'}zz.bin: looks binary" in result.stderr
     assert "in 60 documents" in result.stderr
     config = json.loads((tmp_path / "runs" / "docs" / "config.json").read_text())
     assert config["corpus"]["boundary"] == BOUNDARY and config["corpus"]["documents"] == 60
     losses = [json.loads(line)["val_loss"] for line in (tmp_path / "runs" / "docs" / "metrics.jsonl").open()]
     assert losses[-1] < 0.3
-    sample = charrnn("sample", "runs/docs", "--temp", "0", "-n", "100", cwd=tmp_path)
+    sample = charrnn_in_process("sample", "runs/docs", "--temp", "0", "-n", "100", cwd=tmp_path)
     assert sample.stdout == "hello world, hello."  # a whole document, from its start; the boundary not printed
-    through = charrnn("sample", "runs/docs", "--temp", "0", "-n", "40", "--no-boundary-stop", cwd=tmp_path)
+    through = charrnn_in_process("sample", "runs/docs", "--temp", "0", "-n", "40", "--no-boundary-stop", cwd=tmp_path)
     assert through.stdout == ("hello world, hello." + BOUNDARY) * 2
-    resumed = charrnn("train", "--resume", "runs/docs", "--steps", "160", cwd=tmp_path)
+    resumed = charrnn_in_process("train", "--resume", "runs/docs", "--steps", "160", cwd=tmp_path)
     assert "stopped (steps) at step 160" in resumed.stderr
 
 
 def test_a_folder_with_no_text_files_is_one_line(tmp_path):
     write(tmp_path / "bin", {"a.bin": b"\x00\x01"})
-    result = charrnn("train", "bin", check=False, cwd=tmp_path)
+    result = charrnn_in_process("train", "bin", check=False, cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == "charrnn: error: folder bin has no text files"
     assert "skipped bin/a.bin: looks binary" in result.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import charrnn_in_process
 from multidevice_worker import text
 
 from charrnn.config import ModelConfig, TrainConfig
@@ -208,11 +209,5 @@ def test_a_lost_host_stops_the_other_in_one_line_and_the_run_resumes(tmp_path, l
     ], stderr
     assert "Traceback" not in stderr and "Check failure" not in stderr and "[Gloo]" not in stderr
 
-    resumed = subprocess.run(
-        [*CHARRNN, "train", "--resume", str(tmp_path / "run"), "--steps", "30"],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"CHARRNN_CACHE": str(tmp_path / "cache0")},
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = charrnn_in_process("train", "--resume", tmp_path / "run", "--steps", "30")  # here, on one device
     assert "stopped (steps) at step 30" in resumed.stderr

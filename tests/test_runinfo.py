@@ -2,22 +2,19 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import charrnn_in_process
 
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.runinfo import describe, list_runs
 from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 
-CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
-
 
 def charrnn(*args, cwd=None):
-    return subprocess.run(
-        [*CHARRNN, *args], capture_output=True, text=True, cwd=cwd, env=os.environ | {"COLUMNS": "200"}
-    )
+    """`info` and `runs` read files only: in this process (see conftest.charrnn_in_process)."""
+    return charrnn_in_process(*args, cwd=cwd, check=False)
 
 
 def fake_run(

@@ -4,8 +4,8 @@ import json
 
 import jax
 import numpy as np
-from conftest import periodic_text
-from test_cli import TINY, charrnn
+from conftest import charrnn_in_process, periodic_text
+from test_cli import TINY
 
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
@@ -55,9 +55,9 @@ def test_init_from_extends_the_vocabulary_records_the_parent_and_learns(tmp_path
     (tmp_path / "old.txt").write_text(periodic_text(3000))
     (tmp_path / "new.txt").write_text(("hello wörld! " * 300)[:3000])
     steps = ["--lr", "0.01", "--eval-every", "40"]
-    charrnn("train", "old.txt", *TINY, "--steps", "120", *steps, cwd=tmp_path)
+    charrnn_in_process("train", "old.txt", *TINY, "--steps", "120", *steps, cwd=tmp_path)
     # Model options come from the parent (TINY's sizes are not repeated here).
-    result = charrnn(
+    result = charrnn_in_process(
         "train", "new.txt", "--init-from", "runs/old", "-b", "4", "-t", "16", "--steps", "120", *steps, cwd=tmp_path
     )
     assert "2 new characters extend its vocabulary of 9" in result.stderr
@@ -69,10 +69,12 @@ def test_init_from_extends_the_vocabulary_records_the_parent_and_learns(tmp_path
     assert json.loads((child / "vocab.json").read_text())["chars"] == [*old_vocab, "!", "ö"]
     losses = [json.loads(line)["val_loss"] for line in (child / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] and losses[-1] < 0.5  # it learns the new text, new characters included
-    sample = charrnn("sample", "runs/new", "--temp", "0", "--prime", "hello w", "-n", "20", cwd=tmp_path).stdout
+    sample = charrnn_in_process(
+        "sample", "runs/new", "--temp", "0", "--prime", "hello w", "-n", "20", cwd=tmp_path
+    ).stdout
     assert sample.startswith("hello wörld! hello")
     # --resume keeps its meaning: the same child run, with its own (extended) vocabulary.
-    resumed = charrnn("train", "--resume", "runs/new", "--steps", "130", cwd=tmp_path)
+    resumed = charrnn_in_process("train", "--resume", "runs/new", "--steps", "130", cwd=tmp_path)
     assert "stopped (steps) at step 130" in resumed.stderr
     assert json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"] < 0.5
 
@@ -109,6 +111,6 @@ def test_init_from_bad_inputs_are_one_line(tmp_path):
         ),
     ]
     for args, code, message in cases:
-        result = charrnn("train", "new.txt", *args, check=False, cwd=tmp_path)
+        result = charrnn_in_process("train", "new.txt", *args, check=False, cwd=tmp_path)
         assert (result.returncode, result.stderr.splitlines()[-1]) == (code, message)
         assert "Traceback" not in result.stderr
