@@ -25,6 +25,8 @@ from rich.table import Table
 
 from charrnn.catalog import CorpusEntry, cached_path, fetch, find_entry, is_cached, load_catalog
 
+from .options import require_nonempty
+
 corpus_app = typer.Typer(help="List and download the classic corpora.", no_args_is_help=True)
 
 
@@ -129,6 +131,7 @@ def get(
     ] = None,
 ) -> None:
     """Download a corpus into the cache (if not already there and intact) and print its path."""
+    require_nonempty("--url", url)
     entry = find_entry(name)
     console = Console(stderr=True)
     bar = _LazyProgress(console, entry)

@@ -241,6 +241,7 @@ def test_a_folder_of_other_files_is_never_written_into(corpus, monkeypatch):
         (["score", ""], "RUN or FILE"),
         (["eval", "runs/x", ""], "FILE"),
         (["score", "--html", "", "text.txt"], "--html"),
+        (["corpus", "get", "tinyshakespeare", "--url", ""], "--url"),
     ],
 )
 def test_an_empty_path_is_a_usage_error_not_the_current_directory(corpus, args, name):
