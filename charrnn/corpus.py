@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -24,7 +23,7 @@ import numpy as np
 
 from charrnn.config import check_text_options
 from charrnn.errors import CorpusError, UsageError
-from charrnn.paths import cache_dir, why_unreadable
+from charrnn.paths import cache_dir, standard_input, why_unreadable
 from charrnn.vocab import Vocabulary
 
 BUILTIN_NAME = "pydoc"
@@ -51,7 +50,7 @@ def builtin_text() -> str:
 def _open_source(source: str, stack: ExitStack) -> tuple[BinaryIO, str]:
     """A binary stream of the corpus and its label for messages."""
     if source == "-":
-        return sys.stdin.buffer, "standard input"
+        return standard_input(), "standard input"
     path = Path(source)
     if not path.exists():
         raise CorpusError(f"corpus {source} does not exist")

@@ -30,6 +30,18 @@ def why_unreadable(error: OSError) -> str:
     return f"cannot be read: {error.strerror or error}"
 
 
+def standard_input():
+    """The binary stream of standard input, or a CorpusError when the process has none (started
+    with it closed: ``charrnn prep - <&-``), where Python leaves ``sys.stdin`` None."""
+    import sys
+
+    from charrnn.errors import CorpusError
+
+    if sys.stdin is None:
+        raise CorpusError("standard input is closed; give a file, or pipe the text in")
+    return sys.stdin.buffer
+
+
 def check_output_dir(path: Path, label: str, *, named: Path | None = None) -> None:
     """Refuse, before any slow work, a directory that cannot be written: `path` names a file, lies
     inside a file, or it (or the nearest existing parent it would be created in) is not writable

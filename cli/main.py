@@ -1,5 +1,6 @@
 """The `charrnn` command. Importing this module must stay cheap: no JAX until a command runs."""
 
+import io
 import os
 import sys
 from typing import Annotated
@@ -87,6 +88,17 @@ class _GuardedStdout:
             raise StdoutError(f"cannot write to standard output: {error.strerror or error}") from None
 
 
+class _ClosedStdout(io.TextIOBase):
+    """Standard output of a process started with it closed (``charrnn sample >&-``), where Python
+    leaves sys.stdout None: commands that print nothing there still work; writing is one line."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise StdoutError("cannot write to standard output: it is closed")
+
+
 def main() -> None:
     """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback.
 
@@ -94,7 +106,7 @@ def main() -> None:
     quietly with exit 0, since the reader has what it wanted; any other failure to write stdout
     (``> /dev/full``) is one line and exit 1.
     """
-    sys.stdout = _GuardedStdout(sys.stdout)
+    sys.stdout = _GuardedStdout(sys.stdout if sys.stdout is not None else _ClosedStdout())
     try:
         try:
             app(prog_name="charrnn")  # also names the completion script, however charrnn was started
@@ -116,8 +128,12 @@ def main() -> None:
 def silence_stdout() -> None:
     """After a broken pipe: point stdout at /dev/null so the exit-time flush cannot raise again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no descriptor behind it (a closed stdout): nothing to flush
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

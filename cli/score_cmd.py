@@ -9,7 +9,7 @@ from typing import Annotated, BinaryIO
 import typer
 
 from charrnn.errors import CharrnnError, CorpusError, UsageError
-from charrnn.paths import check_output_file, why_unreadable, write_atomically
+from charrnn.paths import check_output_file, standard_input, why_unreadable, write_atomically
 
 from . import console
 from .options import nonempty_path, require_nonempty
@@ -42,9 +42,10 @@ def run_and_file(first: str | None, second: str | None) -> tuple[Path | None, st
 def open_input(source: str | None) -> tuple[BinaryIO, str]:
     """The binary stream to read (stdin for None or ``-``) and its name for messages; every problem is one line."""
     if source in (None, "-"):
-        if sys.stdin.isatty():
+        stream = standard_input()
+        if stream.isatty():
             console.info("reading lines from standard input; end with Ctrl-D")
-        return sys.stdin.buffer, "standard input"
+        return stream, "standard input"
     path = Path(source)
     if path.is_dir():
         raise CorpusError(f"{source} is a directory, not a text file")

@@ -356,3 +356,19 @@ def test_train_on_process_substitution_and_resume_from_the_cache(tmp_path):
         "train", "--resume", "run", "text.txt", "--steps", "6", "--eval-every", "2", cwd=tmp_path
     )
     assert "stopped (steps) at step 6" in given.stderr
+
+
+@pytest.mark.parametrize(
+    ("redirect", "args", "message"),
+    [
+        ("<&-", ["prep", "-"], "standard input is closed; give a file, or pipe the text in"),
+        ("<&-", ["score", "nowhere/run", "-"], "standard input is closed; give a file, or pipe the text in"),
+        (">&-", ["corpus", "list"], "cannot write to standard output: it is closed"),
+    ],
+)
+def test_a_closed_standard_stream_is_one_line(tmp_path, redirect, args, message):
+    """Started with stdin or stdout closed (`<&-`, `>&-`), where Python leaves sys.stdin/stdout None."""
+    result = subprocess.run(
+        ["bash", "-c", f"{shlex.join([*CHARRNN, *args])} {redirect}"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert (result.returncode, result.stderr) == (1, f"charrnn: error: {message}\n")
