@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def load(run=None, checkpoint="best", **kwargs):
     """A trained run as an object with ``.sample()``, ``.score(lines)`` and ``.eval(text)``; see
-    `charrnn.api.TrainedModel`. `run` defaults to the run trained most recently under ./runs."""
-    from charrnn.api import load as _load
+    `charrnn.trained`. `run` defaults to the run trained most recently under ./runs."""
+    from charrnn.trained import load as _load
 
     return _load(run, checkpoint, **kwargs)

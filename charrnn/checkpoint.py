@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,11 +253,13 @@ class CheckpointStore:
         )
         return restored.state[field]
 
-    def restore_first_good(
-        self, abstract_state: Any, steps: list[int], *, quarantine: Path | None = None
-    ) -> tuple[Any, dict, list[str]]:
-        """Restore the first of `steps`, in the order given, that loads; return (state, progress,
-        notices about the damaged ones skipped).
+    def first_readable(
+        self, steps: list[int], read: Callable[[int], Any], *, quarantine: Path | None = None
+    ) -> tuple[int, Any, list[str]]:
+        """The first of `steps`, in the order given, that `read(step)` reads: (that step, what was
+        read, notices about the damaged checkpoints skipped: first those whose orbax metadata cannot
+        be read, then those `read` failed on). The one fallback over damaged checkpoints, for resuming
+        (the whole state) and for loading a model (its parameters).
 
         With `quarantine`, damaged checkpoints are moved there (not deleted: nothing is thrown away),
         so that training can write those steps again.
@@ -266,12 +269,16 @@ class CheckpointStore:
             notices.append(self._skip(step, error_name, quarantine))
         for step in steps:
             try:
-                state, progress = self.restore(step, abstract_state)
-                return state, check_progress(step, progress), notices
+                return step, read(step), notices
             except Exception as error:  # any failure to read means "damaged": try the previous one
                 notices.append(self._skip(step, type(error).__name__, quarantine))
         count = len(steps) + len(self.unreadable)
         raise RunError(f"no checkpoint of {self.directory} could be read: all {count} are damaged")
+
+    def restore_checked(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """`restore`, with the progress record checked (see `check_progress`)."""
+        state, progress = self.restore(step, abstract_state)
+        return state, check_progress(step, progress)
 
     def _skip(self, step: int, error_name: str, quarantine: Path | None) -> str:
         note = f"checkpoint {step} is damaged ({error_name}); falling back to another"

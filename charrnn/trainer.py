@@ -173,9 +173,10 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     had_config = run.config_path.exists()
     progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
     if resume and (store.steps() or store.unreadable):
-        state, saved, notices = store.restore_first_good(
-            abstract_state(model_config, tc, placement),
+        target = abstract_state(model_config, tc, placement)
+        _, (state, saved), notices = store.first_readable(
             sorted(store.steps(), reverse=True),
+            lambda step: store.restore_checked(step, target),
             quarantine=run.directory / "damaged-checkpoints" if jax.process_index() == 0 else None,
         )
         for notice in notices:

@@ -10,7 +10,8 @@ from charrnn.config import VAL_BURN_IN
 from charrnn.errors import UsageError
 
 from . import console
-from .score_cmd import load_model, open_input, paragraphs, run_and_file
+from .options import paragraphs
+from .reading import load_trained, open_input, run_and_file
 
 
 def eval_(
@@ -51,7 +52,7 @@ def eval_(
     if source is not None:
         stream, label = open_input(source)
         text_source = (stream, label)
-    model = load_model(run_dir, checkpoint)
+    model = load_trained(run_dir, checkpoint)
     if text_source is None:
         label = f"validation split of {model.run.directory}"
         result = model.eval()

@@ -120,3 +120,10 @@ def flag_errors(command: Callable) -> Callable:
             raise UsageError(f"{flag(error.field)} {error.problem}" if error.field else error.problem) from None
 
     return wrapper
+
+
+def paragraphs(text: str) -> str:
+    """A docstring for typer's help: each paragraph on one line (it keeps single line breaks)."""
+    import inspect
+
+    return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(text).split("\n\n"))

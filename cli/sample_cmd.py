@@ -11,8 +11,8 @@ import typer
 from charrnn.errors import UsageError
 from charrnn.paths import why_unreadable
 
-from . import console
 from .options import nonempty_path, with_default
+from .reading import load_trained
 
 
 def sample(
@@ -87,14 +87,13 @@ def sample(
 
     from charrnn.config import SampleOptions
 
-    options = SampleOptions(temperature=temp, top_k=top_k, top_p=top_p)
+    SampleOptions(temperature=temp, top_k=top_k, top_p=top_p)  # option mistakes before any file is read
 
     from charrnn.runs import Run, latest_run
 
     run = Run(run_dir) if run_dir is not None else latest_run()
     loaded = run.open()  # the configuration and vocabulary, checked, before JAX is even loaded
     vocab = loaded.vocab
-    boundary = loaded.corpus.get("boundary")  # the document boundary of a run trained on documents
     if unknown := vocab.missing(prime):
         if not skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
@@ -112,35 +111,11 @@ def sample(
     if spool_bytes:
         _require_disk(spool_bytes, num, length)
 
-    from charrnn.runtime import configure_jax
-
-    configure_jax()
-    from charrnn.inference import load_model
-    from charrnn.sampling import sample_stream
-
-    _, params = load_model(run, checkpoint, warn=lambda text: console.info(f"charrnn: warning: {text}"))
-    model_config = loaded.model
+    model = load_trained(run, checkpoint)
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
-
-    # A closed pipe (`| head`) or a full disk on stdout is handled for every command in main().
-    _write_samples(
-        sample_stream(
-            params,
-            model_config,
-            vocab,
-            length=length,
-            prime=prime,
-            options=options,
-            num=num,
-            seed=seed,
-            stop=stops,
-            boundary=boundary,
-            stop_at_boundary=boundary_stop,
-        ),
-        prime,
-        num,
-        separator,
-    )
+    options = {"temperature": temp, "top_k": top_k, "top_p": top_p, "stop": stops, "stop_at_boundary": boundary_stop}
+    stream = model.sample_stream(length, prime=prime, num=num, seed=seed, **options)
+    _write_samples(stream, prime, num, separator)  # a closed pipe or a full disk: handled in main()
 
 
 MAX_SEED = (1 << 63) - 1

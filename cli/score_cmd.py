@@ -2,85 +2,17 @@
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 import typer
 
-from charrnn.errors import CharrnnError, CorpusError, UsageError
-from charrnn.paths import check_output_file, standard_input, why_unreadable, write_atomically
+from charrnn.errors import UsageError
+from charrnn.paths import check_output_file, write_atomically
 
 from . import console
-from .options import nonempty_path, require_nonempty
-
-RUN_OR_FILE_HELP = (
-    "The run directory and the file to read. Given one argument, it is the run if it is a directory "
-    "with a config.json, else the FILE (read with the run trained most recently under ./runs). "
-    "FILE `-` or none: standard input."
-)
-
-
-def run_and_file(first: str | None, second: str | None) -> tuple[Path | None, str | None]:
-    """Tell RUN from FILE: ``RUN FILE``; one argument is a run if it holds a config.json, else a file."""
-    require_nonempty("RUN" if second is not None else "RUN or FILE", first)
-    require_nonempty("FILE", second)
-    if second is not None:
-        return Path(first), second
-    if first is None or first == "-":
-        return None, first
-    path = Path(first)
-    if (path / "config.json").is_file():
-        return path, None
-    if path.is_dir():
-        raise CharrnnError(f"{first} is not a charrnn run (no config.json)")
-    if not path.exists():
-        raise CharrnnError(f"{first} does not exist (neither a run directory nor a file)")
-    return None, first
-
-
-def open_input(source: str | None) -> tuple[BinaryIO, str]:
-    """The binary stream to read (stdin for None or ``-``) and its name for messages; every problem is one line."""
-    if source in (None, "-"):
-        stream = standard_input()
-        if stream.isatty():
-            console.info("reading lines from standard input; end with Ctrl-D")
-        return stream, "standard input"
-    path = Path(source)
-    if path.is_dir():
-        raise CorpusError(f"{source} is a directory, not a text file")
-    try:
-        return path.open("rb"), source
-    except OSError as error:
-        raise CorpusError(f"{source} {why_unreadable(error)}") from None
-
-
-def read_lines(stream: BinaryIO, label: str) -> Iterator[str]:
-    """Lines as they arrive (split at ``\\n`` only, so a ``\\r`` stays a character), without their newline."""
-    number = 0
-    try:
-        for number, raw in enumerate(stream, 1):  # noqa: B007 (used in the messages below)
-            try:
-                yield raw.removesuffix(b"\n").decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise CorpusError(
-                    f"{label} line {number} is not valid UTF-8 (byte {error.start + 1} of the line)"
-                ) from None
-    except OSError as error:
-        raise CorpusError(f"{label} cannot be read after line {number}: {error.strerror or error}") from None
-
-
-def load_model(run_dir: Path | None, checkpoint: str):
-    """The run's model (`charrnn.load`), with JAX configured the CLI's way."""
-    from charrnn.config import parse_checkpoint
-
-    which = parse_checkpoint(checkpoint)  # a bad value fails before JAX is loaded
-    from charrnn.runtime import configure_jax
-
-    configure_jax()
-    from charrnn.api import load
-
-    return load(run_dir, which, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+from .options import nonempty_path, paragraphs
+from .reading import RUN_OR_FILE_HELP, load_trained, open_input, read_lines, run_and_file
 
 
 def score(
@@ -123,7 +55,7 @@ def score(
         check_output_file(html, "--html")
     run_dir, source = run_and_file(first, second)
     stream, label = open_input(source)
-    model = load_model(run_dir, checkpoint)
+    model = load_trained(run_dir, checkpoint)
 
     from charrnn.scoring import Summary
 
@@ -160,13 +92,6 @@ def score(
         page = html_page(kept, model.vocab, title, summary)
         write_atomically(html, lambda target: target.write_text(page, encoding="utf-8"))
     console.info(describe(summary, unknown))
-
-
-def paragraphs(text: str) -> str:
-    """A docstring for typer's help: each paragraph on one line (it keeps single line breaks)."""
-    import inspect
-
-    return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(text).split("\n\n"))
 
 
 score.__doc__ = paragraphs(score.__doc__)

@@ -386,9 +386,9 @@ def _parent(directory: Path, model_options: dict[str, Any]) -> _Parent:
 
 def _parent_weights(parent: _Parent, vocab) -> tuple[Any, int]:
     """The parent's best parameters and vocabulary size, for `fit(init_from=...)`."""
-    from charrnn.inference import load_params
+    from charrnn.trained import load
 
-    params, _ = load_params(parent.run, "best", warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    params = load(parent.run, "best", warn=_warn).params
     added = len(vocab) - len(parent.vocab)
     console.info(
         f"initialised from {parent.run.directory} (best checkpoint); "

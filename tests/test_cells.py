@@ -298,13 +298,14 @@ def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_pat
     code computes from them is checked against the textbook LSTM in this process; the sample and the
     resumed loss are what that code gave, compared as tightly as a change of CPU allows."""
     from charrnn.corpus import prepare
-    from charrnn.inference import load_params
     from charrnn.runs import Run
+    from charrnn.trained import load
     from charrnn.trainer import EvalReport, fit
 
     shutil.copytree(DATA / "old-run-lstm", tmp_path / "run")
     run = Run(tmp_path / "run")
-    params, model_config = load_params(run)
+    model = load(run)
+    params, model_config = model.params, model.model_config
     vocab = run.read_vocab()
 
     # The old parameters mean what they meant: today's model is the textbook LSTM on them.

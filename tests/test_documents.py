@@ -9,6 +9,7 @@ import pytest
 from conftest import charrnn_in_process
 from test_cli import TINY
 
+import charrnn
 from charrnn.config import ModelConfig
 from charrnn.corpus import BOUNDARY, boundary_id, prepare
 from charrnn.errors import CorpusError
@@ -116,6 +117,13 @@ def test_train_on_a_folder_and_sample_stops_at_the_document_end(tmp_path):
     assert sample.stdout == "hello world, hello."  # a whole document, from its start; the boundary not printed
     through = charrnn_in_process("sample", "runs/docs", "--temp", "0", "-n", "40", "--no-boundary-stop", cwd=tmp_path)
     assert through.stdout == ("hello world, hello." + BOUNDARY) * 2
+    # The API and the command are one code path: the same samples for the same seed, boundary and all.
+    model = charrnn.load(tmp_path / "runs" / "docs")
+    for options, flags in (({}, []), ({"stop_at_boundary": False}, ["--no-boundary-stop"])):
+        command = ["sample", "runs/docs", "--temp", "0.9", "--seed", "5", "-n", "80", "--num", "3", "--separator", "|"]
+        printed = charrnn_in_process(*command, *flags, cwd=tmp_path).stdout
+        assert printed == "|".join(model.sample(80, temperature=0.9, seed=5, num=3, **options))
+        assert (BOUNDARY in printed) == bool(options)
     resumed = charrnn_in_process("train", "--resume", "runs/docs", "--steps", "160", cwd=tmp_path)
     assert "stopped (steps) at step 160" in resumed.stderr
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import periodic_text
 
 from charrnn.checkpoint import CheckpointStore
-from charrnn.inference import load_params
 from charrnn.runs import Run
+from charrnn.trained import load
 
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "-b", "4", "-t", "8", "--keep", "2", "--seed", "3"]
 TINY += ["--dropout", "0"]
@@ -61,7 +61,7 @@ def test_kill_9_at_random_moments_loses_nothing_beyond_the_last_checkpoint(corpu
         time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        params, _ = load_params(Run(run), "latest")  # the newest complete checkpoint loads
+        load(Run(run), "latest")  # the newest complete checkpoint loads
         store = CheckpointStore(run / "checkpoints", create=False)
         latest = store.latest_step()
         store.close()
@@ -110,6 +110,7 @@ import sys, time
 from pathlib import Path
 from charrnn.errors import RunError
 from charrnn.runs import Run
+from charrnn.trained import load
 while not Path(sys.argv[2]).exists():  # a start line, so that every contender tries at once
     time.sleep(0.001)
 try:
@@ -246,7 +247,6 @@ def test_disk_filling_up_during_training_is_one_line_and_keeps_checkpoints(corpu
         # No traceback at all: neither ours nor the leftovers of orbax's and tensorstore's background I/O.
         assert "Traceback" not in stderr and "ERROR:" not in stderr, stderr
         (mount / "filler").unlink()
-        params, _ = load_params(Run(mount / "run"), "latest")  # the earlier checkpoints still load
-        assert params
+        assert load(Run(mount / "run"), "latest").params  # the earlier checkpoints still load
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -159,7 +159,7 @@ def test_the_weights_moving_average_follows_its_formula():
 
 
 def test_a_run_with_a_moving_average_is_validated_and_sampled_with_it(tmp_path):
-    from charrnn.inference import load_checkpoint
+    from charrnn.trained import load
 
     text_path = tmp_path / "text.txt"
     text_path.write_text(periodic_text(2000))
@@ -173,7 +173,7 @@ def test_a_run_with_a_moving_average_is_validated_and_sampled_with_it(tmp_path):
         {"source": str(text_path), "sha256": prepared.stats["sha256"], "characters": prepared.stats["characters"]},
     )
     state = latest_params(run, ema=0.8)
-    loaded = load_checkpoint(run, "latest")
+    loaded = load(run, "latest")
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.ema), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     windows = evaluation_windows(prepared.val, 4, 10, burn_in=VAL_BURN_IN)

@@ -1,7 +1,6 @@
-"""A trained model as a Python object: ``charrnn.load(RUN)`` for notebooks and other programs.
-
-The commands `sample`, `score` and `eval` call the same methods, so a figure from the API and
-one from the command line come from the same code.
+"""A trained run, loaded: the one type behind `charrnn.load(RUN)` and the commands `sample`,
+`score` and `eval`, built by one loader (`load`), so that the API and the command line cannot
+disagree (a run trained on documents, say, resets its state and stops at their boundary in both).
 
     >>> model = charrnn.load("runs/tinyshakespeare")
     >>> model.sample(200, prime="ROMEO:", temperature=0.8, seed=1)
@@ -10,41 +9,98 @@ one from the command line come from the same code.
 """
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from charrnn.config import ModelConfig, SampleOptions, TrainConfig
+from charrnn.config import ModelConfig, SampleOptions, TrainConfig, parse_checkpoint
 from charrnn.errors import RunError
-from charrnn.inference import load_checkpoint
 from charrnn.runs import Run, latest_run
 from charrnn.scoring import EvalResult, LineScore, evaluate_ids, evaluate_text, score_document, score_lines
 from charrnn.vocab import Vocabulary
 
 
 def open_run(directory: str | Path | None = None) -> Run:
-    """The run in `directory` (default: the one trained most recently under ./runs), checked to be one.
-
-    The one place `score`, `eval` and the API find a run; its files are checked by `Run.open` when
-    the model is loaded.
-    """
+    """The run in `directory` (default: the one trained most recently under ./runs), checked to be one."""
     run = Run(Path(directory)) if directory is not None else latest_run()
     if not run.exists():
         raise RunError(f"{run.directory} is not a charrnn run (no config.json)")
     return run
 
 
-class TrainedModel:
-    """A run's vocabulary and the parameters of one of its checkpoints (nothing else is read)."""
+def load(
+    run: str | Path | Run | None = None,
+    checkpoint: str | int = "best",
+    *,
+    warn: Callable[[str], None] = lambda _: None,
+) -> "TrainedModel":
+    """A trained run: its files, checked (`Run.open`), and the parameters (only: no optimizer state
+    is read, nothing on disk changes) of its best (lowest validation loss) or latest checkpoint, or
+    of the checkpoint at step `checkpoint`; for a run that averaged its weights, the average, which
+    is what it validated. A damaged best or latest checkpoint is skipped with a `warn`ing for the
+    newest one that loads; a step asked for by number must load itself."""
+    from charrnn.checkpoint import CheckpointStore
+    from charrnn.model import parameter_shapes
 
-    def __init__(self, run: Run, checkpoint: str | int = "best", warn: Callable[[str], None] = lambda _: None):
-        self.run = run
-        loaded = load_checkpoint(run, checkpoint, warn)  # the run's files checked, then the parameters
-        self.params, self.step = loaded.params, loaded.step
-        self.model_config: ModelConfig = loaded.run.model
-        self.train_config, self.corpus_info = loaded.run.train, loaded.run.corpus
-        self.vocab: Vocabulary = loaded.run.vocab
+    which = parse_checkpoint(checkpoint)
+    run = run if isinstance(run, Run) else open_run(run)
+    loaded = run.open()
+    no_checkpoint = RunError(f"{run.directory} has no checkpoint yet; let training reach its first evaluation")
+    if not run.checkpoints_dir.exists():
+        raise no_checkpoint
+    store = CheckpointStore(run.checkpoints_dir, keep=loaded.train.keep, create=False)
+    try:
+        steps, unreadable = store.steps(), store.unreadable
+        if not steps and not unreadable:
+            raise no_checkpoint
+        if isinstance(which, int):
+            if which in unreadable:
+                raise RunError(f"checkpoint {which} is damaged ({unreadable[which]}) in {run.directory}")
+            if which not in steps:
+                listed = ", ".join(str(s) for s in sorted(steps))
+                raise RunError(f"{run.directory} has no checkpoint at step {which}; it has {listed}")
+            candidates = [which]
+        else:
+            preferred = store.best_step() if which == "best" else None
+            preferred = max(steps, default=None) if preferred not in steps else preferred
+            candidates = [preferred, *sorted((s for s in steps if s != preferred), reverse=True)] if steps else []
+        field = "ema" if loaded.train.ema else "params"  # the weights the run was validated with
+
+        def read(step: int) -> Any:
+            return store.restore_params(step, parameter_shapes(loaded.model), field)
+
+        if isinstance(which, int):
+            try:
+                step, params = which, read(which)
+            except Exception as error:  # any failure to read means "damaged"
+                raise RunError(f"checkpoint {which} is damaged ({type(error).__name__}) in {run.directory}") from None
+        else:
+            step, params, notices = store.first_readable(candidates, read)
+            for notice in notices:
+                warn(notice)
+    finally:
+        store.close()
+    return TrainedModel(run, loaded.model, loaded.train, loaded.corpus, loaded.vocab, params, step)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A run's configuration, vocabulary and the parameters of one of its checkpoints (`load`)."""
+
+    run: Run
+    model_config: ModelConfig
+    train_config: TrainConfig
+    corpus_info: dict[str, Any]
+    vocab: Vocabulary
+    params: Any
+    step: int  # the checkpoint the parameters came from
+
+    @property
+    def boundary(self) -> str | None:
+        """The character between documents, for a run trained on documents (else None)."""
+        return self.corpus_info.get("boundary") if self.corpus_info.get("documents") else None
 
     def __repr__(self) -> str:
         c: ModelConfig = self.model_config
@@ -61,19 +117,34 @@ class TrainedModel:
         top_p: float = 1.0,
         num: int = 1,
         seed: int = 0,
+        stop: Iterable[str] = (),
+        stop_at_boundary: bool = True,
     ) -> Iterator[list[str]]:
-        """Chunks of generated text as they are ready: a list of `num` strings per chunk."""
+        """Chunks of generated text as they are ready: a list of `num` strings per chunk. Each sample
+        ends at the first `stop` text it writes (kept); a run trained on documents starts a new one,
+        resets its state where it writes their boundary, and ends there (not kept) unless
+        `stop_at_boundary` is false."""
         from charrnn.sampling import sample_stream
 
         options = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         self.vocab.encode(prime)  # names unknown characters
         return sample_stream(
-            self.params, self.model_config, self.vocab, length=length, prime=prime, options=options, num=num, seed=seed
+            self.params,
+            self.model_config,
+            self.vocab,
+            length=length,
+            prime=prime,
+            options=options,
+            num=num,
+            seed=seed,
+            stop=tuple(stop),
+            boundary=self.boundary,
+            stop_at_boundary=stop_at_boundary,
         )
 
     def sample(self, length: int = 1000, *, prime: str = "", num: int = 1, **options: Any) -> str | list[str]:
         """`length` generated characters after `prime` (not included); a list of `num` when num > 1.
-        Options: temperature (0.8), top_k, top_p, seed (0)."""
+        Options: temperature (0.8), top_k, top_p, seed (0), stop, stop_at_boundary (see `sample_stream`)."""
         pieces = list(self.sample_stream(length, prime=prime, num=num, **options))
         texts = ["".join(chunk[i] for chunk in pieces) for i in range(num)]
         return texts[0] if num == 1 else texts
@@ -106,8 +177,7 @@ class TrainedModel:
     def eval_validation(self) -> EvalResult:
         """Training's validation pass: the same split, streams, window length, burn-in and character cap."""
         tc: TrainConfig = self.train_config
-        boundary = self.corpus_info.get("boundary") if self.corpus_info.get("documents") else None
-        reset_id = self.vocab.index.get(boundary) if boundary else None
+        reset_id = self.vocab.index.get(self.boundary) if self.boundary else None
         ids = self.validation_ids()
         return evaluate_ids(self.params, self.model_config, ids, tc.batch_size, tc.seq_len, reset_id, tc.val_burn_in)
 
@@ -143,8 +213,3 @@ class TrainedModel:
             return None
         losses = [r.get("val_loss") for r in records if r.get("step") == self.step]
         return losses[-1] if losses else None
-
-
-def load(run: str | Path | None = None, checkpoint: str | int = "best", **kwargs: Any) -> TrainedModel:
-    """Load a trained run: its vocabulary and the parameters of its best, latest or STEP checkpoint."""
-    return TrainedModel(open_run(run), checkpoint, **kwargs)
