@@ -7,15 +7,14 @@ complete, so an interrupted save never replaces a good checkpoint. We keep the n
 checkpoints and, in addition, the one with the best validation loss.
 """
 
+import ast
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,29 +44,6 @@ def _root_cause(error: BaseException) -> str:
             return os.strerror(int(code.group(1)))
         seen = seen.__cause__ or seen.__context__
     return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def _ignore_closed_event_loop_reports() -> None:
-    """After a failed background save (disk full), tensorstore's I/O callbacks still try to reach
-    orbax's already-closed asyncio loop and report "Event loop is closed" as unraisable exceptions
-    (a bare traceback on stderr); likewise, when one array of a damaged checkpoint cannot be read,
-    orbax's coroutines reading the others are dropped unfinished and report their own failures. They
-    say nothing the user needs (the failure itself is reported in one line), so exactly these are
-    dropped; every other report still reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "charrnn_filter", False):
-        return
-
-    def hook(report) -> None:
-        if report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed":
-            return
-        code = getattr(report.object, "cr_code", None)  # an orbax coroutine left unfinished when a
-        if code is not None and "orbax" in code.co_filename:  # read failed: that failure is reported already
-            return
-        previous(report)
-
-    hook.charrnn_filter = True
-    sys.unraisablehook = hook
 
 
 def _val_loss(metrics: Any) -> float:
@@ -148,7 +124,6 @@ class CheckpointStore:
             cleanup_tmp_directories=create,
             step_name_format=self._steps,
         )
-        _ignore_closed_event_loop_reports()
         self._writing: int | None = None  # the step being written in the background
         self._earlier: list[int] = []  # the steps committed before it (to tell a vanished directory)
         self.directory = Path(directory)
@@ -204,16 +179,20 @@ class CheckpointStore:
             ),
             abstract_state,
         )
-        try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
-            )
-        except Exception:
-            if getattr(target, "ema", False) is not None:
-                raise
+        if "ema" not in self.saved_fields(step):
             return self._restore_from_before_the_average(step, target)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
+        )
         return restored.state, dict(restored.progress)
+
+    def saved_fields(self, step: int) -> set[str]:
+        """The fields of the training state saved at `step`, as orbax's own record of the saved tree
+        lists them: the layout a checkpoint was written in decides how it is read (one written before
+        the weights' moving average existed has no ``ema``)."""
+        record = json.loads((self.directory / str(step) / "state" / "_METADATA").read_bytes())
+        return {ast.literal_eval(key)[0] for key in record["tree_metadata"]}
 
     def _restore_from_before_the_average(self, step: int, target: Any) -> tuple[Any, dict]:
         """A checkpoint written before the weights' moving average existed has no `ema` entry: the
@@ -315,9 +294,6 @@ class CheckpointStore:
         except CharrnnError:
             raise
         except Exception as error:
-            # orbax's background tasks that failed alongside are logged by asyncio when collected:
-            # the one-line error below already says everything, so those logs are silenced.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
             earlier = [step for step in self._earlier if step != self._writing]
             if earlier and not any((self.directory / str(step)).is_dir() for step in earlier):
                 raise CheckpointWriteError(

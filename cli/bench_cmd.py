@@ -72,7 +72,7 @@ def bench(
             f"{streams} streams, peak GEMM {peak_size}²)",
         )
 
-    from charrnn.runtime import configure_jax
+    from .process import configure_jax
 
     configure_jax()
     from charrnn import bench as measure

@@ -80,7 +80,7 @@ def load_trained(run: Path | Run | None, checkpoint: str) -> TrainedModel:
     from charrnn.config import parse_checkpoint
 
     which = parse_checkpoint(checkpoint)  # a bad value fails before JAX is loaded
-    from charrnn.runtime import configure_jax
+    from .process import configure_jax
 
     configure_jax()
     from charrnn.trained import load

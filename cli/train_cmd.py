@@ -244,7 +244,7 @@ def train(
     else:
         _check_new_run_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
 
-    from charrnn.runtime import configure_jax
+    from .process import configure_jax
 
     configure_jax()
     _check_memory(asked_model, asked_train)  # counted on the parameter tree: fail before slow work
@@ -437,7 +437,7 @@ def _new_run(
         min_count=min_count,
     )
     if "dtype" not in model_options:
-        from charrnn.runtime import default_dtype
+        from charrnn.precision import default_dtype
 
         model_options = model_options | {"dtype": default_dtype()}
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)

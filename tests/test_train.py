@@ -237,3 +237,20 @@ def test_the_rnn_default_unroll_computes_the_same_step():
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_the_library_changes_nothing_process_wide(tmp_path):
+    """A notebook that saves and restores checkpoints keeps its own hooks and log levels: what the
+    command line quiets, it quiets in its own process (cli/process.py)."""
+    import logging
+    import sys
+
+    from charrnn.checkpoint import CheckpointStore
+
+    hook, level = sys.unraisablehook, logging.getLogger("asyncio").level
+    model_config = ModelConfig(vocab_size=5, layers=1, hidden_size=4, embed_size=2)
+    state = create_state(model_config, TrainConfig(batch_size=2, seq_len=4))
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.save(1, state, {"step": 1}, 1.0)
+    store.close()
+    assert sys.unraisablehook is hook and logging.getLogger("asyncio").level == level
