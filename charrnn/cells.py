@@ -1,5 +1,5 @@
-"""The recurrent cells: one small class each, in a registry. A new cell is a class here (and its
-name in `charrnn.config.CELLS`, which `--help` reads without importing JAX).
+"""The recurrent cells: one small class each, in a registry. A new cell is a class here and its
+parameter shapes in `charrnn.config.CELL_SHAPES` (read by `--help` and `info` without JAX).
 
 Every cell runs on the time loop of `recurrence.py`, which does all that is common:
 
@@ -24,6 +24,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from charrnn.config import CELL_SHAPES
 
 Carry = tuple[jax.Array, ...]
 Params = dict[str, jax.Array]  # a cell's own parameters, by name
@@ -55,7 +57,8 @@ class Cell:
     have parameters of their own)."""
 
     name: ClassVar[str]
-    gates: ClassVar[int]  # gate blocks: the fused matmuls are [*, gates * hidden]
+    gates: ClassVar[int]  # gate blocks: the fused matmuls are [*, gates * hidden] (CELL_SHAPES)
+    initializers: ClassVar[dict[str, Callable[..., jax.Array]]] = {}  # of each own parameter in CELL_SHAPES
     carry_size: ClassVar[int] = 1
     default_unroll: ClassVar[int] = 1  # time-loop unroll for training: 1 unless measured faster
     forget_gate: ClassVar[int | None] = None  # gate block whose bias starts at 1
@@ -67,7 +70,8 @@ class Cell:
     # -- parameters ---------------------------------------------------------------------------
     def parameters(self, hidden: int) -> dict[str, tuple[tuple[int, ...], Initializer]]:
         """The cell's own parameters beyond the four of every layer: name -> (shape, initialiser)."""
-        return {}
+        own = CELL_SHAPES[self.name].own(hidden)
+        return {name: (shape, self.initializers[name]) for name, shape in own.items()}
 
     def bias_init(self, hidden: int) -> Initializer:
         """Zeros, except the forget gate at 1: early training remembers rather than forgets."""
@@ -134,7 +138,7 @@ class LSTM(Cell):
     """Gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c'). Carry (h, c)."""
 
     name = "lstm"
-    gates = 4
+    gates = CELL_SHAPES["lstm"].gates
     carry_size = 2
     forget_gate = 1
 
@@ -167,13 +171,12 @@ class PeepholeLSTM(Cell):
     """
 
     name = "lstm-peephole"
-    gates = 4
+    gates = CELL_SHAPES["lstm-peephole"].gates
     carry_size = 2
     forget_gate = 1
     step_parameters = ("peephole",)
 
-    def parameters(self, hidden):
-        return {"peephole": ((3, hidden), ZEROS)}
+    initializers = {"peephole": ZEROS}
 
     def step(self, carry, xp, hw, b, params):
         c_prev, peephole = carry[1], params["peephole"]
@@ -212,7 +215,7 @@ class CoupledLSTM(Cell):
     Three gate blocks instead of four: a quarter less matmul work than the LSTM."""
 
     name = "lstm-coupled"
-    gates = 3
+    gates = CELL_SHAPES["lstm-coupled"].gates
     carry_size = 2
     forget_gate = 0
 
@@ -246,18 +249,12 @@ class LayerNormLSTM(Cell):
     """
 
     name = "lstm-ln"
-    gates = 4
+    gates = CELL_SHAPES["lstm-ln"].gates
     carry_size = 2
     forget_gate = 1
     step_parameters = ("recurrent_gain", "cell_gain", "cell_shift")
 
-    def parameters(self, hidden):
-        return {
-            "input_gain": ((4 * hidden,), ONES),
-            "recurrent_gain": ((4 * hidden,), ONES),
-            "cell_gain": ((hidden,), ONES),
-            "cell_shift": ((hidden,), ZEROS),
-        }
+    initializers = {"input_gain": ONES, "recurrent_gain": ONES, "cell_gain": ONES, "cell_shift": ZEROS}
 
     def project_input(self, xw, bias, params):
         return layer_norm(xw)[0] * params["input_gain"] + bias
@@ -296,7 +293,7 @@ class GRU(Cell):
     """Gates r, z, n in cuDNN's form: n = tanh(x_n + r*(h W_n + b_n)); h' = (1-z)*n + z*h. Carry (h,)."""
 
     name = "gru"
-    gates = 3
+    gates = CELL_SHAPES["gru"].gates
 
     def step(self, carry, xp, hw, b, params):
         return _gru_step(carry[0], xp, hw + b)
@@ -335,11 +332,10 @@ class LayerNormGRU(Cell):
     """
 
     name = "gru-ln"
-    gates = 3
+    gates = CELL_SHAPES["gru-ln"].gates
     step_parameters = ("recurrent_gain",)
 
-    def parameters(self, hidden):
-        return {"input_gain": ((3 * hidden,), ONES), "recurrent_gain": ((3 * hidden,), ONES)}
+    initializers = {"input_gain": ONES, "recurrent_gain": ONES}
 
     def project_input(self, xw, bias, params):
         return layer_norm(xw)[0] * params["input_gain"] + bias
@@ -361,7 +357,7 @@ class Elman(Cell):
     """The plain (Elman) RNN: h' = tanh(xp + h W + b). Carry (h,)."""
 
     name = "rnn"
-    gates = 1
+    gates = CELL_SHAPES["rnn"].gates
     # The step is so small that the loop's own overhead shows: unrolling two steps made training
     # 5% (float32) to 15% (bfloat16) faster (2×512, B64×T100, interleaved runs); LSTM and GRU gained
     # nothing from 2, and lost from 4 and 8.

@@ -3,14 +3,44 @@
 import codecs
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self, get_type_hints
 
 from charrnn.errors import ConfigError, UsageError
 
-# The registered cells (charrnn/cells.py), by name: here so that `--help` can list them without
-# importing JAX. A test checks that the two agree.
-CELLS = ("lstm", "gru", "rnn", "lstm-peephole", "lstm-coupled", "lstm-ln", "gru-ln")
+
+@dataclass(frozen=True)
+class CellShape:
+    """The shape of a cell's parameters, without JAX: its gate blocks (the fused matmuls of every
+    layer are [*, gates × hidden]) and its own small parameters beyond the four every layer has
+    (name -> shape, given the hidden size). `--help` lists the cells and `info` counts a run's
+    parameters from these alone; the cell itself (charrnn/cells.py) takes its shapes from here."""
+
+    gates: int
+    own: Callable[[int], dict[str, tuple[int, ...]]] = lambda hidden: {}
+
+
+# The registered cells (charrnn/cells.py), by name. A test checks that the two agree, and that
+# every count computed from these shapes equals that of the parameter tree.
+CELL_SHAPES = {
+    "lstm": CellShape(4),
+    "gru": CellShape(3),
+    "rnn": CellShape(1),
+    "lstm-peephole": CellShape(4, lambda hidden: {"peephole": (3, hidden)}),
+    "lstm-coupled": CellShape(3),
+    "lstm-ln": CellShape(
+        4,
+        lambda hidden: {
+            "input_gain": (4 * hidden,),
+            "recurrent_gain": (4 * hidden,),
+            "cell_gain": (hidden,),
+            "cell_shift": (hidden,),
+        },
+    ),
+    "gru-ln": CellShape(3, lambda hidden: {"input_gain": (3 * hidden,), "recurrent_gain": (3 * hidden,)}),
+}
+CELLS = tuple(CELL_SHAPES)
 MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
@@ -60,10 +90,16 @@ class ModelConfig:
         return _from_dict(cls, data)
 
     def parameter_count(self) -> int:
-        """Trainable parameters, counted on the parameter tree (imports JAX; computes nothing)."""
-        from charrnn.model import parameter_count
-
-        return parameter_count(self)
+        """Trainable parameters: embedding, every layer's four weights and biases and the cell's own
+        parameters, output layer; from `CELL_SHAPES` alone, so that `info` and `runs` need no JAX."""
+        shape = CELL_SHAPES[self.cell]
+        width = shape.gates * self.hidden_size
+        own = sum(math.prod(size) for size in shape.own(self.hidden_size).values())
+        count = self.vocab_size * self.embed_size + self.hidden_size * self.vocab_size + self.vocab_size
+        for layer in range(self.layers):
+            inputs = self.embed_size if layer == 0 else self.hidden_size
+            count += (inputs + self.hidden_size + 2) * width + own
+        return count
 
 
 @dataclass(frozen=True)

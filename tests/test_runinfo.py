@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import charrnn_in_process
@@ -132,3 +134,24 @@ def test_info_shows_the_regularisation_a_run_trained_with(tmp_path):
     out = charrnn("info", "runs/reg", cwd=tmp_path).stdout
     assert "dropout 0, recurrent dropout 0.1" in out
     assert "lr 0.003, weights averaged (decay 0.999), seed 0" in out and "weight decay" not in out
+
+
+def test_info_and_runs_import_no_jax(tmp_path):
+    """They read files: a hundred runs are listed at once (the parameter count comes from the cell's
+    shapes in charrnn.config, not from tracing the model)."""
+    fake_run(tmp_path / "runs" / "one")
+    code = (
+        "import sys\n"
+        "from charrnn.cli.main import main\n"
+        "for args in (['info', 'runs/one'], ['info', 'runs/one', '--json'], ['runs'], ['runs', '--json']):\n"
+        "    sys.argv = ['charrnn', *args]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as done:\n"
+        "        assert not done.code, args\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('jax', 'jaxlib', 'flax')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "4,155" in result.stdout  # the count as before, without JAX
