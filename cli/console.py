@@ -39,3 +39,35 @@ class PlainTicker:
             self.last = now
             return True
         return False
+
+
+def show_stats(stats: dict, directory, cached: bool) -> None:
+    """A prepared corpus in a few lines: `prep` and `train` print it."""
+    common = "  ".join(f"{char!r}:{count}" for char, count in stats["most_common"])
+    documents = f" in {stats['documents']:,} documents" if stats.get("documents") else ""
+    info(
+        f"corpus {stats['source']}: {stats['characters']:,} characters{documents}, vocabulary {stats['vocab_size']:,} "
+        f"({stats['dtype']}); train {stats['train_characters']:,}, validation {stats['val_characters']:,}"
+        f"{' (cached)' if cached else ''}\n"
+        + (
+            f"  --min-count {stats['min_count']}: {stats['rare_characters']:,} rare characters "
+            f"({stats['rare_occurrences']:,} occurrences) share the unknown symbol\n"
+            if stats.get("min_count", 1) > 1
+            else ""
+        )
+        + f"  most frequent: {common}\n"
+        f"  prepared in {directory}"
+    )
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the exit-time flush cannot raise again."""
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no descriptor behind it (a closed stdout): nothing to flush
+        pass
+    finally:
+        os.close(devnull)

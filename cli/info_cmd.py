@@ -141,9 +141,7 @@ def _print(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        from .main import silence_stdout
-
-        silence_stdout()
+        console.silence_stdout()
         raise typer.Exit(0) from None
 
 

@@ -1,7 +1,6 @@
 """The `charrnn` command. Importing this module must stay cheap: no JAX until a command runs."""
 
 import io
-import os
 import sys
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from charrnn.errors import CharrnnError
 
 from . import console
 from .bench_cmd import bench
+from .console import silence_stdout
 from .corpus_cmd import corpus_app
 from .eval_cmd import eval_
 from .info_cmd import info, runs
@@ -123,17 +123,6 @@ def main() -> None:
     except BrokenPipeError:
         silence_stdout()
         sys.exit(0)
-
-
-def silence_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the exit-time flush cannot raise again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no descriptor behind it (a closed stdout): nothing to flush
-        pass
-    finally:
-        os.close(devnull)
 
 
 if __name__ == "__main__":

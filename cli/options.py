@@ -4,8 +4,11 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+
+from charrnn.config import TrainConfig
 from charrnn.errors import ConfigError, UsageError
 
 
@@ -127,3 +130,37 @@ def paragraphs(text: str) -> str:
     import inspect
 
     return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+# Options that `prep` and `train` share.
+CorpusArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help=with_default(
+            "Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
+            "several files are documents.",
+            "pydoc",
+        ),
+        show_default=False,
+    ),
+]
+EncodingOption = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file.")]
+ErrorsOption = Annotated[
+    str, typer.Option("--errors", help="What to do with undecodable bytes: strict (stop), replace or ignore.")
+]
+ValFractionOption = Annotated[
+    float | None,
+    typer.Option(
+        "--val-fraction",
+        help=config_help("Fraction at the end held out for validation.", TrainConfig, "val_fraction"),
+    ),
+]
+MinCountOption = Annotated[
+    int,
+    typer.Option(
+        "--min-count",
+        min=1,
+        help="Characters seen fewer times share one unknown symbol (an extra vocabulary entry, never "
+        "sampled): keeps a large alphabet's rare characters out of the softmax.",
+    ),
+]

@@ -26,7 +26,11 @@ from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
 from charrnn.paths import check_new_run_dir, check_output_dir, runs_dir
 
 from . import console
+from .console import show_stats
 from .options import (
+    EncodingOption,
+    ErrorsOption,
+    ValFractionOption,
     budget_text,
     config_help,
     flag,
@@ -37,7 +41,6 @@ from .options import (
     require_nonempty,
     with_default,
 )
-from .prep_cmd import EncodingOption, ErrorsOption, ValFractionOption, show_stats
 
 DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
 
