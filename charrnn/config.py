@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self, get_type_hints
 
-from charrnn.errors import ConfigError, UsageError
+from charrnn.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class TrainConfig:
             1 <= self.log_every <= MAX_COUNT, "log_every", f"must be between 1 and {MAX_COUNT}, not {self.log_every}"
         )
         _check(1 <= self.keep <= 10_000, "keep", f"must be between 1 and 10000, not {self.keep}")
-        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, not {self.seed}")
+        check_seed(self.seed)
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), not {self.val_fraction}")
         _check(2 <= self.max_val_chars <= 1 << 62, "max_val_chars", f"must be at least 2, not {self.max_val_chars}")
         _check(
@@ -196,11 +196,28 @@ class SampleOptions:
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise UsageError(f"--temp must be a number >= 0, not {self.temperature}")
+            raise ConfigError("temperature", f"must be a number >= 0, not {self.temperature}")
         if self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0, not {self.top_k}")
+            raise ConfigError("top_k", f"must be >= 0, not {self.top_k}")
         if not (0 < self.top_p <= 1):
-            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+            raise ConfigError("top_p", f"must be in (0, 1], not {self.top_p}")
+
+
+UNKNOWN_POLICIES = ("error", "skip")  # characters a model never saw, in text to score: refuse, or leave out
+
+
+def check_reading(unknown: str = "error", streams: int = 1) -> None:
+    """How text is read for scoring and evaluation: checked once, for the library and, before any
+    slow work, for the commands."""
+    if unknown not in UNKNOWN_POLICIES:
+        raise ConfigError("unknown", f"must be error or skip, not {unknown!r}")
+    if streams < 1:
+        raise ConfigError("streams", f"must be positive, not {streams}")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError("seed", f"must be between 0 and {MAX_SEED}, not {seed}")
 
 
 ERROR_HANDLERS = ("strict", "replace", "ignore")
@@ -211,13 +228,13 @@ def check_text_options(encoding: str, errors: str) -> None:
     transform such as base64 or rot13, which `codecs` also looks up by name), and one of the three
     error handlers listed (not any handler some library registered)."""
     if errors not in ERROR_HANDLERS:
-        raise UsageError(f"--errors must be strict, replace or ignore, not {errors!r}")
+        raise ConfigError("errors", f"must be strict, replace or ignore, not {errors!r}")
     try:
         info = codecs.lookup(encoding)
     except (LookupError, ValueError, TypeError):
-        raise UsageError(f"unknown --encoding {encoding!r}") from None
+        raise ConfigError("encoding", f"unknown {{name}} {encoding!r}") from None
     if not getattr(info, "_is_text_encoding", True):
-        raise UsageError(f"--encoding {encoding!r} is not a text encoding (it transforms bytes)")
+        raise ConfigError("encoding", f"{encoding!r} is not a text encoding (it transforms bytes)")
 
 
 def parse_duration(text: str) -> float:
@@ -239,7 +256,7 @@ def parse_duration(text: str) -> float:
     except ValueError:
         total = math.nan
     if not cleaned or not _finite_positive(total):
-        raise UsageError(f"--time must be a duration such as 300, 90s, 10m or 1h30m, not {text!r}")
+        raise ConfigError("time_seconds", f"must be a duration such as 300, 90s, 10m or 1h30m, not {text!r}")
     return total
 
 
@@ -249,7 +266,7 @@ def parse_checkpoint(which: str | int) -> str | int:
         return which
     step = int(which) if which.isdigit() else -1
     if step < 0:
-        raise UsageError(f"--checkpoint must be best, latest or a step number, not {which!r}")
+        raise ConfigError("checkpoint", f"must be best, latest or a step number, not {which!r}")
     return step
 
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from charrnn.config import check_text_options
-from charrnn.errors import CorpusError, UsageError
+from charrnn.errors import ConfigError, CorpusError, UsageError
 from charrnn.paths import cache_dir, standard_input, why_unreadable
 from charrnn.vocab import Vocabulary
 
@@ -152,7 +152,7 @@ def prepare(
     found in a folder that are binary, undecodable or empty are skipped with a `warn`ing.
     """
     if min_count < 1:
-        raise UsageError(f"--min-count must be at least 1, not {min_count}")
+        raise ConfigError("min_count", f"must be at least 1, not {min_count}")
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise UsageError("no corpus given")

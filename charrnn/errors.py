@@ -32,7 +32,14 @@ class ConfigError(UsageError):
 
     def __init__(self, field: str | None, problem: str) -> None:
         self.field, self.problem = field, problem
-        super().__init__(f"{field} {problem}" if field else problem)
+        super().__init__(self.worded(field))
+
+    def worded(self, name: str | None) -> str:
+        """The message with the setting called `name` (``--hidden``, ``config.json: ...``): after it,
+        or where the problem says ``{name}`` ("unknown {name} 'klingon'")."""
+        if not name:
+            return self.problem.replace("{name} ", "")
+        return self.problem.format(name=name) if "{name}" in self.problem else f"{name} {self.problem}"
 
 
 class OutputError(CharrnnError):

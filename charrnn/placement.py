@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from charrnn.errors import CharrnnError, UsageError
+from charrnn.errors import CharrnnError, ConfigError, UsageError
 
 AXIS = "data"
 HEARTBEAT_TIMEOUT = 10  # seconds without news from a process before the others are ended (JAX: 100)
@@ -76,7 +76,7 @@ def make_placement(devices: int | None = None) -> Placement:
     """Data parallelism over the first `devices` devices of every process (default: all of them)."""
     local = jax.local_devices()
     if devices is not None and not 1 <= devices <= len(local):
-        raise UsageError(f"--devices must be between 1 and {len(local)} (the devices of this machine), not {devices}")
+        raise ConfigError("devices", f"must be between 1 and {len(local)} (the devices of this machine), not {devices}")
     count = devices or len(local)
     chosen = [d for d in jax.devices() if d in set(jax.local_devices(process_index=d.process_index)[:count])]
     chosen.sort(key=lambda d: (d.process_index, d.id))  # each process's rows contiguous
@@ -97,13 +97,13 @@ def start_distributed(coordinator: str | None, num_processes: int | None, proces
     missing ones itself.
     """
     if num_processes is not None and num_processes < 1:
-        raise UsageError(f"--num-processes must be positive, not {num_processes}")
+        raise ConfigError("num_processes", f"must be positive, not {num_processes}")
     if process_id is not None and not 0 <= process_id < (num_processes or 1 << 30):
-        raise UsageError(f"--process-id must be between 0 and {(num_processes or 1) - 1}, not {process_id}")
+        raise ConfigError("process_id", f"must be between 0 and {(num_processes or 1) - 1}, not {process_id}")
     if coordinator is not None and (
         coordinator.rpartition(":")[0] == "" or not coordinator.rpartition(":")[2].isdigit()
     ):
-        raise UsageError(f"--coordinator must be HOST:PORT, not {coordinator!r}")
+        raise ConfigError("coordinator", f"must be HOST:PORT, not {coordinator!r}")
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator,

@@ -29,13 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn.batching import evaluation_windows
-from charrnn.config import VAL_BURN_IN, ModelConfig
+from charrnn.config import VAL_BURN_IN, ModelConfig, check_reading
 from charrnn.errors import UsageError, VocabularyError
 from charrnn.model import CharRNN, initial_carry
 from charrnn.train import evaluate, make_eval_step
 from charrnn.vocab import Vocabulary
 
-UNKNOWN_POLICIES = ("error", "skip")
 TOP = 5  # alternatives kept per character for the surprisal views
 MIN_LENGTH = 8  # shortest length bucket
 MAX_LENGTH = 512  # longest compiled chunk; longer lines are scored in several chunks with carried state
@@ -241,8 +240,7 @@ class LineEncoder:
     """Text lines -> ids to predict, checking (or skipping) characters the model never saw."""
 
     def __init__(self, vocab: Vocabulary, unknown: str = "error") -> None:
-        if unknown not in UNKNOWN_POLICIES:
-            raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
+        check_reading(unknown)
         self.vocab, self.unknown = vocab, unknown
         self.newline = "\n" if "\n" in vocab else ""
 
@@ -467,10 +465,7 @@ def evaluate_text(
     state carried; `streams` > 1 cuts it into that many parts read side by side (faster; each part
     reads the `VAL_BURN_IN` characters before it first, uncounted, so the figure stays close to
     one stream's). ``unknown="skip"`` leaves unknown characters out and counts them."""
-    if streams < 1:
-        raise UsageError(f"--streams must be positive, not {streams}")
-    if unknown not in UNKNOWN_POLICIES:
-        raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
+    check_reading(unknown, streams)
     oov = 0
     if missing := vocab.missing(text):
         position = text.index(missing[0])

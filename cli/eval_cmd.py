@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from charrnn.config import VAL_BURN_IN
-from charrnn.errors import UsageError
+from charrnn.config import VAL_BURN_IN, check_reading
 
 from . import console
-from .options import paragraphs
+from .options import flag_errors, paragraphs
 from .reading import load_trained, open_input, run_and_file
 
 
+@flag_errors
 def eval_(
     first: Annotated[
         str | None,
@@ -43,10 +43,7 @@ def eval_(
     records for that checkpoint. A FILE (or `-`) is read from its start, its first character
     predicted after a newline.
     """
-    if unknown not in ("error", "skip"):
-        raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
-    if streams < 1:
-        raise UsageError(f"--streams must be positive, not {streams}")
+    check_reading(unknown, streams)  # before any slow work
     run_dir, source = run_and_file(first, second)
     text_source = None
     if source is not None:

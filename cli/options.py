@@ -101,6 +101,7 @@ FLAGS = {
     "learning_rate": "--lr",
     "warmup_steps": "--warmup",
     "time_seconds": "--time",
+    "temperature": "--temp",
 }
 
 
@@ -120,7 +121,7 @@ def flag_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
-            raise UsageError(f"{flag(error.field)} {error.problem}" if error.field else error.problem) from None
+            raise UsageError(error.worded(flag(error.field) if error.field else None)) from None
 
     return wrapper
 

@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
+from charrnn.config import check_seed
 from charrnn.errors import UsageError
 from charrnn.paths import why_unreadable
 
-from .options import nonempty_path, with_default
+from .options import flag_errors, nonempty_path, with_default
 from .reading import load_trained
 
 
+@flag_errors
 def sample(
     run_dir: Annotated[
         Path | None,
@@ -64,8 +66,8 @@ def sample(
         raise UsageError(f"--length must be >= 0, not {length}")
     if num < 1:
         raise UsageError(f"--num must be positive, not {num}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
+    if seed is not None:
+        check_seed(seed)
     if checkpoint not in ("best", "latest"):
         raise UsageError(f"--checkpoint must be best or latest, not {checkpoint!r}")
     for name, text in (("--separator", separator), ("--prime", prime or "")):
@@ -116,9 +118,6 @@ def sample(
     options = {"temperature": temp, "top_k": top_k, "top_p": top_p, "stop": stops, "stop_at_boundary": boundary_stop}
     stream = model.sample_stream(length, prime=prime, num=num, seed=seed, **options)
     _write_samples(stream, prime, num, separator)  # a closed pipe or a full disk: handled in main()
-
-
-MAX_SEED = (1 << 63) - 1
 
 
 def _read_prime(path: Path) -> str:

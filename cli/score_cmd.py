@@ -7,14 +7,16 @@ from typing import Annotated
 
 import typer
 
+from charrnn.config import check_reading
 from charrnn.errors import UsageError
 from charrnn.paths import check_output_file, write_atomically
 
 from . import console
-from .options import nonempty_path, paragraphs
+from .options import flag_errors, nonempty_path, paragraphs
 from .reading import RUN_OR_FILE_HELP, load_trained, open_input, read_lines, run_and_file
 
 
+@flag_errors
 def score(
     first: Annotated[str | None, typer.Argument(metavar="RUN", help=RUN_OR_FILE_HELP, show_default=False)] = None,
     second: Annotated[str | None, typer.Argument(metavar="FILE", help="See RUN.", show_default=False)] = None,
@@ -47,8 +49,7 @@ def score(
 
     Example: charrnn score < lines.txt | sort -n | head
     """
-    if unknown not in ("error", "skip"):
-        raise UsageError(f"--unknown must be error or skip, not {unknown!r}")
+    check_reading(unknown)  # before any slow work
     if show and as_json:
         raise UsageError("give --show or --json, not both")
     if html is not None:

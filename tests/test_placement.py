@@ -92,7 +92,7 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_one_clear_error(tmp_pa
         "use a multiple of 4 or fewer devices with --devices\n"
     )
     assert not (tmp_path / "runs").exists()
-    with pytest.raises(UsageError, match="--devices must be between 1 and 1"):
+    with pytest.raises(UsageError, match="^devices must be between 1 and 1"):
         make_placement(2)  # this process has one device
 
 

@@ -41,14 +41,15 @@ def test_low_temperature_sharpens():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"temperature": -1}, "--temp"),
-        ({"temperature": float("nan")}, "--temp"),
-        ({"top_p": 0}, "--top-p"),
-        ({"top_p": 1.5}, "--top-p"),
-        ({"top_k": -1}, "--top-k"),
+        ({"temperature": -1}, "^temperature must be"),
+        ({"temperature": float("nan")}, "^temperature must be"),
+        ({"top_p": 0}, "^top_p must be"),
+        ({"top_p": 1.5}, "^top_p must be"),
+        ({"top_k": -1}, "^top_k must be"),
     ],
 )
 def test_bad_options_are_usage_errors(kwargs, message):
+    """By the parameter's name in the library; by the option's (--temp) on the command line."""
     with pytest.raises(UsageError, match=message):
         SampleOptions(**kwargs)
 

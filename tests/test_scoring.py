@@ -343,3 +343,13 @@ def test_a_ragged_file_compiles_a_handful_of_programs(model):
     assert [s.text for s in scores] == lines  # input order, whatever bucket each line went to
     programs = scoring.make_score_chunk(model.model_config, False)._cache_size()
     assert len({len(line) for line in lines}) > 100 and programs <= 12
+
+
+def test_the_library_names_its_parameters_and_the_command_its_options(model, home, monkeypatch):
+    with pytest.raises(charrnn.errors.ConfigError, match=r"^streams must be positive, not 0$"):
+        model.eval("the cat\n", streams=0)
+    with pytest.raises(charrnn.errors.ConfigError, match=r"^unknown must be error or skip, not 'maybe'$"):
+        model.score(["the cat"], unknown="maybe")
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(app, ["eval", "runs/words", "-", "--streams", "0"], input="the cat\n")
+    assert str(result.exception) == "--streams must be positive, not 0"
