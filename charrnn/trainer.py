@@ -153,157 +153,207 @@ def fit(
 
 
 def _fit(run, corpus, model_config, train_config, *, resume, placement, init_from=None):
+    """The loop: budget -> next window -> step -> report -> validate and save, until the budget says stop."""
     tc = train_config
     batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len, rows=placement.local_rows(tc.batch_size))
     windows = batcher.windows_per_epoch
-    total_steps = step_budget(tc, windows)
-    # A large corpus's validation split (20 MB of a 200 MB text) would take minutes per pass; its
-    # first million characters measure the loss to about 0.001 nats/char, and the same ones every time.
-    val_windows = evaluation_windows(
-        corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size, tc.val_burn_in
-    )
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
     reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
     train_step = make_train_step(model_config, tc, placement, reset_id)
-    eval_step = make_eval_step(model_config, reset_id)
-    store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
+    checkpoints = _Checkpoints(run, corpus, model_config, tc, placement, windows, reset_id)
+    state, progress, notices = checkpoints.start(resume, init_from)
+    for notice in notices:
+        yield Notice(notice)
+    step = int(progress["step"])
+    budget = _Budget(tc, windows, float(progress["elapsed"]))
+    interval = _Interval(tc.batch_size * tc.seq_len)
+    last_saved = step if resume else -1
+    with _stop_on_signals() as stop_requested, contextlib.closing(checkpoints.store):
+        while not (reason := budget.reason_to_stop(step, progress["bad_evals"], stop_requested)):
+            window = step % windows
+            if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
+                state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
+            done = budget.fraction_done(step, budget.clock)
+            learning = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
+            inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in batcher.batch(window))
+            state, metrics = train_step(state, inputs, targets, np.float32(learning))
+            step += 1
+            interval.add(metrics["loss"], learning)
+            if step % tc.log_every == 0 or step == budget.total_steps:
+                loss, rate = interval.close(step)  # the host waits for the device here, once per log_every steps
+                yield StepReport(
+                    step, step / windows, loss, learning, rate, budget.elapsed(), budget.fraction_done(step)
+                )
+            if step % tc.eval_every == 0:
+                progress, report = checkpoints.save(state, step, progress, budget.elapsed(), interval)
+                last_saved = step
+                yield report
+                interval.started = time.monotonic()  # the evaluation's time is not training throughput
+        if step != last_saved:
+            progress, report = checkpoints.save(
+                state, step, progress, budget.elapsed(), interval, validate=reason != "interrupted"
+            )
+            if report:
+                yield report
+    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
 
-    home = _identity(run.directory)  # the run directory itself, not whatever later bears its name
-    had_config = run.config_path.exists()
-    progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
-    if resume and (store.steps() or store.unreadable):
-        target = abstract_state(model_config, tc, placement)
-        _, (state, saved), notices = store.first_readable(
-            sorted(store.steps(), reverse=True),
-            lambda step: store.restore_checked(step, target),
-            quarantine=run.directory / "damaged-checkpoints" if jax.process_index() == 0 else None,
+
+class _Budget:
+    """When training stops: at the step or epoch budget, the time budget, `patience` evaluations
+    without a better loss, or a signal. Over several hosts the clock and the signals are each
+    process's own: every `log_every` steps one tiny all-gather shares them (`shared_max`), so that
+    every process stops at the same step and computes the same learning rate in between."""
+
+    def __init__(self, tc: TrainConfig, windows: int, elapsed_before: float) -> None:
+        self.tc, self.windows = tc, windows
+        self.total_steps = step_budget(tc, windows)
+        self.started = time.monotonic() - elapsed_before
+        self.hosts = jax.process_count()
+        self.clock: float | None = None  # the slowest host's elapsed time, when there are several
+        self.stop_anywhere = False
+
+    def elapsed(self) -> float:
+        """Seconds of training, across resumes."""
+        return time.monotonic() - self.started
+
+    def fraction_done(self, step: int, seconds: float | None = None) -> float:
+        parts = [step / self.total_steps] if self.total_steps else []
+        if self.tc.time_seconds:
+            parts.append((self.elapsed() if seconds is None else seconds) / self.tc.time_seconds)
+        return max(parts) if parts else math.nan
+
+    def reason_to_stop(self, step: int, bad_evals: int, stop_requested: "StopRequest") -> str | None:
+        tc = self.tc
+        if self.total_steps is not None and step >= self.total_steps:
+            return "steps" if tc.steps and step >= tc.steps else "epochs"
+        if tc.patience and bad_evals >= tc.patience:
+            return "patience"
+        if self.hosts > 1 and step % tc.log_every == 0:
+            self.clock, self.stop_anywhere = shared_max(self.elapsed(), float(stop_requested.is_set()))
+        if tc.time_seconds and (self.elapsed() if self.clock is None else self.clock) >= tc.time_seconds:
+            return "time"
+        if stop_requested.is_set() if self.hosts == 1 else self.stop_anywhere:
+            return "interrupted"
+        return None
+
+
+class _Interval:
+    """The training loss and speed since the last report: the loss is summed on the device and
+    fetched once per report, so that no step waits for the host."""
+
+    def __init__(self, chars_per_step: int) -> None:
+        self.chars_per_step = chars_per_step
+        self.last_loss, self.learning_rate = math.nan, None
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss_sum, self.steps, self.started = jnp.zeros(()), 0, time.monotonic()
+
+    def add(self, loss: jax.Array, learning: float) -> None:
+        self.loss_sum, self.steps, self.learning_rate = self.loss_sum + loss, self.steps + 1, learning
+
+    def close(self, step: int) -> tuple[float, float]:
+        """(mean loss, characters per second) of the interval, which starts anew."""
+        loss = float(self.loss_sum) / self.steps
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss} by step {step}; the last good checkpoint is kept; "
+                "try a lower --lr or --grad-clip"
+            )
+        rate = self.steps * self.chars_per_step / max(time.monotonic() - self.started, 1e-9)
+        self.last_loss = loss
+        self.restart()
+        return loss, rate
+
+
+class _Checkpoints:
+    """Where a run starts (fresh, from a parent's weights, or from its newest readable checkpoint),
+    and each validation with the checkpoint and metrics record that follow it."""
+
+    def __init__(self, run, corpus, model_config, tc, placement, windows: int, reset_id) -> None:
+        self.run, self.model_config, self.tc, self.placement, self.windows = run, model_config, tc, placement, windows
+        # A large corpus's validation split (20 MB of a 200 MB text) would take minutes per pass; its
+        # first million characters measure the loss to about 0.001 nats/char, and the same ones every time.
+        self.val_windows = evaluation_windows(
+            corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size, tc.val_burn_in
         )
-        for notice in notices:
-            yield Notice(notice)
-        if notices:  # the manager's list of steps changed under it
-            store.close()
-            store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
-        progress.update(saved)
-    elif resume:
-        raise RunError(f"{run.directory} has no checkpoint to resume from")
-    else:
-        state = placed_state(model_config, tc, placement)
+        self.eval_step = make_eval_step(model_config, reset_id)
+        self.store = CheckpointStore(run.checkpoints_dir, keep=tc.keep)
+        self.home = _identity(run.directory)  # the run directory itself, not whatever later bears its name
+        self.had_config = run.config_path.exists()
+
+    def start(self, resume: bool, init_from) -> tuple[Any, dict, list[str]]:
+        """(state, progress, notices about damaged checkpoints skipped)."""
+        tc, store = self.tc, self.store
+        progress = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf, "best_step": 0, "bad_evals": 0}
+        if resume and (store.steps() or store.unreadable):
+            target = abstract_state(self.model_config, tc, self.placement)
+            _, (state, saved), notices = store.first_readable(
+                sorted(store.steps(), reverse=True),
+                lambda step: store.restore_checked(step, target),
+                quarantine=self.run.directory / "damaged-checkpoints" if jax.process_index() == 0 else None,
+            )
+            if notices:  # the manager's list of steps changed under it
+                store.close()
+                self.store = CheckpointStore(self.run.checkpoints_dir, keep=tc.keep)
+            return state, progress | saved, notices
+        if resume:
+            raise RunError(f"{self.run.directory} has no checkpoint to resume from")
+        state = placed_state(self.model_config, tc, self.placement)
         if init_from is not None:
             params = extend_params(init_from[0], state.params, init_from[1])
-            if placement.size > 1:
-                params = jax.device_put(params, placement.replicated)
+            if self.placement.size > 1:
+                params = jax.device_put(params, self.placement.replicated)
             state = state.replace(
                 params=params, opt_state=make_optimizer(tc).init(params), ema=fresh_average(params, tc)
             )
+        return state, progress, []
 
-    step = int(progress["step"])
-    started = time.monotonic() - float(progress["elapsed"])
-
-    def elapsed() -> float:
-        return time.monotonic() - started
-
-    def fraction_done(seconds: float | None = None) -> float:
-        parts = [step / total_steps] if total_steps else []
-        if tc.time_seconds:
-            parts.append((elapsed() if seconds is None else seconds) / tc.time_seconds)
-        return max(parts) if parts else math.nan
-
-    def validate_and_save(val: bool = True) -> EvalReport | None:
-        nonlocal progress
-        val_loss = evaluate(eval_step, state.weights, model_config, val_windows, placement) if val else NOT_EVALUATED
+    def save(
+        self, state, step: int, progress: dict, elapsed: float, interval: _Interval, validate: bool = True
+    ) -> tuple[dict, EvalReport | None]:
+        """Validate (unless told not to: an interrupted run saves without), checkpoint, and record
+        the metrics; the new progress record and the report."""
+        tc = self.tc
+        val_loss = (
+            evaluate(self.eval_step, state.weights, self.model_config, self.val_windows, self.placement)
+            if validate
+            else NOT_EVALUATED
+        )
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
-        if _identity(run.directory) != home or (had_config and not run.config_path.exists()):
+        if _identity(self.run.directory) != self.home or (self.had_config and not self.run.config_path.exists()):
             # moved or deleted under us: do not write into a recreated husk
-            raise RunError(f"{run.directory} disappeared while training; stopped at step {step}")
-        is_best = val and val_loss < progress["best_val_loss"]
+            raise RunError(f"{self.run.directory} disappeared while training; stopped at step {step}")
+        is_best = validate and val_loss < progress["best_val_loss"]
         progress = {
             "step": step,
-            "elapsed": elapsed(),
+            "elapsed": elapsed,
             "best_val_loss": val_loss if is_best else progress["best_val_loss"],
             "best_step": step if is_best else progress["best_step"],
-            "bad_evals": 0 if is_best else progress["bad_evals"] + int(val),
+            "bad_evals": 0 if is_best else progress["bad_evals"] + int(validate),
         }
-        store.save(step, state, progress, val_loss)
-        if not val:
-            return None
-        epoch = step / windows
+        self.store.save(step, state, progress, val_loss)
+        if not validate:
+            return progress, None
+        epoch = step / self.windows
+        last_loss = interval.last_loss
         _append_metrics(
-            run,
+            self.run,
             {
                 "step": step,
                 "epoch": round(epoch, 4),
-                "train_loss": last_loss if math.isfinite(last_loss) else None,  # None before the first log
+                "train_loss": last_loss if math.isfinite(last_loss) else None,  # None before the first report
                 "val_loss": val_loss,
                 "val_bits_per_char": val_loss / math.log(2),
-                "learning_rate": last_lr,
-                "elapsed": round(elapsed(), 2),
+                "learning_rate": interval.learning_rate if interval.learning_rate is not None else tc.learning_rate,
+                "elapsed": round(elapsed, 2),
                 "time": time.time(),
                 "chars_seen": step * tc.batch_size * tc.seq_len,  # training characters read so far
             },
         )
-        return EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed())
-
-    last_loss, last_lr = math.nan, tc.learning_rate
-    loss_sum, interval_start, interval_steps = jnp.zeros(()), time.monotonic(), 0
-    last_saved = step if resume else -1
-    reason = "interrupted"
-    # Over several hosts the clock and the signals are each process's own: they are shared only
-    # every log_every steps, by one tiny all-gather, so that every process stops at the same step
-    # and computes the same learning rate (it follows the time budget) in between.
-    hosts, clock, stop_anywhere = jax.process_count(), None, False
-    with _stop_on_signals() as stop_requested, contextlib.closing(store):
-        while True:
-            if total_steps is not None and step >= total_steps:
-                reason = "steps" if tc.steps and step >= tc.steps else "epochs"
-                break
-            if tc.patience and progress["bad_evals"] >= tc.patience:
-                reason = "patience"
-                break
-            if hosts > 1 and step % tc.log_every == 0:
-                clock, stop_anywhere = shared_max(elapsed(), float(stop_requested.is_set()))
-            if tc.time_seconds and (elapsed() if clock is None else clock) >= tc.time_seconds:
-                reason = "time"
-                break
-            if stop_requested.is_set() if hosts == 1 else stop_anywhere:
-                break
-
-            window = step % windows
-            if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
-                state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
-            batch = batcher.batch(window)
-            done = fraction_done(clock)
-            last_lr = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
-            inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in batch)
-            state, metrics = train_step(state, inputs, targets, np.float32(last_lr))
-            loss_sum = loss_sum + metrics["loss"]
-            step += 1
-            interval_steps += 1
-
-            if step % tc.log_every == 0 or step == total_steps:
-                last_loss = float(loss_sum) / interval_steps  # host sync, once per log_every steps
-                if not math.isfinite(last_loss):
-                    raise TrainingDiverged(
-                        f"training loss became {last_loss} by step {step}; the last good checkpoint is kept; "
-                        "try a lower --lr or --grad-clip"
-                    )
-                now = time.monotonic()
-                rate = interval_steps * tc.batch_size * tc.seq_len / max(now - interval_start, 1e-9)
-                yield StepReport(step, step / windows, last_loss, last_lr, rate, elapsed(), fraction_done())
-                loss_sum, interval_start, interval_steps = jnp.zeros(()), now, 0
-
-            if step % tc.eval_every == 0:
-                report = validate_and_save()
-                last_saved = step
-                yield report
-                interval_start = time.monotonic()  # the evaluation's time is not training throughput
-
-        if step != last_saved:
-            report = validate_and_save(val=reason != "interrupted")
-            if report:
-                yield report
-    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
+        return progress, EvalReport(step, epoch, val_loss, progress["best_val_loss"], is_best, elapsed)
 
 
 def shared_max(*values: float) -> tuple[float, ...]:
