@@ -18,13 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charrnn.checkpoint import CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model import initial_carry, parameter_shapes
 from charrnn.runs import Run
 from charrnn.sampling import SampleOptions, make_sample_chunk
 from charrnn.train import create_state, make_train_step
-from charrnn.vocab import Vocabulary
 
 
 def forward_flops_per_char(config: ModelConfig) -> float:
@@ -133,19 +131,20 @@ def bench_score(model_config: ModelConfig, rows: int, length: int, repeats: int 
 
 
 def write_bench_run(directory: Path, model_config: ModelConfig) -> Run:
-    """A run with untrained parameters, so `charrnn sample` can be timed in a fresh process."""
-    run = Run(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """A run to time `charrnn sample` on in a fresh process, made as `charrnn train` makes one
+    (`start.new_run`, one step), on a text of exactly `model_config.vocab_size` characters."""
+    from charrnn.start import new_run
+
     printable = (chr(c) for c in range(32, 0x110000) if not 0xD800 <= c <= 0xDFFF)
     alphabet = "".join(next(printable) for _ in range(model_config.vocab_size - 1)) + "\n"
-    Vocabulary.from_text(alphabet).save(run.vocab_path)
-    train_config = TrainConfig(batch_size=1, seq_len=1)
-    run.write_config(model_config, train_config, {"source": "bench", "sha256": "", "characters": 0})
-    store = CheckpointStore(run.checkpoints_dir)
-    progress = {"step": 0, "elapsed": 0.0, "best_val_loss": 1.0, "best_step": 0, "bad_evals": 0}
-    store.save(0, create_state(model_config, train_config), progress, 1.0)
-    store.close()
-    return run
+    text = directory.with_name(directory.name + ".txt")
+    text.write_text(alphabet * 4, encoding="utf-8")
+    model = {name: getattr(model_config, name) for name in ("cell", "layers", "hidden_size", "embed_size", "dtype")}
+    train = {"batch_size": 1, "seq_len": 1, "steps": 1, "val_fraction": 0.25}
+    with new_run(str(text), directory=directory, model=model | {"dropout": 0.0}, train=train | {"ema": 0.0}) as start:
+        for _ in start.fit():
+            pass
+    return start.run
 
 
 def time_to_first_character(run: Run, cache: Path, length: int = 1) -> float:

@@ -41,6 +41,7 @@ CELL_SHAPES = {
     "gru-ln": CellShape(3, lambda hidden: {"input_gain": (3 * hidden,), "recurrent_gain": (3 * hidden,)}),
 }
 CELLS = tuple(CELL_SHAPES)
+DEFAULT_EPOCHS = 10.0  # a new run's budget when none of steps, epochs or time_seconds is given
 MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts

@@ -102,6 +102,7 @@ FLAGS = {
     "warmup_steps": "--warmup",
     "time_seconds": "--time",
     "temperature": "--temp",
+    "directory": "--out",
 }
 
 

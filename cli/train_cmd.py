@@ -1,18 +1,18 @@
 """`charrnn train [FILE]`: truncated-BPTT training into a run directory, resumable."""
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from charrnn.config import (
     CELLS,
+    DEFAULT_EPOCHS,
     DTYPES,
     LONG_RUN_DROPOUT,
     LONG_RUN_EMA,
@@ -22,7 +22,7 @@ from charrnn.config import (
     check_text_options,
     parse_duration,
 )
-from charrnn.errors import CharrnnError, CorpusError, RunError, UsageError
+from charrnn.errors import CharrnnError, RunError, UsageError
 from charrnn.paths import check_new_run_dir, check_output_dir, runs_dir
 
 from . import console
@@ -41,8 +41,6 @@ from .options import (
     require_nonempty,
     with_default,
 )
-
-DEFAULT_EPOCHS = 10.0  # the budget when none of --steps/--epochs/--time is given
 
 
 @flag_errors
@@ -250,8 +248,10 @@ def train(
     from .process import configure_jax
 
     configure_jax()
-    _check_memory(asked_model, asked_train)  # counted on the parameter tree: fail before slow work
     from charrnn.placement import make_placement, start_distributed
+    from charrnn.start import check_memory
+
+    check_memory(asked_model, asked_train)  # before any slow work
 
     if coordinator is not None or num_processes is not None or process_id is not None:
         # `train` writes nothing to stdout, but the CPU collectives (gloo) print their connection
@@ -262,42 +262,27 @@ def train(
     placement = make_placement(devices)
     if "batch_size" in train_options:
         placement.check_batch_size(train_options["batch_size"])
-    from charrnn.runs import Run
+    from charrnn.start import new_run, resume_run
 
-    parent = None
-    with contextlib.ExitStack() as held:  # the run's lock, held from here until we exit
-        held.enter_context(_failure_ends_every_host())
-        if resume is not None:
-            run, prepared, cached, model_config, train_config = _resume_run(
-                Run(resume), corpus, model_options, train_options, budget_options, held, encoding, errors, min_count
-            )
-        else:
-            parent = _parent(init_from, model_options) if init_from is not None else None
-            if parent is not None:
-                model_options = parent.model_options
-            run, prepared, cached, model_config, train_config = _new_run(
-                corpus,
-                out,
-                model_options,
-                train_options,
-                budget_options,
-                dropout is None and parent is None,
-                held,
-                encoding,
-                errors,
-                min_count or 1,
-                parent,
-            )
-        # Every process starts from the parent's weights (a multi-host run's followers too).
-        initial = _parent_weights(parent, prepared.vocab) if parent is not None else None
+    settings = {"model": model_options, "train": train_options | budget_options, "encoding": encoding, "errors": errors}
+    if resume is not None:
+        starting = resume_run(resume, corpus=corpus, min_count=min_count, warn=_warn, **settings)
+    else:
+        starting = new_run(
+            corpus or ["pydoc"], directory=out, parent=init_from, min_count=min_count or 1, warn=_warn, **settings
+        )
+    with _failure_ends_every_host(), _resume_conflicts_as_options(), starting as start:
         if not _is_leader():  # one voice for the whole run: process 0's
-            finished = _run_quietly(run, prepared, model_config, train_config, resume is not None, placement, initial)
+            finished = _run_quietly(start.fit(placement))
             if finished.reason == "interrupted":
                 raise typer.Exit(128 + (finished.signal or 2))
             return
-        show_stats(prepared.stats, prepared.directory, cached)
-        _describe(run, model_config, train_config, resume is not None, placement)
-        finished = _run_with_progress(run, prepared, model_config, train_config, resume is not None, placement, initial)
+        for note in start.notes:
+            console.info(note)
+        show_stats(start.corpus.stats, start.corpus.directory, start.cached)
+        _describe(start, placement)
+        finished = _run_with_progress(start.fit(placement))
+        run = start.run
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
@@ -309,185 +294,23 @@ def train(
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _resume_run(run, corpus, model_options, train_options, budget_options, held, encoding, errors, min_count):
-    """The run to continue, checked against what was asked: same model and training options (budgets
-    may change), and the same corpus, byte for byte."""
-    from charrnn.corpus import find_prepared, prepare, rereadable
-
-    loaded = run.open()
-    saved_model, saved_train, corpus_info = loaded.model, loaded.train, loaded.corpus
-    if _is_leader():
-        held.enter_context(run.lock())  # refuse at once if another process trains this run
-    saved = saved_model.to_dict() | saved_train.to_dict()
-    conflicts = [name for name, value in {**model_options, **train_options}.items() if value != saved[name]]
-    if conflicts:
-        names = ", ".join(flag(name) for name in conflicts)
-        raise UsageError(
-            f"{names} {'differs' if len(conflicts) == 1 else 'differ'} from the run being resumed; "
-            f"drop {'it' if len(conflicts) == 1 else 'them'} or start a new run with --out"
-        )
-    saved_min_count = corpus_info.get("min_count", 1)
-    if min_count is not None and min_count != saved_min_count:
-        raise UsageError("--min-count differs from the run being resumed; drop it or start a new run with --out")
-    train_config = TrainConfig(**(saved_train.to_dict() | budget_options))
-    source = corpus or corpus_info["source"]  # one path, or a list of documents' paths
-    sources = [source] if isinstance(source, str) else source
-    # A corpus read from a pipe a shell handed over (<(zcat x.gz)) cannot be read again, and one that
-    # is gone cannot either: the run's own text is then taken from the preparation cache if it is
-    # still there. (A file that is still there is read again, and refused if it has changed.)
-    pipes = [s for s in sources if s != "-" and not rereadable(s)]
-    if not corpus and (pipes or not all(s in ("-", "pydoc") or Path(s).exists() for s in sources)):
-        prepared = find_prepared(
-            corpus_info["sha256"], train_config.val_fraction, min_count=saved_min_count, vocab=loaded.vocab
-        )
-        if prepared is not None:
-            return run, prepared, True, saved_model, train_config
-        if pipes:
-            raise CorpusError(
-                f"{run.directory} was trained on text read from a pipe ({pipes[0]}), which is no longer "
-                "cached; give the same text as FILE to resume"
-            )
-    try:
-        # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
-        prepared, cached = prepare(
-            source,
-            val_fraction=train_config.val_fraction,
-            encoding=encoding,
-            errors=errors,
-            base_vocab=loaded.vocab if saved_min_count == 1 else None,
-            warn=_warn,
-            min_count=saved_min_count,
-        )
-    except CorpusError as error:
-        if corpus:
-            raise
-        raise CorpusError(f"{error} (the corpus {run.config_path} names; give it as FILE if it moved)") from None
-    if prepared.stats["sha256"] != corpus_info["sha256"]:
-        raise RunError(
-            f"the corpus {source if isinstance(source, str) else ' '.join(source)} has changed since "
-            f"{run.directory} was trained on it "
-            "(its contents differ); start a new run instead"
-        )
-    return run, prepared, cached, saved_model, train_config
-
-
-@dataclasses.dataclass(frozen=True)
-class _Parent:
-    """The run given with --init-from."""
-
-    run: Any
-    vocab: Any
-    model_options: dict[str, Any]  # the child's model options: the parent's, updated by the user's
-
-
-def _parent(directory: Path, model_options: dict[str, Any]) -> _Parent:
-    from charrnn.transfer import child_model_options, parent_of
-
-    run, model_config, vocab = parent_of(directory)
-    return _Parent(run, vocab, child_model_options(model_config, model_options, directory))
-
-
-def _parent_weights(parent: _Parent, vocab) -> tuple[Any, int]:
-    """The parent's best parameters and vocabulary size, for `fit(init_from=...)`."""
-    from charrnn.trained import load
-
-    params = load(parent.run, "best", warn=_warn).params
-    added = len(vocab) - len(parent.vocab)
-    console.info(
-        f"initialised from {parent.run.directory} (best checkpoint); "
-        + (f"{added} new characters extend its vocabulary of {len(parent.vocab)}" if added else "same vocabulary")
-    )
-    return params, len(parent.vocab)
-
-
-def _new_run(
-    corpus,
-    out,
-    model_options,
-    train_options,
-    budget_options,
-    choose_dropout,
-    held,
-    encoding,
-    errors,
-    min_count,
-    parent=None,
-):
-    """A new run directory, locked, with its vocabulary and configuration written; defaults filled in
-    (10 epochs, the device's precision, dropout and the weights' average by the budget's length)."""
-    from charrnn.corpus import prepare
-    from charrnn.runs import Run, fresh_run_dir
-
-    sources = corpus or ["pydoc"]
-    if not budget_options.keys() & {"steps", "epochs", "time_seconds"}:
-        budget_options = budget_options | {"epochs": DEFAULT_EPOCHS}
-    train_config = TrainConfig(**train_options, **budget_options)
-    first = sources[0]
-    stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
-    run = Run(out if out is not None else fresh_run_dir(stem or "corpus"))
-    leader = _is_leader()
-    if leader:  # decided before any slow work
-        _check_new_run_dir(run.directory, "--out" if out is not None else "the run directory")
-    elif out is None:
-        raise UsageError("a run over several hosts needs --out (a directory every host shares)")
-    prepared, cached = prepare(
-        sources,
-        val_fraction=train_config.val_fraction,
-        encoding=encoding,
-        errors=errors,
-        base_vocab=parent.vocab if parent is not None else None,
-        warn=_warn,
-        min_count=min_count,
-    )
-    if "dtype" not in model_options:
-        from charrnn.precision import default_dtype
-
-        model_options = model_options | {"dtype": default_dtype()}
-    model_config = ModelConfig(vocab_size=len(prepared.vocab), **model_options)
-    _check_memory(model_config, train_config)
-    choose_ema = "ema" not in train_options
-    if choose_dropout or choose_ema:  # regularise and average only runs long enough to memorise the text
-        from charrnn.trainer import auto_dropout, auto_ema, planned_epochs
-
-        epochs_planned = _leaders_value(planned_epochs(model_config, train_config, len(prepared.train)))
-        chosen = []
-        if choose_dropout:
-            model_config = dataclasses.replace(model_config, dropout=auto_dropout(epochs_planned))
-            chosen.append(f"dropout {model_config.dropout:g}")
-        if choose_ema and (ema := auto_ema(epochs_planned)):
-            train_config = dataclasses.replace(train_config, ema=ema)
-            chosen.append(f"weights averaged with decay {ema:g}")
-            _check_memory(model_config, train_config)  # the average is one more copy of the weights
-        if chosen:
-            console.info(f"{', '.join(chosen)} (the budget covers about {epochs_planned:.1f} epochs)")
-    if not leader:  # process 0 creates and describes the run; the others train into it
-        return run, prepared, cached, model_config, train_config
-    run.directory.mkdir(parents=True, exist_ok=True)
-    held.enter_context(run.lock())
-    prepared.vocab.save(run.vocab_path)
-    absolute = [str(Path(source).absolute()) if source not in ("-", "pydoc") else source for source in sources]
-    corpus_info = {
-        "source": absolute[0] if len(absolute) == 1 else absolute,
-        "sha256": prepared.stats["sha256"],
-        "characters": prepared.stats["characters"],
-    }
-    if min_count > 1:
-        corpus_info["min_count"] = min_count
-    if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
-        corpus_info |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
-    from charrnn.runinfo import run_section
-
-    section = run_section(model_config, parent.run.directory if parent is not None else None)
-    run.write_config(model_config, train_config, corpus_info, section)
-    return run, prepared, cached, model_config, train_config
-
-
 def _check_new_run_dir(directory: Path, label: str) -> None:
     """Where a new run may go: nowhere yet, or an empty directory; a run there is refused with the
     way to continue it, anything else with what it holds."""
     if (directory / "config.json").exists():
         raise RunError(f"{directory} already holds a run; continue it with --resume {directory}")
     check_new_run_dir(directory, label)
+
+
+@contextlib.contextmanager
+def _resume_conflicts_as_options():
+    """A resumed run's settings given otherwise, in the options' names."""
+    from charrnn.start import ResumeConflict
+
+    try:
+        yield
+    except ResumeConflict as error:
+        raise UsageError(error.worded_for([flag(name) for name in error.fields], "with --out")) from None
 
 
 def _warn(text: str) -> None:
@@ -553,60 +376,37 @@ def _is_leader() -> bool:
     return jax.process_index() == 0
 
 
-def _leaders_value(value: float) -> float:
-    """Process 0's `value` on every process (a measured figure that each host would see differently)."""
-    import jax
-
-    if jax.process_count() == 1:
-        return value
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
-
-
-def _check_memory(model: ModelConfig, train: TrainConfig) -> None:
-    """Refuse, before any slow work, a model and batch whose training cannot fit in memory."""
-    from charrnn import memory
-
-    memory.require(
-        memory.training_bytes(model, train),
-        f"training a {model.layers}×{model.hidden_size} {model.cell.upper()} ({model.parameter_count():,} "
-        f"parameters) on batches of {train.batch_size} × {train.seq_len}",
-    )
-
-
-def _describe(run, model_config: ModelConfig, train_config: TrainConfig, resuming: bool, placement) -> None:
+def _describe(start, placement) -> None:
+    model_config, train_config = start.model, start.train
     model_extra, train_extra = regularisation_text(model_config.to_dict(), train_config.to_dict())
     console.info(
-        f"{'resuming' if resuming else 'training'} {run.directory}: {model_config.layers}×{model_config.hidden_size} "
-        f"{model_config.cell.upper()}, embed {model_config.embed_size}, dropout {model_config.dropout:g}{model_extra}, "
-        f"{model_config.dtype}; batch {train_config.batch_size} × {train_config.seq_len} chars, lr "
-        f"{train_config.learning_rate:g}{train_extra}; budget {budget_text(train_config.to_dict())}"
+        f"{'resuming' if start.resuming else 'training'} {start.run.directory}: {model_config.layers}×"
+        f"{model_config.hidden_size} {model_config.cell.upper()}, embed {model_config.embed_size}, dropout "
+        f"{model_config.dropout:g}{model_extra}, {model_config.dtype}; batch {train_config.batch_size} × "
+        f"{train_config.seq_len} chars, lr {train_config.learning_rate:g}{train_extra}; budget "
+        f"{budget_text(train_config.to_dict())}"
         + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
 
 
-def _run_quietly(run, prepared, model_config, train_config, resuming: bool, placement, initial=None):
-    """Drive `fit` without a word (the processes of a multi-host run other than process 0)."""
-    from charrnn.trainer import Finished, fit
+def _run_quietly(reports):
+    """Drive training without a word (the processes of a multi-host run other than process 0)."""
+    from charrnn.trainer import Finished
 
-    reports = fit(run, prepared, model_config, train_config, resume=resuming, placement=placement, init_from=initial)
     for report in reports:
         if isinstance(report, Finished):
             return report
     raise AssertionError("fit ended without a Finished report")
 
 
-def _run_with_progress(run, prepared, model_config, train_config, resuming: bool, placement, initial=None):
-    """Drive `fit`, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
+def _run_with_progress(reports):
+    """Drive training, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from charrnn.trainer import EvalReport, Finished, Notice, StepReport, fit
+    from charrnn.trainer import EvalReport, Finished, Notice, StepReport
 
     val_text = "val -"
     ticker = console.PlainTicker()
-    reports = fit(run, prepared, model_config, train_config, resume=resuming, placement=placement, init_from=initial)
     if not console.interactive():
         for report in reports:
             if isinstance(report, StepReport) and ticker.due():

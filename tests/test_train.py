@@ -159,19 +159,17 @@ def test_the_weights_moving_average_follows_its_formula():
 
 
 def test_a_run_with_a_moving_average_is_validated_and_sampled_with_it(tmp_path):
+    from charrnn.start import new_run
     from charrnn.trained import load
 
     text_path = tmp_path / "text.txt"
     text_path.write_text(periodic_text(2000))
     options = {"steps": 20, "eval_every": 20, "ema": 0.8, "learning_rate": 1e-2}
-    _, evals, final, run = train_run(tmp_path, "r", text_path, **options)
-    prepared, _ = prepare(str(text_path), val_fraction=0.1)
-    prepared.vocab.save(run.vocab_path)
-    run.write_config(  # what `charrnn train` writes beside the checkpoints
-        ModelConfig(vocab_size=len(prepared.vocab), dropout=0.1, **SMALL),
-        TrainConfig(batch_size=4, seq_len=10, log_every=1, **options),
-        {"source": str(text_path), "sha256": prepared.stats["sha256"], "characters": prepared.stats["characters"]},
-    )
+    model = {"dropout": 0.1, "dtype": "float32", **SMALL}
+    train = {"batch_size": 4, "seq_len": 10, "log_every": 1, "val_fraction": 0.1, **options}
+    with new_run(str(text_path), directory=tmp_path / "r", model=model, train=train) as start:  # as `charrnn train`
+        evals = [report for report in start.fit() if isinstance(report, EvalReport)]
+    run, prepared = start.run, start.corpus
     state = latest_params(run, ema=0.8)
     loaded = load(run, "latest")
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.ema), strict=True):

@@ -1,0 +1,309 @@
+"""Starting to train: a new run, or one continued, set up for `fit` in one place.
+
+`new_run` and `resume_run` do everything that comes before the first step: prepare the corpus,
+fill in the settings left to charrnn (the precision by device; dropout and the weights' moving
+average by how many epochs the budget covers), refuse a model that cannot fit in memory, take the
+run's lock, and write ``config.json`` and ``vocab.json``. Each is a context manager that holds the
+lock and yields a `Start`, which trains with `Start.fit`. `charrnn train`, `charrnn bench` and the
+tests call them alike.
+
+Over several hosts every process calls the same function with the same arguments: process 0
+alone takes the lock and writes the run, and the figures it measures (the epochs a time budget
+covers) are every process's.
+
+    >>> with new_run("shakespeare.txt", train={"time_seconds": 300}) as start:
+    ...     for report in start.fit():
+    ...         print(report)
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from charrnn.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
+from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
+from charrnn.errors import ConfigError, CorpusError, RunError
+from charrnn.paths import check_new_run_dir
+from charrnn.runs import Run, fresh_run_dir
+
+BUDGETS = ("steps", "epochs", "time_seconds", "patience")  # what a resumed run may change
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """A run ready for its first (or next) step: what `fit` takes, and what to tell the user."""
+
+    run: Run
+    corpus: PreparedCorpus
+    cached: bool  # the corpus was found already prepared
+    model: ModelConfig
+    train: TrainConfig
+    resuming: bool
+    initial: tuple[Any, int] | None = None  # a parent's parameters and vocabulary size (new_run(parent=...))
+    notes: tuple[str, ...] = ()  # what was chosen or done for the user ("dropout 0.25 (...)")
+
+    def fit(self, placement: Any = None) -> Iterator[Any]:
+        """Train: the reports of `charrnn.trainer.fit` for this run, from its first or next step."""
+        from charrnn.trainer import fit
+
+        return fit(
+            self.run,
+            self.corpus,
+            self.model,
+            self.train,
+            resume=self.resuming,
+            placement=placement,
+            init_from=self.initial,
+        )
+
+
+class ResumeConflict(ConfigError):
+    """Settings given for a resumed run that differ from the run's own (`fields`): a run continues
+    as it was made; budgets alone may change."""
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = tuple(fields)
+        super().__init__(None, self.worded_for(list(self.fields), "in another directory"))
+
+    def worded_for(self, names: list[str], elsewhere: str) -> str:
+        one = len(names) == 1
+        return (
+            f"{', '.join(names)} {'differs' if one else 'differ'} from the run being resumed; "
+            f"drop {'it' if one else 'them'} or start a new run {elsewhere}"
+        )
+
+
+@contextlib.contextmanager
+def new_run(
+    corpus: str | Sequence[str] = BUILTIN_NAME,
+    *,
+    directory: Path | None = None,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    parent: Path | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    min_count: int = 1,
+    warn: Callable[[str], None] = lambda _: None,
+) -> Iterator[Start]:
+    """A new run of `corpus` (a path, ``-``, the built-in name, or several paths or a folder: documents)
+    in `directory` (default: ``runs/<corpus name>``, numbered if taken), locked while the block runs.
+
+    `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
+    are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, and, for
+    runs over `LONG_RUN_EPOCHS` epochs, dropout (unless given, or taken from a parent) and a moving
+    average of the weights (unless `ema` is given). `parent` is a run to start from (its best
+    weights; a vocabulary its characters keep their ids in; its model unless given otherwise).
+    """
+    import jax
+
+    from charrnn.runinfo import run_section
+    from charrnn.transfer import child_model_options, parent_of
+
+    model, train = dict(model or {}), dict(train or {})
+    sources = [corpus] if isinstance(corpus, str) else list(corpus)
+    choose_dropout = "dropout" not in model and parent is None
+    parent_run = parent_vocab = parent_params = None
+    if parent is not None:  # its best weights are read first: a parent that has none fails before any work
+        from charrnn.trained import load
+
+        parent_run, parent_model, parent_vocab = parent_of(parent)
+        model = child_model_options(parent_model, model, parent)
+        parent_params = load(parent_run, "best", warn=warn).params
+    if not train.keys() & {"steps", "epochs", "time_seconds"}:
+        train["epochs"] = DEFAULT_EPOCHS
+    train_config = TrainConfig(**train)
+    leader = jax.process_index() == 0
+    if directory is None:
+        if not leader:
+            raise ConfigError("directory", "must be given for a run over several hosts (one every host shares)")
+        first = sources[0]
+        stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
+        directory = fresh_run_dir(stem or "corpus")
+        label = "the run directory"
+    else:
+        label = "directory"
+    run = Run(Path(directory))
+    if leader:  # decided before any slow work
+        if run.exists():
+            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+        check_new_run_dir(run.directory, label)
+    prepared, cached = prepare(
+        sources,
+        val_fraction=train_config.val_fraction,
+        encoding=encoding,
+        errors=errors,
+        base_vocab=parent_vocab,
+        warn=warn,
+        min_count=min_count,
+    )
+    if "dtype" not in model:
+        from charrnn.precision import default_dtype
+
+        model["dtype"] = default_dtype()
+    model_config = ModelConfig(vocab_size=len(prepared.vocab), **model)
+    check_memory(model_config, train_config)
+    model_config, train_config, chosen = _choose_for_the_budget(
+        model_config, train_config, len(prepared.train), dropout=choose_dropout, ema="ema" not in train
+    )
+    notes = list(chosen)
+    with contextlib.ExitStack() as held:
+        if leader:  # process 0 creates the run; the others train into it
+            run.directory.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run.lock())
+            prepared.vocab.save(run.vocab_path)
+            section = run_section(model_config, parent_run.directory if parent_run is not None else None)
+            run.write_config(model_config, train_config, _corpus_record(sources, prepared, min_count), section)
+        initial = None
+        if parent_run is not None:  # every process starts from the parent's weights
+            initial = (parent_params, len(parent_vocab))
+            added = len(prepared.vocab) - len(parent_vocab)
+            notes.append(
+                f"initialised from {parent_run.directory} (best checkpoint); "
+                + (
+                    f"{added} new characters extend its vocabulary of {len(parent_vocab)}"
+                    if added
+                    else "same vocabulary"
+                )
+            )
+        yield Start(run, prepared, cached, model_config, train_config, False, initial, tuple(notes))
+
+
+@contextlib.contextmanager
+def resume_run(
+    directory: Path,
+    *,
+    corpus: str | Sequence[str] | None = None,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    min_count: int | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+) -> Iterator[Start]:
+    """The run in `directory`, to continue from its latest checkpoint, locked while the block runs.
+
+    Settings given in `model` and `train` must be the run's own (a `ResumeConflict` otherwise),
+    except the budgets (`BUDGETS`), which may change. The corpus is the one the run names, or
+    `corpus` if it moved, and must be the same text, byte for byte; one read from a pipe, or gone,
+    is taken from the preparation cache.
+    """
+    import jax
+
+    run = Run(Path(directory))
+    loaded = run.open()
+    model, train = dict(model or {}), dict(train or {})
+    with contextlib.ExitStack() as held:
+        if jax.process_index() == 0:
+            held.enter_context(run.lock())  # refuse at once if another process trains this run
+        saved = loaded.model.to_dict() | loaded.train.to_dict()
+        fixed = {**model, **{k: v for k, v in train.items() if k not in BUDGETS}}
+        if conflicts := [name for name, value in fixed.items() if value != saved[name]]:
+            raise ResumeConflict(conflicts)
+        saved_min_count = loaded.corpus.get("min_count", 1)
+        if min_count is not None and min_count != saved_min_count:
+            raise ResumeConflict(["min_count"])
+        train_config = TrainConfig(**(loaded.train.to_dict() | {k: v for k, v in train.items() if k in BUDGETS}))
+        prepared, cached = _corpus_again(run, loaded, corpus, train_config, encoding, errors, warn)
+        yield Start(run, prepared, cached, loaded.model, train_config, True)
+
+
+def check_memory(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse, before any slow work, a model and batch whose training cannot fit in memory."""
+    from charrnn import memory
+
+    memory.require(
+        memory.training_bytes(model, train),
+        f"training a {model.layers}×{model.hidden_size} {model.cell.upper()} ({model.parameter_count():,} "
+        f"parameters) on batches of {train.batch_size} × {train.seq_len}",
+    )
+
+
+def _choose_for_the_budget(
+    model: ModelConfig, train: TrainConfig, train_characters: int, *, dropout: bool, ema: bool
+) -> tuple[ModelConfig, TrainConfig, list[str]]:
+    """Dropout and the weights' average for runs long enough to memorise the text (see
+    `trainer.auto_dropout`, `auto_ema`), when not given; and what was chosen, in words."""
+    if not (dropout or ema):
+        return model, train, []
+    from charrnn.trainer import auto_dropout, auto_ema, planned_epochs
+
+    epochs = _leaders_value(planned_epochs(model, train, train_characters))
+    chosen = []
+    if dropout:
+        model = dataclasses.replace(model, dropout=auto_dropout(epochs))
+        chosen.append(f"dropout {model.dropout:g}")
+    if ema and (decay := auto_ema(epochs)):
+        train = dataclasses.replace(train, ema=decay)
+        chosen.append(f"weights averaged with decay {decay:g}")
+        check_memory(model, train)  # the average is one more copy of the weights
+    return model, train, [f"{', '.join(chosen)} (the budget covers about {epochs:.1f} epochs)"] if chosen else []
+
+
+def _leaders_value(value: float) -> float:
+    """Process 0's `value` on every process (a measured figure that each host would see differently)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
+
+
+def _corpus_record(sources: list[str], prepared: PreparedCorpus, min_count: int) -> dict[str, Any]:
+    """config.json's "corpus" section: where the text was read and which text it was."""
+    absolute = [str(Path(s).absolute()) if s not in ("-", BUILTIN_NAME) else s for s in sources]
+    record = {
+        "source": absolute[0] if len(absolute) == 1 else absolute,
+        "sha256": prepared.stats["sha256"],
+        "characters": prepared.stats["characters"],
+    }
+    if min_count > 1:
+        record["min_count"] = min_count
+    if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
+        record |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
+    return record
+
+
+def _corpus_again(run, loaded, corpus, train_config: TrainConfig, encoding, errors, warn):
+    """The resumed run's own text, prepared: from the cache when it cannot be read again (a pipe a
+    shell handed over, ``<(zcat x.gz)``) or is gone; else read again, and refused if it changed."""
+    info = loaded.corpus
+    min_count = info.get("min_count", 1)
+    source = corpus or info["source"]  # one path, or a list of documents' paths
+    sources = [source] if isinstance(source, str) else list(source)
+    pipes = [s for s in sources if s != "-" and not rereadable(s)]
+    if not corpus and (pipes or not all(s in ("-", BUILTIN_NAME) or Path(s).exists() for s in sources)):
+        prepared = find_prepared(info["sha256"], train_config.val_fraction, min_count=min_count, vocab=loaded.vocab)
+        if prepared is not None:
+            return prepared, True
+        if pipes:
+            raise CorpusError(
+                f"{run.directory} was trained on text read from a pipe ({pipes[0]}), which is no longer "
+                "cached; give the same text as FILE to resume"
+            )
+    try:
+        # The run's own vocabulary, which is not the text's when the run was continued from a parent's.
+        prepared, cached = prepare(
+            source,
+            val_fraction=train_config.val_fraction,
+            encoding=encoding,
+            errors=errors,
+            base_vocab=loaded.vocab if min_count == 1 else None,
+            warn=warn,
+            min_count=min_count,
+        )
+    except CorpusError as error:
+        if corpus:
+            raise
+        raise CorpusError(f"{error} (the corpus {run.config_path} names; give it as FILE if it moved)") from None
+    if prepared.stats["sha256"] != info["sha256"]:
+        raise RunError(
+            f"the corpus {' '.join(sources)} has changed since {run.directory} was trained on it "
+            "(its contents differ); start a new run instead"
+        )
+    return prepared, cached
