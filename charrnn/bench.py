@@ -22,7 +22,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model import initial_carry, parameter_shapes
 from charrnn.runs import Run
 from charrnn.sampling import SampleOptions, make_sample_chunk
-from charrnn.train import create_state, make_train_step
+from charrnn.step import create_state, make_train_step
 
 
 def forward_flops_per_char(config: ModelConfig) -> float:

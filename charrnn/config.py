@@ -47,7 +47,7 @@ MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for 
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
-# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.trainer).
+# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.loop).
 LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need dropout and a moving average
 LONG_RUN_DROPOUT = 0.25
 LONG_RUN_EMA = 0.999  # the weights' moving average's decay for such runs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from charrnn.errors import CharrnnError, RunError
 from charrnn.paths import write_atomically
-from charrnn.runinfo import read_run
+from charrnn.report import read_run
 from charrnn.runs import Run
 
 INSTALL_HINT = "pip install 'charrnn[plot]'"

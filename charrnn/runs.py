@@ -133,7 +133,7 @@ class Run:
     def write_config(
         self, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any], run: dict[str, Any] | None = None
     ) -> None:
-        """`run`: facts about the run itself (device, parent...; see charrnn.runinfo.run_section)."""
+        """`run`: facts about the run itself (device, parent...; see charrnn.report.run_section)."""
         data = {"format": FORMAT, "model": model.to_dict(), "train": train.to_dict(), "corpus": corpus}
         if run is not None:
             data["run"] = run

@@ -32,7 +32,7 @@ from charrnn.batching import evaluation_windows
 from charrnn.config import VAL_BURN_IN, ModelConfig, check_reading
 from charrnn.errors import UsageError, VocabularyError
 from charrnn.model import CharRNN, initial_carry
-from charrnn.train import evaluate, make_eval_step
+from charrnn.step import evaluate, make_eval_step
 from charrnn.vocab import Vocabulary
 
 TOP = 5  # alternatives kept per character for the surprisal views

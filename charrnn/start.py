@@ -45,8 +45,8 @@ class Start:
     notes: tuple[str, ...] = ()  # what was chosen or done for the user ("dropout 0.25 (...)")
 
     def fit(self, placement: Any = None) -> Iterator[Any]:
-        """Train: the reports of `charrnn.trainer.fit` for this run, from its first or next step."""
-        from charrnn.trainer import fit
+        """Train: the reports of `charrnn.loop.fit` for this run, from its first or next step."""
+        from charrnn.loop import fit
 
         return fit(
             self.run,
@@ -99,7 +99,7 @@ def new_run(
     """
     import jax
 
-    from charrnn.runinfo import run_section
+    from charrnn.report import run_section
     from charrnn.transfer import child_model_options, parent_of
 
     model, train = dict(model or {}), dict(train or {})
@@ -228,7 +228,7 @@ def _choose_for_the_budget(
     `trainer.auto_dropout`, `auto_ema`), when not given; and what was chosen, in words."""
     if not (dropout or ema):
         return model, train, []
-    from charrnn.trainer import auto_dropout, auto_ema, planned_epochs
+    from charrnn.loop import auto_dropout, auto_ema, planned_epochs
 
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     chosen = []

@@ -30,7 +30,7 @@ def info(
     as_json: JsonOption = False,
 ) -> None:
     """Show a run's model, training, losses, device and checkpoints."""
-    from charrnn.runinfo import describe
+    from charrnn.report import describe
     from charrnn.runs import Run, latest_run
 
     run = Run(run_dir) if run_dir is not None else latest_run()
@@ -51,7 +51,7 @@ def runs(
     as_json: JsonOption = False,
 ) -> None:
     """List every run under a directory, most recently modified first."""
-    from charrnn.runinfo import list_runs
+    from charrnn.report import list_runs
 
     rows, warnings = list_runs(directory)
     for warning in warnings:

@@ -3,8 +3,6 @@
 import contextlib
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,11 +20,12 @@ from charrnn.config import (
     check_text_options,
     parse_duration,
 )
-from charrnn.errors import CharrnnError, RunError, UsageError
+from charrnn.errors import RunError, UsageError
 from charrnn.paths import check_new_run_dir, check_output_dir, runs_dir
 
 from . import console
 from .console import show_stats
+from .hosts import failure_ends_every_host, is_leader, relay_output
 from .options import (
     EncodingOption,
     ErrorsOption,
@@ -41,6 +40,7 @@ from .options import (
     require_nonempty,
     with_default,
 )
+from .progress import run_quietly, run_with_progress
 
 
 @flag_errors
@@ -258,7 +258,7 @@ def train(
         # messages there from C++: stdout becomes stderr, so stdout stays clean for pipelines.
         os.dup2(2, 1)
         start_distributed(coordinator, num_processes, process_id)
-        _relay_output()
+        relay_output()
     placement = make_placement(devices)
     if "batch_size" in train_options:
         placement.check_batch_size(train_options["batch_size"])
@@ -271,9 +271,9 @@ def train(
         starting = new_run(
             corpus or ["pydoc"], directory=out, parent=init_from, min_count=min_count or 1, warn=_warn, **settings
         )
-    with _failure_ends_every_host(), _resume_conflicts_as_options(), starting as start:
-        if not _is_leader():  # one voice for the whole run: process 0's
-            finished = _run_quietly(start.fit(placement))
+    with failure_ends_every_host(), _resume_conflicts_as_options(), starting as start:
+        if not is_leader():  # one voice for the whole run: process 0's
+            finished = run_quietly(start.fit(placement))
             if finished.reason == "interrupted":
                 raise typer.Exit(128 + (finished.signal or 2))
             return
@@ -281,7 +281,7 @@ def train(
             console.info(note)
         show_stats(start.corpus.stats, start.corpus.directory, start.cached)
         _describe(start, placement)
-        finished = _run_with_progress(start.fit(placement))
+        finished = run_with_progress(start.fit(placement))
         run = start.run
         console.info(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
@@ -317,65 +317,6 @@ def _warn(text: str) -> None:
     console.info(f"charrnn: warning: {text}")
 
 
-@contextlib.contextmanager
-def _failure_ends_every_host():
-    """Over several hosts, a process that fails says so in one line and leaves at once, without
-    JAX's shutdown barrier (which would wait for hosts that are waiting for it in a collective):
-    the coordination service then sees it gone and ends the other processes, each with one line of
-    its own (`_relay_output`). A failure that is itself another process gone (a collective whose
-    peer closed its connection: gloo says so before the heartbeat does) waits for that service to
-    end this process too, so that its line names the process lost. Checkpoints are written to a
-    temporary directory and renamed when complete, so the last complete one survives."""
-    import jax
-
-    try:
-        yield
-    except Exception as error:
-        if jax.process_count() == 1 or not (isinstance(error, CharrnnError) or _peer_lost(error)):
-            raise
-        if _peer_lost(error):
-            from charrnn.placement import HEARTBEAT_TIMEOUT
-
-            time.sleep(HEARTBEAT_TIMEOUT + 5)  # normally ended before this by the coordination service
-            error = CharrnnError(f"lost contact with another process of the run: {str(error).splitlines()[0]}")
-        console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
-        sys.stderr.flush()
-        os._exit(getattr(error, "exit_code", 1))
-
-
-def _peer_lost(error: Exception) -> bool:
-    """Whether `error` comes from a collective (gloo) whose peer went away."""
-    text = str(error)
-    return "Gloo" in text and ("reset by peer" in text or "closed" in text.lower() or "Broken pipe" in text)
-
-
-def _relay_output() -> None:
-    """Send this process's standard error (and its stdout, which is stderr here) through
-    `charrnn.cli.host_log`, so that JAX ending it for a lost host is one line, not a fatal log."""
-    import subprocess
-
-    import jax
-
-    read_end, write_end = os.pipe()
-    subprocess.Popen(
-        [sys.executable, "-m", "charrnn.cli.host_log", str(jax.process_index()), str(jax.process_count())],
-        stdin=read_end,
-        stdout=subprocess.DEVNULL,
-    )
-    os.close(read_end)
-    sys.stderr.flush()
-    for descriptor in (1, 2):
-        os.dup2(write_end, descriptor)
-    os.close(write_end)
-
-
-def _is_leader() -> bool:
-    """Whether this process speaks for the run: the only one, or process 0 of several hosts."""
-    import jax
-
-    return jax.process_index() == 0
-
-
 def _describe(start, placement) -> None:
     model_config, train_config = start.model, start.train
     model_extra, train_extra = regularisation_text(model_config.to_dict(), train_config.to_dict())
@@ -387,72 +328,3 @@ def _describe(start, placement) -> None:
         f"{budget_text(train_config.to_dict())}"
         + (f"; data-parallel over {placement.size} devices" if placement.size > 1 else "")
     )
-
-
-def _run_quietly(reports):
-    """Drive training without a word (the processes of a multi-host run other than process 0)."""
-    from charrnn.trainer import Finished
-
-    for report in reports:
-        if isinstance(report, Finished):
-            return report
-    raise AssertionError("fit ended without a Finished report")
-
-
-def _run_with_progress(reports):
-    """Drive training, rendering its reports: a rich bar on a terminal, plain lines otherwise."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from charrnn.trainer import EvalReport, Finished, Notice, StepReport
-
-    val_text = "val -"
-    ticker = console.PlainTicker()
-    if not console.interactive():
-        for report in reports:
-            if isinstance(report, StepReport) and ticker.due():
-                console.info(
-                    f"step {report.step} epoch {report.epoch:.2f} loss {report.loss:.4f} lr {report.learning_rate:.2e} "
-                    f"{report.chars_per_second:,.0f} chars/s elapsed {console.format_duration(report.elapsed)}"
-                    + (f" ({report.progress:.0%})" if math.isfinite(report.progress) else "")
-                )
-            elif isinstance(report, EvalReport):
-                console.info(
-                    f"step {report.step} epoch {report.epoch:.2f} validation {report.val_loss:.4f} nats/char "
-                    f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}"
-                )
-            elif isinstance(report, Notice):
-                console.info(f"charrnn: warning: {report.message}")
-            elif isinstance(report, Finished):
-                return report
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[loss]}  {task.fields[val]}  {task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console.stderr, redirect_stdout=False, redirect_stderr=False) as progress:
-        task = progress.add_task("starting", total=1000, loss="", val=val_text, rate="")
-        for report in reports:
-            if isinstance(report, StepReport):
-                progress.update(
-                    task,
-                    completed=1000 * report.progress if math.isfinite(report.progress) else None,
-                    description=f"step {report.step} ep {report.epoch:.2f}",
-                    loss=f"loss {report.loss:.3f}",
-                    rate=f"{report.chars_per_second:,.0f} ch/s",
-                )
-            elif isinstance(report, EvalReport):
-                val_text = f"val {report.val_loss:.3f}{'*' if report.is_best else ''}"
-                progress.update(task, val=val_text)
-                progress.console.print(
-                    f"step {report.step} validation {report.val_loss:.4f} nats/char "
-                    f"({report.val_loss / math.log(2):.3f} bits/char){' best' if report.is_best else ''}",
-                    markup=False,
-                )
-            elif isinstance(report, Notice):
-                progress.console.print(f"charrnn: warning: {report.message}", markup=False)
-            elif isinstance(report, Finished):
-                return report
-    raise AssertionError("fit ended without a Finished report")

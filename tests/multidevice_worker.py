@@ -12,10 +12,10 @@ import numpy as np
 from charrnn.batching import StreamBatcher
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
+from charrnn.loop import EvalReport, StepReport, fit
 from charrnn.placement import make_placement
 from charrnn.runs import Run
-from charrnn.train import make_train_step, placed_state
-from charrnn.trainer import EvalReport, StepReport, fit
+from charrnn.step import make_train_step, placed_state
 
 
 def text() -> str:

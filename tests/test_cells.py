@@ -20,7 +20,7 @@ from charrnn.checkpoint import CheckpointStore
 from charrnn.config import CELLS, ModelConfig, TrainConfig
 from charrnn.model import CharRNN, RecurrentLayer, init_params, parameter_count
 from charrnn.sampling import sample_stream
-from charrnn.train import create_state
+from charrnn.step import create_state
 from charrnn.vocab import Vocabulary
 
 DATA = Path(__file__).parent / "data"
@@ -298,9 +298,9 @@ def test_a_run_written_before_the_registry_samples_and_resumes_as_before(tmp_pat
     code computes from them is checked against the textbook LSTM in this process; the sample and the
     resumed loss are what that code gave, compared as tightly as a change of CPU allows."""
     from charrnn.corpus import prepare
+    from charrnn.loop import EvalReport, fit
     from charrnn.runs import Run
     from charrnn.trained import load
-    from charrnn.trainer import EvalReport, fit
 
     shutil.copytree(DATA / "old-run-lstm", tmp_path / "run")
     run = Run(tmp_path / "run")

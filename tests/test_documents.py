@@ -14,7 +14,7 @@ from charrnn.config import ModelConfig
 from charrnn.corpus import BOUNDARY, boundary_id, prepare
 from charrnn.errors import CorpusError
 from charrnn.model import CharRNN, init_params, initial_carry
-from charrnn.train import cross_entropy
+from charrnn.step import cross_entropy
 from charrnn.vocab import Vocabulary
 
 

@@ -21,9 +21,9 @@ from multidevice_worker import text
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.errors import UsageError
+from charrnn.loop import fit
 from charrnn.placement import HEARTBEAT_TIMEOUT, make_placement
 from charrnn.runs import Run
-from charrnn.trainer import fit
 
 WORKER = Path(__file__).with_name("multidevice_worker.py")
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]

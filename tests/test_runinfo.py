@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import charrnn_in_process
 
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.runinfo import describe, list_runs
+from charrnn.report import describe, list_runs
 from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 

@@ -8,7 +8,7 @@ from charrnn.batching import StreamBatcher
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.sampling import SampleOptions, make_sample_chunk, pick, sample_stream
-from charrnn.train import create_state, make_train_step
+from charrnn.step import create_state, make_train_step
 from charrnn.vocab import Vocabulary
 
 

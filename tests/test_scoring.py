@@ -237,7 +237,7 @@ def test_score_into_head_ends_quietly(home):
 
 def test_parameters_only_restore_equals_the_full_training_state(home, model):
     from charrnn.checkpoint import CheckpointStore
-    from charrnn.train import create_state
+    from charrnn.step import create_state
 
     store = CheckpointStore(model.run.checkpoints_dir, create=False)
     try:

@@ -10,9 +10,9 @@ from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import VAL_BURN_IN, ModelConfig, TrainConfig
 from charrnn.corpus import prepare
+from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit
 from charrnn.runs import Run
-from charrnn.train import create_state, evaluate, learning_rate, make_eval_step, make_train_step
-from charrnn.trainer import EvalReport, Finished, Notice, StepReport, fit
+from charrnn.step import create_state, evaluate, learning_rate, make_eval_step, make_train_step
 from charrnn.vocab import Vocabulary
 
 SMALL = {"layers": 1, "hidden_size": 32, "embed_size": 8}

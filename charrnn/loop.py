@@ -27,7 +27,7 @@ from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.placement import Placement, make_placement
 from charrnn.runs import Run
-from charrnn.train import (
+from charrnn.step import (
     abstract_state,
     evaluate,
     fresh_average,
