@@ -7,10 +7,26 @@ from typing import Annotated
 import typer
 
 from charrnn.config import VAL_BURN_IN, check_reading
+from charrnn.errors import UsageError
 
 from . import console
 from .options import flag_errors, paragraphs
 from .reading import load_trained, open_input, run_and_file
+
+
+def _text(record: dict) -> str:
+    return (
+        f"{record['nats_per_char']:.4f} nats/char  {record['bits_per_char']:.4f} bits/char  perplexity "
+        f"{record['perplexity']:.4f}  ({record['chars']:,} characters of {record['text']}, checkpoint "
+        f"{record['checkpoint']})\n"
+    )
+
+
+def _json(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+WRITERS = {"text": _text, "json": _json}  # --format: a new output format is a function here
 
 
 @flag_errors
@@ -34,7 +50,15 @@ def eval_(
         ),
     ] = 1,
     unknown: Annotated[str, typer.Option(help="Characters the model never saw: error, or skip (left out).")] = "error",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help=f"Output: {', '.join(WRITERS)} (one line of figures, or one JSON object). \\[default: text]",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
     """Loss over a whole text read with carried state: nats/char, bits/char and perplexity.
 
@@ -44,6 +68,11 @@ def eval_(
     predicted after a newline.
     """
     check_reading(unknown, streams)  # before any slow work
+    if as_json and output_format not in (None, "json"):
+        raise UsageError("give --format or --json, not both")
+    output_format = output_format or ("json" if as_json else "text")
+    if output_format not in WRITERS:
+        raise UsageError(f"--format must be one of {', '.join(WRITERS)}, not {output_format!r}")
     run_dir, source = run_and_file(first, second)
     text_source = None
     if source is not None:
@@ -61,17 +90,12 @@ def eval_(
     record = {"text": label, "run": str(model.run.directory), "checkpoint": model.step, **result.to_dict()}
     if recorded is not None:
         record["recorded_val_loss"] = recorded
-    if as_json:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return
-    sys.stdout.write(
-        f"{result.nats_per_char:.4f} nats/char  {result.bits_per_char:.4f} bits/char  perplexity "
-        f"{result.perplexity:.4f}  ({result.chars:,} characters of {label}, checkpoint {model.step})\n"
-    )
-    if recorded is not None:
-        console.info(f"training recorded {recorded:.4f} nats/char for checkpoint {model.step}")
-    if result.oov:
-        console.info(f"{result.oov:,} unknown characters left out")
+    sys.stdout.write(WRITERS[output_format](record))
+    if output_format == "text":  # what JSON holds as fields, said beside the figures
+        if recorded is not None:
+            console.info(f"training recorded {recorded:.4f} nats/char for checkpoint {model.step}")
+        if result.oov:
+            console.info(f"{result.oov:,} unknown characters left out")
 
 
 eval_.__doc__ = paragraphs(eval_.__doc__)

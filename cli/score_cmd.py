@@ -16,6 +16,40 @@ from .options import flag_errors, nonempty_path, paragraphs
 from .reading import RUN_OR_FILE_HELP, load_trained, open_input, read_lines, run_and_file
 
 
+class _Tsv:
+    """bits/char, log-probability (nats), characters, the line: what `sort -n` and `cut` read."""
+
+    def __init__(self, out, vocab) -> None:
+        self.out = out
+
+    def write(self, line) -> None:
+        self.out.write(f"{line.bits_per_char:.4f}\t{line.logprob:.4f}\t{line.chars}\t{line.text}\n")
+
+
+class _Json(_Tsv):
+    """One JSON object per line (`LineScore.to_dict`)."""
+
+    def write(self, line) -> None:
+        self.out.write(json.dumps(line.to_dict(), ensure_ascii=False) + "\n")
+
+
+class _Show:
+    """The text itself, each character coloured by its surprisal (rich; plain text into a pipe)."""
+
+    def __init__(self, out, vocab) -> None:
+        from rich.console import Console
+
+        self.terminal, self.vocab = Console(file=out, highlight=False, soft_wrap=True), vocab
+
+    def write(self, line) -> None:
+        from charrnn.surprisal import rich_line
+
+        self.terminal.print(rich_line(line, self.vocab))
+
+
+WRITERS = {"tsv": _Tsv, "json": _Json, "show": _Show}  # --format: a new output format is a class here
+
+
 @flag_errors
 def score(
     first: Annotated[str | None, typer.Argument(metavar="RUN", help=RUN_OR_FILE_HELP, show_default=False)] = None,
@@ -23,14 +57,21 @@ def score(
     context: Annotated[
         bool, typer.Option("--context", help="Carry the state from line to line (the text read as one document).")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of tab-separated.")] = False,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help=f"Output: {', '.join(WRITERS)} (a line each: tab-separated figures, a JSON object, the text "
+            "coloured by surprisal). \\[default: tsv]",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     unknown: Annotated[
         str, typer.Option(help="Characters the model never saw: error, or skip (left out of the score, counted).")
     ] = "error",
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best, latest or a step number.")] = "best",
-    show: Annotated[
-        bool, typer.Option("--show", help="Print the text, each character coloured by its surprisal, instead.")
-    ] = False,
+    show: Annotated[bool, typer.Option("--show", help="The same as --format show.")] = False,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -52,6 +93,12 @@ def score(
     check_reading(unknown)  # before any slow work
     if show and as_json:
         raise UsageError("give --show or --json, not both")
+    shorthand = "json" if as_json else "show" if show else None
+    if output_format is not None and shorthand is not None and output_format != shorthand:
+        raise UsageError(f"give --format or --{shorthand}, not both")
+    output_format = output_format or shorthand or "tsv"
+    if output_format not in WRITERS:
+        raise UsageError(f"--format must be one of {', '.join(WRITERS)}, not {output_format!r}")
     if html is not None:
         check_output_file(html, "--html")
     run_dir, source = run_and_file(first, second)
@@ -60,15 +107,11 @@ def score(
 
     from charrnn.scoring import Summary
 
-    details = show or html is not None
+    details = output_format == "show" or html is not None
     scores = model.score_iter(read_lines(stream, label), context=context, unknown=unknown, details=details)
     summary, kept = Summary(), []
     out = sys.stdout
-    terminal = None
-    if show:
-        from rich.console import Console
-
-        terminal = Console(file=out, highlight=False, soft_wrap=True)
+    writer = WRITERS[output_format](out, model.vocab)
     ticker = console.PlainTicker()
     ticker.due()  # the first progress line after ten seconds, not at once
     for line in scores:
@@ -77,14 +120,7 @@ def score(
             console.info(f"scored {summary.lines:,} lines so far")
         if html is not None:
             kept.append(line)
-        if terminal is not None:
-            from charrnn.surprisal import rich_line
-
-            terminal.print(rich_line(line, model.vocab))
-        elif as_json:
-            out.write(json.dumps(line.to_dict(), ensure_ascii=False) + "\n")
-        else:
-            out.write(f"{line.bits_per_char:.4f}\t{line.logprob:.4f}\t{line.chars}\t{line.text}\n")
+        writer.write(line)
         out.flush()
     if html is not None:
         from charrnn.surprisal import html_page

@@ -353,3 +353,23 @@ def test_the_library_names_its_parameters_and_the_command_its_options(model, hom
     monkeypatch.chdir(home)
     result = CliRunner().invoke(app, ["eval", "runs/words", "-", "--streams", "0"], input="the cat\n")
     assert str(result.exception) == "--streams must be positive, not 0"
+
+
+def test_output_formats_come_from_one_table(home, monkeypatch):
+    """--format chooses a writer; --json and --show are its shorthands, and say the same."""
+    monkeypatch.chdir(home)
+    runner = CliRunner()
+    lines = "the cat\nsat on a mat\n"
+    for command, formats in (("score", ("tsv", "json", "show")), ("eval", ("text", "json"))):
+        for name in formats:
+            result = runner.invoke(app, [command, "runs/words", "-", "--format", name], input=lines)
+            assert result.exit_code == 0 and result.stdout, (command, name, result.output)
+            if name in ("json", "show"):
+                short = runner.invoke(app, [command, "runs/words", "-", f"--{name}"], input=lines)
+                assert short.stdout == result.stdout
+        wrong = runner.invoke(app, [command, "runs/words", "-", "--format", "xml"], input=lines)
+        assert str(wrong.exception) == f"--format must be one of {', '.join(formats)}, not 'xml'"
+    json_lines = runner.invoke(app, ["score", "runs/words", "-", "--format", "json"], input=lines).stdout
+    assert [json.loads(row)["text"] for row in json_lines.splitlines()] == ["the cat", "sat on a mat"]
+    both = runner.invoke(app, ["score", "runs/words", "-", "--format", "tsv", "--json"], input=lines)
+    assert str(both.exception) == "give --format or --json, not both"
