@@ -58,9 +58,8 @@ def evaluation_windows(
     Streams are a way to read the text in parallel, not a different measure: each stream but the
     first starts `burn_in` characters early, on the end of the stream before it, with weight 0, so
     its first counted characters are read with context, as when the text is read through in one
-    stream. Cold-started streams made the 2×512 default model 0.002–0.003 nats/char worse over
-    tiny Shakespeare's validation split in 32 streams; 256 characters of context make it equal to
-    one stream's reading to 1e-5 (README, Text quality).
+    stream: cold-started streams read worse than one stream, and with the context they read the
+    same (docs/measurements.md, Text quality).
     """
     n_targets = len(ids) - 1
     if n_targets < 1:

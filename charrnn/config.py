@@ -58,7 +58,7 @@ class ModelConfig:
     """Shape of the network: embedding -> `layers` recurrent layers -> logits over the vocabulary."""
 
     vocab_size: int
-    cell: str = "lstm-coupled"  # one of CELLS (charrnn/cells.py); the default by measurement (README, Cells)
+    cell: str = "lstm-coupled"  # one of CELLS; the default by measurement (docs/how-it-works.md, Cells)
     layers: int = 2
     hidden_size: int = 512
     embed_size: int = 64
@@ -115,7 +115,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # global-norm clipping threshold
     beta2: float = 0.999  # Adam's second-moment decay
     ema: float = 0.0  # decay of the weights' moving average used to validate and sample (0: the raw weights)
-    weight_decay: float = 0.1  # decoupled (AdamW), of the weight matrices only; by measurement (README)
+    weight_decay: float = 0.1  # decoupled (AdamW), of the weight matrices only; by measurement (docs/measurements.md)
     steps: int | None = None  # budgets: training stops at whichever is reached first
     epochs: float | None = None
     time_seconds: float | None = None

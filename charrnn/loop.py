@@ -109,20 +109,17 @@ def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_c
 
 def auto_dropout(epochs: float) -> float:
     """The dropout used when none is given: none for runs that see the text only a few times (it
-    would only slow learning), 0.25 for longer runs, where a 2×512 LSTM starts to memorise a 1 MB
-    corpus after about 4 epochs. More is not better within the budgets measured: in 30 minutes on
-    tiny Shakespeare, dropout 0.4, or 0.25 plus recurrent dropout 0.25, ended 0.01 nats/char worse
-    than 0.25 alone (README, Text quality)."""
+    would only slow learning), some for longer runs, where the default model starts to memorise a
+    small corpus; more was not better within the budgets measured (docs/measurements.md, Text
+    quality)."""
     return LONG_RUN_DROPOUT if epochs > LONG_RUN_EPOCHS else 0.0
 
 
 def auto_ema(epochs: float) -> float:
-    """The weights' moving average used when --ema is not given: decay 0.999 (a horizon of about
-    a thousand steps) for the same long runs, where it averages away the noise of a learning rate
-    still high when the model starts to memorise (30 minutes on tiny Shakespeare: best validation
-    0.003–0.009 nats/char lower in two runs); none for short runs, which end on a learning rate
-    decayed to 5% that already averages (an average with decay 0.99 ended 5-minute runs slightly
-    worse; README, Text quality)."""
+    """The weights' moving average used when it is not given: for the same long runs, where it
+    averages away the noise of a learning rate still high when the model starts to memorise; none
+    for short runs, which end on a decayed learning rate that already averages (an average made
+    them slightly worse; docs/measurements.md, Text quality)."""
     return LONG_RUN_EMA if epochs > LONG_RUN_EPOCHS else 0.0
 
 

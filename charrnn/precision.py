@@ -5,9 +5,9 @@ def default_dtype() -> str:
     """The matmul precision `train` uses unless told otherwise, chosen by measurement.
 
     GPUs and TPUs: bfloat16 (their matrix units are built for it). CPUs: bfloat16 where the
-    processor has native bf16 dot-product instructions (AVX-512-BF16 or AMX), where XLA ran the
-    2×512 LSTM's training step about 1.6× faster than in float32 (`charrnn bench`); float32
-    elsewhere, where bf16 would only be emulated.
+    processor has native bf16 dot-product instructions (AVX-512-BF16 or AMX), where XLA runs the
+    training step faster in bf16 than in float32 (`charrnn bench`; docs/measurements.md,
+    Precision); float32 elsewhere, where bf16 would only be emulated.
     """
     import jax
 

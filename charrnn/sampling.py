@@ -172,8 +172,8 @@ def sample_stream(
     reset_id = vocab.index.get(boundary) if boundary else None
     if num < 8 and jax.default_backend() == "cpu":
         # A few streams are matrix-vector products bound by reading the weights; XLA's CPU backend
-        # ran those faster in float32 than with bf16 operands (4,808 against 4,106 chars/s for one
-        # stream of the 2×512 LSTM), and the master weights are float32 anyway.
+        # ran those faster in float32 than with bf16 operands (docs/measurements.md, Speed), and
+        # the master weights are float32 anyway.
         model_config = dataclasses.replace(model_config, dtype="float32")
     carry = initial_carry(model_config, num)
     if prime:

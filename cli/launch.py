@@ -3,10 +3,9 @@
 XLA allocates the train step's large buffers afresh on every call (the input projections of a
 window alone are 52 MB per layer for the 2×512 LSTM), and each new 4 KB page costs a page fault
 on first touch. glibc backs large allocations with 2 MB transparent huge pages when
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which made the 2×512 LSTM's training step 10-20% faster
-here (interleaved runs, float32: 6,211-7,214 -> 7,244-7,935 chars/s). glibc reads its tunables only
-at process start, so commands that compute re-execute themselves once with the tunable added (about
-30 ms). This module imports nothing heavy: ``charrnn --help`` stays fast.
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which made the training step faster (docs/measurements.md,
+Speed). glibc reads its tunables only at process start, so commands that compute re-execute
+themselves once with the tunable added. This module imports nothing heavy: ``charrnn --help`` stays fast.
 """
 
 import os
