@@ -16,6 +16,9 @@ over the batch per step; the loop accumulates them in its carry, so they never c
 
 Gate blocks are laid out side by side along the last axis, each `hidden` wide, in the order the
 class docstring gives.
+
+Longer than most modules, for a reason: seven cells, each a forward and a hand-written backward
+step, read best beside one another in the one registry.
 """
 
 from collections.abc import Callable

@@ -4,6 +4,9 @@
 only a few chunks' worth), and stores in the cache, keyed by the text's SHA-256, the validation
 fraction and ``--min-count`` (when above 1): ``vocab.json``, ``train.npy``, ``val.npy`` (ids in the
 smallest unsigned dtype, memory-mapped by training) and ``stats.json``. A second call with the same text is a lookup.
+
+Longer than most modules, for a reason: one pipeline (read once, count, encode, cache), with
+its documents and its spool, which reads best in one piece.
 """
 
 import codecs

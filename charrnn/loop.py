@@ -4,6 +4,9 @@
 decides how they look. The loop reads top to bottom: stop? -> reset the state at an epoch start
 -> next window -> step -> every `log_every` steps fetch the loss -> every `eval_every` steps
 validate and checkpoint.
+
+Longer than most modules, for a reason: `fit` and the three small pieces it is made of
+(`_Budget`, `_Interval`, `_Checkpoints`), with the reports it yields.
 """
 
 import contextlib
@@ -22,7 +25,7 @@ import numpy as np
 
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
-from charrnn.config import LONG_RUN_DROPOUT, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.placement import Placement, make_placement
@@ -89,38 +92,6 @@ def step_budget(config: TrainConfig, windows_per_epoch: int) -> int | None:
     if config.epochs:
         budgets.append(max(1, math.ceil(config.epochs * windows_per_epoch)))
     return min(budgets) if budgets else None
-
-
-def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:
-    """How many passes over the training split the run's budget allows. A --time budget is turned
-    into characters by timing a few compiled steps of this very model (a few seconds)."""
-    windows = max(1, (train_characters - 1) // train_config.batch_size // train_config.seq_len)
-    chars_per_epoch = windows * train_config.batch_size * train_config.seq_len
-    estimates = []
-    if budget := step_budget(train_config, windows):
-        estimates.append(budget / windows)
-    if train_config.time_seconds:
-        from charrnn.bench import bench_train
-
-        rate = bench_train(model_config, train_config, steps=3, repeats=1)["chars_per_second"]
-        estimates.append(train_config.time_seconds * rate / chars_per_epoch)
-    return min(estimates) if estimates else math.inf
-
-
-def auto_dropout(epochs: float) -> float:
-    """The dropout used when none is given: none for runs that see the text only a few times (it
-    would only slow learning), some for longer runs, where the default model starts to memorise a
-    small corpus; more was not better within the budgets measured (docs/measurements.md, Text
-    quality)."""
-    return LONG_RUN_DROPOUT if epochs > LONG_RUN_EPOCHS else 0.0
-
-
-def auto_ema(epochs: float) -> float:
-    """The weights' moving average used when it is not given: for the same long runs, where it
-    averages away the noise of a learning rate still high when the model starts to memorise; none
-    for short runs, which end on a decayed learning rate that already averages (an average made
-    them slightly worse; docs/measurements.md, Text quality)."""
-    return LONG_RUN_EMA if epochs > LONG_RUN_EPOCHS else 0.0
 
 
 def fit(

@@ -13,6 +13,9 @@ Two ways to read text:
 
 Lines arrive through a background reader, so a batch takes whatever lines are there: the first
 lines of a slow pipe are scored (and printed) before the pipe is closed.
+
+Longer than most modules, for a reason: line scores, a whole text's loss and the per-character
+details share one bucketing and batching of the text.
 """
 
 import functools

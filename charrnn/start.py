@@ -18,11 +18,12 @@ covers) are every process's.
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from charrnn.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
+from charrnn.config import DEFAULT_EPOCHS, LONG_RUN_DROPOUT, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
 from charrnn.errors import ConfigError, CorpusError, RunError
 from charrnn.paths import check_new_run_dir
@@ -116,20 +117,7 @@ def new_run(
         train["epochs"] = DEFAULT_EPOCHS
     train_config = TrainConfig(**train)
     leader = jax.process_index() == 0
-    if directory is None:
-        if not leader:
-            raise ConfigError("directory", "must be given for a run over several hosts (one every host shares)")
-        first = sources[0]
-        stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
-        directory = fresh_run_dir(stem or "corpus")
-        label = "the run directory"
-    else:
-        label = "directory"
-    run = Run(Path(directory))
-    if leader:  # decided before any slow work
-        if run.exists():
-            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
-        check_new_run_dir(run.directory, label)
+    run = _new_run_directory(directory, sources, leader)
     prepared, cached = prepare(
         sources,
         val_fraction=train_config.val_fraction,
@@ -210,6 +198,25 @@ def resume_run(
         yield Start(run, prepared, cached, loaded.model, train_config, True)
 
 
+def _new_run_directory(directory: Path | None, sources: list[str], leader: bool) -> Run:
+    """Where a new run goes, checked before any slow work: `directory`, or ``runs/<corpus name>``
+    (numbered if taken); nothing there yet, or an empty directory."""
+    if directory is None:
+        if not leader:
+            raise ConfigError("directory", "must be given for a run over several hosts (one every host shares)")
+        first = sources[0]
+        stem = "stdin" if first == "-" else (Path(first).absolute().name if Path(first).is_dir() else Path(first).stem)
+        directory, label = fresh_run_dir(stem or "corpus"), "the run directory"
+    else:
+        label = "directory"
+    run = Run(Path(directory))
+    if leader:
+        if run.exists():
+            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
+        check_new_run_dir(run.directory, label)
+    return run
+
+
 def check_memory(model: ModelConfig, train: TrainConfig) -> None:
     """Refuse, before any slow work, a model and batch whose training cannot fit in memory."""
     from charrnn import memory
@@ -225,11 +232,9 @@ def _choose_for_the_budget(
     model: ModelConfig, train: TrainConfig, train_characters: int, *, dropout: bool, ema: bool
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout and the weights' average for runs long enough to memorise the text (see
-    `trainer.auto_dropout`, `auto_ema`), when not given; and what was chosen, in words."""
+    `auto_dropout`, `auto_ema` below), when not given; and what was chosen, in words."""
     if not (dropout or ema):
         return model, train, []
-    from charrnn.loop import auto_dropout, auto_ema, planned_epochs
-
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     chosen = []
     if dropout:
@@ -240,6 +245,40 @@ def _choose_for_the_budget(
         chosen.append(f"weights averaged with decay {decay:g}")
         check_memory(model, train)  # the average is one more copy of the weights
     return model, train, [f"{', '.join(chosen)} (the budget covers about {epochs:.1f} epochs)"] if chosen else []
+
+
+def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:
+    """How many passes over the training split the run's budget allows. A --time budget is turned
+    into characters by timing a few compiled steps of this very model (a few seconds)."""
+    windows = max(1, (train_characters - 1) // train_config.batch_size // train_config.seq_len)
+    chars_per_epoch = windows * train_config.batch_size * train_config.seq_len
+    estimates = []
+    from charrnn.loop import step_budget
+
+    if budget := step_budget(train_config, windows):
+        estimates.append(budget / windows)
+    if train_config.time_seconds:
+        from charrnn.bench import bench_train
+
+        rate = bench_train(model_config, train_config, steps=3, repeats=1)["chars_per_second"]
+        estimates.append(train_config.time_seconds * rate / chars_per_epoch)
+    return min(estimates) if estimates else math.inf
+
+
+def auto_dropout(epochs: float) -> float:
+    """The dropout used when none is given: none for runs that see the text only a few times (it
+    would only slow learning), some for longer runs, where the default model starts to memorise a
+    small corpus; more was not better within the budgets measured (docs/measurements.md, Text
+    quality)."""
+    return LONG_RUN_DROPOUT if epochs > LONG_RUN_EPOCHS else 0.0
+
+
+def auto_ema(epochs: float) -> float:
+    """The weights' moving average used when it is not given: for the same long runs, where it
+    averages away the noise of a learning rate still high when the model starts to memorise; none
+    for short runs, which end on a decayed learning rate that already averages (an average made
+    them slightly worse; docs/measurements.md, Text quality)."""
+    return LONG_RUN_EMA if epochs > LONG_RUN_EPOCHS else 0.0
 
 
 def _leaders_value(value: float) -> float:

@@ -29,6 +29,7 @@ def _json(record: dict) -> str:
 WRITERS = {"text": _text, "json": _json}  # --format: a new output format is a function here
 
 
+# Typer reads the options from this signature: most of this function's lines declare them.
 @flag_errors
 def eval_(
     first: Annotated[

@@ -16,6 +16,7 @@ from .options import flag_errors, nonempty_path, with_default
 from .reading import load_trained
 
 
+# Typer reads the options from this signature: most of this function's lines declare them.
 @flag_errors
 def sample(
     run_dir: Annotated[

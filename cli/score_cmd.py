@@ -50,6 +50,7 @@ class _Show:
 WRITERS = {"tsv": _Tsv, "json": _Json, "show": _Show}  # --format: a new output format is a class here
 
 
+# Typer reads the options from this signature: most of this function's lines declare them.
 @flag_errors
 def score(
     first: Annotated[str | None, typer.Argument(metavar="RUN", help=RUN_OR_FILE_HELP, show_default=False)] = None,

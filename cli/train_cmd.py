@@ -43,6 +43,7 @@ from .options import (
 from .progress import run_quietly, run_with_progress
 
 
+# Typer reads the options from this signature: most of this function's lines declare them.
 @flag_errors
 def train(
     corpus: Annotated[
