@@ -30,8 +30,9 @@ class StreamBatcher:
         if self.windows_per_epoch < 1:
             need = batch_size * seq_len + 1
             raise CorpusError(
-                f"the training split has {len(ids)} characters, but --batch-size {batch_size} × "
-                f"--seq-len {seq_len} needs at least {need}; use a longer corpus or smaller sizes"
+                f"the training split has {len(ids)} characters, but {{batch_size}} × {{seq_len}} needs at "
+                f"least {need}; use a longer corpus or smaller sizes",
+                settings={"batch_size": batch_size, "seq_len": seq_len},
             )
         self.batch_size, self.seq_len = batch_size, seq_len
         used = self.windows_per_epoch * seq_len

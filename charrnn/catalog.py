@@ -190,12 +190,14 @@ def fetch(
             got = f"more than {entry.size}" if received > entry.size else str(received)
             raise CharrnnError(
                 f"size mismatch for corpus {entry.name!r} from {source}: expected {entry.size} bytes, "
-                f"got {got}; download discarded (retry, or check --url / ${MIRROR_ENV})"
+                f"got {got}; download discarded (retry, or check {{url}} / ${MIRROR_ENV})",
+                settings=("url",),
             )
         if actual != entry.sha256:
             raise CharrnnError(
                 f"checksum mismatch for corpus {entry.name!r} from {source}: expected sha256 "
-                f"{entry.sha256}, got {actual}; download discarded (retry, or check --url / ${MIRROR_ENV})"
+                f"{entry.sha256}, got {actual}; download discarded (retry, or check {{url}} / ${MIRROR_ENV})",
+                settings=("url",),
             )
         os.replace(tmp, dest)
     except OSError as err:
@@ -244,7 +246,8 @@ def _download(
         reason = err.reason.strerror if isinstance(err.reason, OSError) and err.reason.strerror else err.reason
         raise CharrnnError(
             f"cannot download corpus {entry.name!r} from {where}: {reason}; check the network, "
-            f"or pass --url / set ${MIRROR_ENV} to a reachable copy"
+            f"or pass {{url}} / set ${MIRROR_ENV} to a reachable copy",
+            settings=("url",),
         ) from err
     except (OSError, http.client.HTTPException) as err:  # timeouts, resets, TLS failures, short reads
         raise CharrnnError(

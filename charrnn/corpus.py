@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from charrnn.config import check_text_options
-from charrnn.errors import ConfigError, CorpusError, UsageError
+from charrnn.errors import ConfigError, CorpusError, UsageError, Warn
 from charrnn.paths import cache_dir, standard_input, why_unreadable
 from charrnn.vocab import Vocabulary
 
@@ -103,7 +103,8 @@ def read_chunks(
             except UnicodeDecodeError as error:
                 raise CorpusError(
                     f"corpus {label} is not valid {encoding} (bad byte at offset {offset - pending + error.start}); "
-                    "try --encoding or --errors replace"
+                    "try {encoding} or {errors}",
+                    settings={"encoding": None, "errors": "replace"},
                 ) from error
             if text:
                 yield text
@@ -136,7 +137,7 @@ def prepare(
     root: Path | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     base_vocab: Vocabulary | None = None,
-    warn: Callable[[str], None] = lambda _: None,
+    warn: Warn = lambda _: None,
     min_count: int = 1,
 ) -> tuple[PreparedCorpus, bool]:
     """Prepare `source` (or find it already prepared). Returns the corpus and whether it was cached.
@@ -271,7 +272,10 @@ def _prepare_counted(
 ) -> tuple[PreparedCorpus, bool]:
     label, digest, counts, chunks = counted.label, counted.digest, counted.counts, counted.chunks
     if base_vocab is not None and min_count > 1:
-        raise UsageError("--min-count cannot be combined with --init-from (the parent's vocabulary is kept whole)")
+        raise UsageError(
+            "{min_count} cannot be combined with {parent} (the parent's vocabulary is kept whole)",
+            settings=("min_count", "parent"),
+        )
     frequent = counts >= min_count
     if counted.extra_stats.get("documents"):
         frequent[ord(BOUNDARY)] = True  # the document boundary is never rare
@@ -297,7 +301,8 @@ def _prepare_counted(
     if total - n_val < 2:
         raise CorpusError(
             f"corpus {label} is too short: {total} characters; training needs at least "
-            "--batch-size × --seq-len + 1 characters (1,025 with the defaults) plus the validation part"
+            "{batch_size} × {seq_len} + 1 characters (1,025 with the defaults) plus the validation part",
+            settings=("batch_size", "seq_len"),
         )
     most_common = present[np.argsort(-counts[present], kind="stable")[:10]]
     stats = {
@@ -362,7 +367,7 @@ def _count_documents(
     encoding: str,
     errors: str,
     chunk_bytes: int,
-    warn: Callable[[str], None],
+    warn: Warn,
     stack: ExitStack,
     root: Path | None,
 ) -> _Counted:
@@ -379,8 +384,8 @@ def _count_documents(
         except CorpusError as error:
             if not document.in_folder:
                 raise
-            reason = str(error).removeprefix(f"corpus {document.name} ").removesuffix("; give a text file")
-            warn(f"skipped {document.name}: {reason}")
+            reason = error.message.removeprefix(f"corpus {document.name} ").removesuffix("; give a text file")
+            warn(CorpusError(f"skipped {document.name}: {reason}", settings=error.settings))
             continue
         counts[: len(first.counts)] += first.counts
         kept.append(first)

@@ -227,7 +227,8 @@ class _Interval:
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"training loss became {loss} by step {step}; the last good checkpoint is kept; "
-                "try a lower --lr or --grad-clip"
+                "try a lower {learning_rate} or {grad_clip}",
+                settings=("learning_rate", "grad_clip"),
             )
         rate = self.steps * self.chars_per_step / max(time.monotonic() - self.started, 1e-9)
         self.last_loss = loss
@@ -290,7 +291,10 @@ class _Checkpoints:
             else NOT_EVALUATED
         )
         if not math.isfinite(val_loss):
-            raise TrainingDiverged(f"validation loss is {val_loss} at step {step}; try a lower --lr")
+            raise TrainingDiverged(
+                f"validation loss is {val_loss} at step {step}; try a lower {{learning_rate}}",
+                settings=("learning_rate",),
+            )
         if _identity(self.run.directory) != self.home or (self.had_config and not self.run.config_path.exists()):
             # moved or deleted under us: do not write into a recreated husk
             raise RunError(f"{self.run.directory} disappeared while training; stopped at step {step}")

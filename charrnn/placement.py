@@ -38,8 +38,9 @@ class Placement:
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.size:
             raise UsageError(
-                f"--batch-size {batch_size} is not divisible by the {self.size} devices training uses; "
-                f"use a multiple of {self.size} or fewer devices with --devices"
+                f"{{batch_size}} is not divisible by the {self.size} devices training uses; "
+                f"use a multiple of {self.size} or fewer devices with {{devices}}",
+                settings={"batch_size": batch_size, "devices": None},
             )
 
     def state_shardings(self, state: Any) -> Any:

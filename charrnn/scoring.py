@@ -235,7 +235,8 @@ def unknown_characters(number: int, missing: list[str]) -> VocabularyError:
     more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
     return VocabularyError(
         f"line {number} has characters the model never saw: {shown}{more} "
-        "(--unknown skip leaves them out and counts them)"
+        "({unknown} leaves them out and counts them)",
+        settings={"unknown": "skip"},
     )
 
 

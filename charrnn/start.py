@@ -19,13 +19,13 @@ covers) are every process's.
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from charrnn.config import DEFAULT_EPOCHS, LONG_RUN_DROPOUT, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
-from charrnn.errors import ConfigError, CorpusError, RunError
+from charrnn.errors import ConfigError, CorpusError, RunError, Warn
 from charrnn.paths import check_new_run_dir
 from charrnn.runs import Run, fresh_run_dir
 
@@ -87,7 +87,7 @@ def new_run(
     encoding: str = "utf-8",
     errors: str = "strict",
     min_count: int = 1,
-    warn: Callable[[str], None] = lambda _: None,
+    warn: Warn = lambda _: None,
 ) -> Iterator[Start]:
     """A new run of `corpus` (a path, ``-``, the built-in name, or several paths or a folder: documents)
     in `directory` (default: ``runs/<corpus name>``, numbered if taken), locked while the block runs.
@@ -169,7 +169,7 @@ def resume_run(
     encoding: str = "utf-8",
     errors: str = "strict",
     min_count: int | None = None,
-    warn: Callable[[str], None] = lambda _: None,
+    warn: Warn = lambda _: None,
 ) -> Iterator[Start]:
     """The run in `directory`, to continue from its latest checkpoint, locked while the block runs.
 
@@ -209,12 +209,19 @@ def _new_run_directory(directory: Path | None, sources: list[str], leader: bool)
         directory, label = fresh_run_dir(stem or "corpus"), "the run directory"
     else:
         label = "directory"
-    run = Run(Path(directory))
     if leader:
-        if run.exists():
-            raise RunError(f"{run.directory} already holds a run; continue it with --resume {run.directory}")
-        check_new_run_dir(run.directory, label)
-    return run
+        check_run_directory(Path(directory), label)
+    return Run(Path(directory))
+
+
+def check_run_directory(directory: Path, label: str = "directory") -> None:
+    """Where a new run may go: nowhere yet, or an empty directory; a run there is refused with the
+    way to continue it, anything else with what it holds (`label` names the path's origin)."""
+    if Run(directory).exists():
+        raise RunError(
+            f"{directory} already holds a run; continue it with {{resume}}", settings={"resume": str(directory)}
+        )
+    check_new_run_dir(directory, label)
 
 
 def check_memory(model: ModelConfig, train: TrainConfig) -> None:

@@ -8,7 +8,7 @@ disagree (a run trained on documents, say, resets its state and stops at their b
     >>> model.eval().bits_per_char      # the validation split, as training measured it
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from charrnn.config import ModelConfig, SampleOptions, TrainConfig, parse_checkpoint
-from charrnn.errors import RunError
+from charrnn.errors import RunError, Warn
 from charrnn.runs import Run, latest_run
 from charrnn.scoring import EvalResult, LineScore, evaluate_ids, evaluate_text, score_document, score_lines
 from charrnn.vocab import Vocabulary
@@ -34,7 +34,7 @@ def load(
     run: str | Path | Run | None = None,
     checkpoint: str | int = "best",
     *,
-    warn: Callable[[str], None] = lambda _: None,
+    warn: Warn = lambda _: None,
 ) -> "TrainedModel":
     """A trained run: its files, checked (`Run.open`), and the parameters (only: no optimizer state
     is read, nothing on disk changes) of its best (lowest validation loss) or latest checkpoint, or

@@ -18,7 +18,7 @@ from charrnn.errors import RunError, UsageError
 from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 
-STRUCTURE = {"cell": "--cell", "layers": "--layers", "hidden_size": "--hidden", "embed_size": "--embed"}
+STRUCTURE = ("cell", "layers", "hidden_size", "embed_size")  # what the parent's weights fix
 # Model options a child takes from its parent unless given:
 INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "dtype")
 
@@ -27,7 +27,7 @@ def parent_of(directory: Path) -> tuple[Run, ModelConfig, Vocabulary]:
     """The run to continue from, its model and vocabulary; one line if it is not a usable run."""
     parent = Run(directory)
     if not parent.exists():
-        raise RunError(f"--init-from {directory}: not a charrnn run (no config.json)")
+        raise RunError("{parent}: not a charrnn run (no config.json)", settings={"parent": str(directory)})
     model_config, _, _ = parent.read_config()
     return parent, model_config, parent.read_vocab()
 
@@ -37,8 +37,11 @@ def child_model_options(parent: ModelConfig, given: dict[str, Any], parent_dir: 
     structural option that differs from the parent's is an error (its weights would not fit)."""
     conflicts = [name for name in STRUCTURE if name in given and given[name] != getattr(parent, name)]
     if conflicts:
-        shown = ", ".join(f"{STRUCTURE[n]} {given[n]} (the parent has {getattr(parent, n)})" for n in conflicts)
-        raise UsageError(f"{shown}: contradicts the model of --init-from {parent_dir}; drop it to use the parent's")
+        shown = ", ".join(f"{{{n}}} (the parent has {getattr(parent, n)})" for n in conflicts)
+        raise UsageError(
+            f"{shown}: contradicts the model of {{parent}}; drop it to use the parent's",
+            settings={**{n: given[n] for n in conflicts}, "parent": str(parent_dir)},
+        )
     return {name: getattr(parent, name) for name in INHERITED} | given
 
 

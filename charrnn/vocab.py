@@ -67,7 +67,10 @@ class Vocabulary:
     def extended(self, chars: Iterable[str]) -> Self:
         """This vocabulary with the characters of `chars` it lacks appended: old ids are unchanged."""
         if self.unknown is not None:
-            raise VocabularyError("a model trained with --min-count (an unknown symbol) cannot take new characters")
+            raise VocabularyError(
+                "a model trained with {min_count} (an unknown symbol) cannot take new characters",
+                settings=("min_count",),
+            )
         new = sorted(set(chars) - set(self.chars))
         return type(self)(self.chars + tuple(new))
 

@@ -9,14 +9,12 @@ from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 
 from . import console
-from .options import flag_errors
 
 MAX_CHUNK = 1 << 16
 MAX_PEAK_SIZE = 1 << 15
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
-@flag_errors
 def bench(
     cell: Annotated[str, typer.Option(help=f"Cells to measure, comma-separated: {', '.join(CELLS)}; or all.")] = "all",
     dtype: Annotated[str, typer.Option(help=f"Precision: {', '.join(DTYPES)} or all.")] = "all",

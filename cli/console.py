@@ -6,12 +6,23 @@ import time
 
 from rich.console import Console
 
+from charrnn.errors import CharrnnError
+
 # Resolved at write time, so tests that swap sys.stderr still capture it.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
     stderr.print(message, markup=False)
+
+
+def warn(text: "str | CharrnnError") -> None:
+    """A warning from the library, on stderr; one that names settings, in the options' names."""
+    if not isinstance(text, str):
+        from .options import flag
+
+        text = text.worded(flag)
+    info(f"charrnn: warning: {text}")
 
 
 def format_duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ from charrnn.config import VAL_BURN_IN, check_reading
 from charrnn.errors import UsageError
 
 from . import console
-from .options import flag_errors, paragraphs
+from .options import paragraphs
 from .reading import load_trained, open_input, run_and_file
 
 
@@ -30,7 +30,6 @@ WRITERS = {"text": _text, "json": _json}  # --format: a new output format is a f
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
-@flag_errors
 def eval_(
     first: Annotated[
         str | None,

@@ -13,6 +13,7 @@ import time
 from charrnn.errors import CharrnnError
 
 from . import console
+from .options import flag
 
 
 @contextlib.contextmanager
@@ -36,7 +37,8 @@ def failure_ends_every_host():
 
             time.sleep(HEARTBEAT_TIMEOUT + 5)  # normally ended before this by the coordination service
             error = CharrnnError(f"lost contact with another process of the run: {str(error).splitlines()[0]}")
-        console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {error}")
+        shown = error.worded(flag) if isinstance(error, CharrnnError) else str(error)
+        console.info(f"charrnn: error: process {jax.process_index()} of {jax.process_count()}: {shown}")
         sys.stderr.flush()
         os._exit(getattr(error, "exit_code", 1))
 

@@ -15,6 +15,7 @@ from .console import silence_stdout
 from .corpus_cmd import corpus_app
 from .eval_cmd import eval_
 from .info_cmd import info, runs
+from .options import flag
 from .plot_cmd import plot
 from .prep_cmd import prep
 from .sample_cmd import sample
@@ -118,7 +119,7 @@ def main() -> None:
     except CharrnnError as error:
         if isinstance(error, StdoutError):
             silence_stdout()  # so that the flush at exit cannot fail again
-        console.info(f"charrnn: error: {error}")
+        console.info(f"charrnn: error: {error.worded(flag)}")
         sys.exit(error.exit_code)
     except BrokenPipeError:
         silence_stdout()

@@ -1,7 +1,6 @@
 """Small helpers shared by the commands' option parsing."""
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from charrnn.config import TrainConfig
-from charrnn.errors import ConfigError, UsageError
+from charrnn.errors import UsageError
 
 
 def default_of(config_class: type, name: str) -> Any:
@@ -103,28 +102,13 @@ FLAGS = {
     "time_seconds": "--time",
     "temperature": "--temp",
     "directory": "--out",
+    "parent": "--init-from",
 }
 
 
 def flag(name: str) -> str:
     """The command-line option that sets configuration field `name`."""
     return FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-def flag_errors(command: Callable) -> Callable:
-    """Wrap a command so that a configuration value it was given and that is out of range is
-    reported under the option's name (``--hidden must be ...``), not the field's (``hidden_size``).
-    Errors about a run's saved configuration never reach here as ConfigError: the run loader
-    turns them into RunErrors that name the file."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as error:
-            raise UsageError(error.worded(flag(error.field) if error.field else None)) from None
-
-    return wrapper
 
 
 def paragraphs(text: str) -> str:

@@ -10,12 +10,10 @@ from .options import (
     ErrorsOption,
     MinCountOption,
     ValFractionOption,
-    flag_errors,
     require_nonempty,
 )
 
 
-@flag_errors
 def prep(
     corpus: CorpusArgument = None,
     val_fraction: ValFractionOption = None,
@@ -34,7 +32,7 @@ def prep(
         val_fraction=fraction,
         encoding=encoding,
         errors=errors,
-        warn=lambda text: console.info(f"charrnn: warning: {text}"),
+        warn=console.warn,
         min_count=min_count,
     )
     show_stats(prepared.stats, prepared.directory, cached)

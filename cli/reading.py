@@ -85,4 +85,4 @@ def load_trained(run: Path | Run | None, checkpoint: str) -> TrainedModel:
     configure_jax()
     from charrnn.trained import load
 
-    return load(run, which, warn=lambda text: console.info(f"charrnn: warning: {text}"))
+    return load(run, which, warn=console.warn)

@@ -12,12 +12,11 @@ from charrnn.config import check_seed
 from charrnn.errors import UsageError
 from charrnn.paths import why_unreadable
 
-from .options import flag_errors, nonempty_path, with_default
+from .options import nonempty_path, with_default
 from .reading import load_trained
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
-@flag_errors
 def sample(
     run_dir: Annotated[
         Path | None,

@@ -12,7 +12,7 @@ from charrnn.errors import UsageError
 from charrnn.paths import check_output_file, write_atomically
 
 from . import console
-from .options import flag_errors, nonempty_path, paragraphs
+from .options import nonempty_path, paragraphs
 from .reading import RUN_OR_FILE_HELP, load_trained, open_input, read_lines, run_and_file
 
 
@@ -51,7 +51,6 @@ WRITERS = {"tsv": _Tsv, "json": _Json, "show": _Show}  # --format: a new output 
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
-@flag_errors
 def score(
     first: Annotated[str | None, typer.Argument(metavar="RUN", help=RUN_OR_FILE_HELP, show_default=False)] = None,
     second: Annotated[str | None, typer.Argument(metavar="FILE", help="See RUN.", show_default=False)] = None,

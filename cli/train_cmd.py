@@ -20,8 +20,8 @@ from charrnn.config import (
     check_text_options,
     parse_duration,
 )
-from charrnn.errors import RunError, UsageError
-from charrnn.paths import check_new_run_dir, check_output_dir, runs_dir
+from charrnn.errors import UsageError
+from charrnn.paths import check_output_dir, runs_dir
 
 from . import console
 from .console import show_stats
@@ -33,7 +33,6 @@ from .options import (
     budget_text,
     config_help,
     flag,
-    flag_errors,
     given,
     nonempty_path,
     regularisation_text,
@@ -44,7 +43,6 @@ from .progress import run_quietly, run_with_progress
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
-@flag_errors
 def train(
     corpus: Annotated[
         list[str] | None,
@@ -244,7 +242,9 @@ def train(
     if resume is not None:
         check_output_dir(resume, "--resume")
     else:
-        _check_new_run_dir(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
+        from charrnn.start import check_run_directory
+
+        check_run_directory(out, "--out") if out is not None else check_output_dir(runs_dir(), "the runs directory")
 
     from .process import configure_jax
 
@@ -267,10 +267,15 @@ def train(
 
     settings = {"model": model_options, "train": train_options | budget_options, "encoding": encoding, "errors": errors}
     if resume is not None:
-        starting = resume_run(resume, corpus=corpus, min_count=min_count, warn=_warn, **settings)
+        starting = resume_run(resume, corpus=corpus, min_count=min_count, warn=console.warn, **settings)
     else:
         starting = new_run(
-            corpus or ["pydoc"], directory=out, parent=init_from, min_count=min_count or 1, warn=_warn, **settings
+            corpus or ["pydoc"],
+            directory=out,
+            parent=init_from,
+            min_count=min_count or 1,
+            warn=console.warn,
+            **settings,
         )
     with failure_ends_every_host(), _resume_conflicts_as_options(), starting as start:
         if not is_leader():  # one voice for the whole run: process 0's
@@ -295,14 +300,6 @@ def train(
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _check_new_run_dir(directory: Path, label: str) -> None:
-    """Where a new run may go: nowhere yet, or an empty directory; a run there is refused with the
-    way to continue it, anything else with what it holds."""
-    if (directory / "config.json").exists():
-        raise RunError(f"{directory} already holds a run; continue it with --resume {directory}")
-    check_new_run_dir(directory, label)
-
-
 @contextlib.contextmanager
 def _resume_conflicts_as_options():
     """A resumed run's settings given otherwise, in the options' names."""
@@ -312,10 +309,6 @@ def _resume_conflicts_as_options():
         yield
     except ResumeConflict as error:
         raise UsageError(error.worded_for([flag(name) for name in error.fields], "with --out")) from None
-
-
-def _warn(text: str) -> None:
-    console.info(f"charrnn: warning: {text}")
 
 
 def _describe(start, placement) -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from charrnn import memory
 from charrnn.cli.main import app
+from charrnn.cli.options import flag
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharrnnError, OutputError, UsageError
 from charrnn.paths import check_output_dir, check_output_file, why_unreadable
@@ -26,8 +27,9 @@ def error_of(args: list[str]) -> tuple[int, str]:
     """Exit code and the one line `charrnn: error: ...` that main() would print."""
     result = CliRunner().invoke(app, args)
     if isinstance(result.exception, CharrnnError):
-        assert "\n" not in str(result.exception)
-        return result.exception.exit_code, str(result.exception)
+        shown = result.exception.worded(flag)  # what `main` prints
+        assert "\n" not in shown
+        return result.exception.exit_code, shown
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result.exit_code, result.stderr.strip()
 

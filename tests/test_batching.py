@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from charrnn.batching import StreamBatcher, evaluation_windows
+from charrnn.cli.options import flag
 from charrnn.errors import CorpusError
 
 
@@ -21,8 +22,11 @@ def test_windows_tile_each_stream_exactly():
 
 
 def test_too_small_corpus_says_how_long_it_must_be():
-    with pytest.raises(CorpusError, match="at least 641"):
+    with pytest.raises(CorpusError, match="at least 641") as raised:
         StreamBatcher(np.arange(100), batch_size=64, seq_len=10)
+    # The library names its parameters; the command line, through the same error, its options.
+    assert "but batch_size=64 × seq_len=10 needs" in str(raised.value)
+    assert "but --batch-size 64 × --seq-len 10 needs" in raised.value.worded(flag)
 
 
 @pytest.mark.parametrize("burn_in", [0, 5, 256])

@@ -10,6 +10,7 @@ from conftest import charrnn_in_process
 from test_cli import TINY
 
 import charrnn
+from charrnn.cli.options import flag
 from charrnn.config import ModelConfig
 from charrnn.corpus import BOUNDARY, boundary_id, prepare
 from charrnn.errors import CorpusError
@@ -46,7 +47,7 @@ def test_a_folder_is_its_text_files_in_sorted_order_each_followed_by_the_boundar
     assert text_of(prepared) == "first\n" * 20 + BOUNDARY + "second\n" * 20 + BOUNDARY
     assert prepared.stats["documents"] == 2 and boundary_id(prepared) == prepared.vocab.index[BOUNDARY]
     docs = tmp_path / "docs"
-    assert warnings == [
+    assert [warning.worded(flag) for warning in warnings] == [  # as the CLI prints them
         f"skipped {docs}/c.bin: looks binary (NUL byte at offset 0)",
         f"skipped {docs}/d.txt: is not valid utf-8 (bad byte at offset 3); try --encoding or --errors replace",
         f"skipped {docs}/e.txt: contains U+001E, the character that separates documents",

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import charrnn
 from charrnn import scoring
 from charrnn.cli.main import app
+from charrnn.cli.options import flag
 from charrnn.model import CharRNN, initial_carry
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
@@ -192,7 +193,8 @@ def test_bad_options_are_one_line_errors(home, monkeypatch, args, fragment):
     monkeypatch.chdir(home)
     result = CliRunner().invoke(app, args, input="the cat\n")
     assert isinstance(result.exception, charrnn.errors.CharrnnError), result.output
-    assert fragment in str(result.exception) and "\n" not in str(result.exception)
+    shown = result.exception.worded(flag)  # what `main` prints
+    assert fragment in shown and "\n" not in shown
 
 
 def test_score_streams_before_its_input_ends(home):
@@ -352,7 +354,7 @@ def test_the_library_names_its_parameters_and_the_command_its_options(model, hom
         model.score(["the cat"], unknown="maybe")
     monkeypatch.chdir(home)
     result = CliRunner().invoke(app, ["eval", "runs/words", "-", "--streams", "0"], input="the cat\n")
-    assert str(result.exception) == "--streams must be positive, not 0"
+    assert result.exception.worded(flag) == "--streams must be positive, not 0"
 
 
 def test_output_formats_come_from_one_table(home, monkeypatch):
