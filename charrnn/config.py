@@ -216,6 +216,14 @@ def check_reading(unknown: str = "error", streams: int = 1) -> None:
         raise ConfigError("streams", f"must be positive, not {streams}")
 
 
+def check_capacity(slots: int, queue: int) -> None:
+    """A server's sampling slots per model and the requests that may wait for one."""
+    if slots < 1:
+        raise ConfigError("slots", f"must be positive, not {slots}")
+    if queue < 0:
+        raise ConfigError("queue", f"must be >= 0, not {queue}")
+
+
 def check_seed(seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError("seed", f"must be between 0 and {MAX_SEED}, not {seed}")

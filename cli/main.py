@@ -20,6 +20,7 @@ from .plot_cmd import plot
 from .prep_cmd import prep
 from .sample_cmd import sample
 from .score_cmd import score
+from .serve_cmd import serve
 from .train_cmd import train
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.command()(train)
 app.command()(sample)
 app.command()(bench)
 app.command()(score)
+app.command()(serve)
 app.command("eval")(eval_)
 app.command()(info)
 app.command()(runs)

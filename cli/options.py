@@ -103,6 +103,7 @@ FLAGS = {
     "temperature": "--temp",
     "directory": "--out",
     "parent": "--init-from",
+    "slots": "--max-streams",
 }
 
 

@@ -1,0 +1,438 @@
+"""Many requests for text at once: continuous batching over a fixed number of sampling slots.
+
+Each request (a `Completion`) takes a slot of one sampling batch. The slots advance together, a
+chunk of characters per call of one compiled program (`make_slots_chunk`); a request joins at the
+next chunk and leaves when it ends or is cancelled, so a user never waits for another's text to
+finish. What a request chooses (temperature, top-k, top-p, its seed) is per slot, an array the
+program reads: any mix of requests runs the same compiled program. Each slot draws with its own
+random key, and a request's text depends on its prompt, options and seed alone: the same request
+gives the same text whatever else is being served (a test checks it).
+
+The program runs over the smallest bucket of slots (1, 4, 16, ... up to `slots`) that holds every
+busy one, and a new request takes the lowest free slot: one user pays for one stream, not for all.
+
+`Engine` is the library's server-side sampler; `charrnn.server` puts HTTP in front of it.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charrnn.config import MAX_SEED, ModelConfig, check_capacity
+from charrnn.errors import CharrnnError, ConfigError
+from charrnn.model import CharRNN, initial_carry
+from charrnn.sampling import _reset_at, matmul_operands
+from charrnn.scoring import make_score_chunk
+from charrnn.trained import TrainedModel
+
+TOP = 5  # alternatives a request may ask for per character (OpenAI's limit for `logprobs`)
+PROMPT_PIECE = 1024  # longest prompt piece scored at once; a prompt is cut into powers of two
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One text to write: after `prompt`, at most `max_tokens` characters, ending early at the first
+    `stop` text (not included). `logprobs` (0 to 5, or None for none): each character's
+    log-probability and that many likeliest alternatives; with `echo`, the prompt's too."""
+
+    prompt: str = ""
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise ConfigError("max_tokens", f"must be >= 0, not {self.max_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ConfigError("temperature", f"must be a number >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1], not {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError("top_k", f"must be >= 0, not {self.top_k}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", f"must be between 0 and {MAX_SEED}, not {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= TOP:
+            raise ConfigError("logprobs", f"must be between 0 and {TOP}, not {self.logprobs}")
+        if any(not text for text in self.stop):
+            raise ConfigError("stop", "must not hold an empty text")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One character's log-probability (None for a text's first: nothing came before it) and the
+    likeliest characters at its place with theirs."""
+
+    char: str
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """The next part of a request's text; `scored` per character when the request asked for it.
+    `prompt` marks the echoed prompt."""
+
+    text: str
+    scored: tuple[Scored, ...] | None = None
+    prompt: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """The request's text is complete: "stop" (a stop text or the end of a document) or "length"."""
+
+    reason: str
+    characters: int  # generated and delivered (the prompt not counted)
+
+
+class Busy(CharrnnError):
+    """Every slot is taken and the queue of waiting requests is full: try again shortly."""
+
+
+Event = Piece | Finished | BaseException
+Deliver = Callable[[Event], None]
+
+
+@dataclasses.dataclass(eq=False)
+class Ticket:
+    """A submitted request: `cancel` frees its slot (or its place in the queue) at the next chunk."""
+
+    request: Completion
+    deliver: Deliver
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def pick_each(logits: jax.Array, keys: jax.Array, temperature, top_p, top_k) -> jax.Array:
+    """Next-character ids [B] from logits [B, V], each row with its own key and options (arrays [B]);
+    row by row what `sampling.pick` does for one option set (temperature 0: the likeliest)."""
+    vocab = logits.shape[-1]
+    greedy = temperature == 0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    ordered = jnp.where(jnp.arange(vocab)[None, :] < k[:, None], ordered, -jnp.inf)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each entry
+    kept = jnp.where(before < top_p[:, None], ordered, jnp.inf)
+    scaled = jnp.where(scaled < kept.min(axis=-1, keepdims=True), -jnp.inf, scaled)
+    drawn = jax.vmap(jax.random.categorical)(keys, scaled)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn)
+
+
+@functools.lru_cache(maxsize=8)
+def make_slots_chunk(model_config: ModelConfig, chunk_size: int, reset_id: int | None, never: int | None) -> Callable:
+    """Jitted (params, carry, token, keys, temperature, top_p, top_k, busy=B) -> (ids, logprobs,
+    top ids, top logprobs [chunk, B, ...], carry, token, keys): `chunk_size` characters for the first
+    B slots of the full state (the rest kept as they are), compiled once per bucket B."""
+    model = CharRNN(model_config)
+    top = min(TOP, model_config.vocab_size)
+
+    def chunk(params, carry, token, keys, temperature, top_p, top_k, busy):
+        params = matmul_operands(params, model_config.dtype)
+        options = temperature[:busy], top_p[:busy], top_k[:busy]
+
+        def body(state, _):
+            carry, token, keys = state
+            carry = _reset_at(carry, token, reset_id)
+            split = jax.vmap(jax.random.split)(keys)
+            keys, subkeys = split[:, 0], split[:, 1]
+            logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            logits = logits.astype(jnp.float32)
+            if never is not None:
+                logits = logits.at[:, never].set(-jnp.inf)
+            token = pick_each(logits, subkeys, *options).astype(jnp.int32)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            chosen = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+            top_logp, top_ids = jax.lax.top_k(logp, top)
+            return (carry, token, keys), (token, chosen, top_ids, top_logp)
+
+        part = jax.tree.map(lambda a: a[:busy], (carry, token, jax.random.wrap_key_data(keys)))
+        (part_carry, part_token, part_keys), out = jax.lax.scan(body, part, None, length=chunk_size)
+        carry = jax.tree.map(lambda full, new: full.at[:busy].set(new), carry, part_carry)
+        token = token.at[:busy].set(part_token)
+        keys = keys.at[:busy].set(jax.random.key_data(part_keys))
+        return (*out, carry, token, keys)
+
+    return jax.jit(chunk, static_argnames="busy", donate_argnums=(1, 2, 3))
+
+
+@jax.jit
+def _place(carry, keys, slot_carry, slot_key, slot):
+    """The full state with slot `slot` set to a request's primed state and random key."""
+    carry = jax.tree.map(lambda full, one: jax.lax.dynamic_update_slice_in_dim(full, one, slot, 0), carry, slot_carry)
+    return carry, keys.at[slot].set(slot_key)
+
+
+def buckets(slots: int) -> list[int]:
+    """The batch sizes the program runs at: 1, 4, 16, ... and `slots` itself."""
+    sizes = [4**i for i in range(8) if 4**i < slots]
+    return [*sizes, slots]
+
+
+@dataclasses.dataclass(eq=False)
+class _Busy:
+    """A slot's request in progress: the text generated but held back (it may be the start of a
+    stop text), with its scores, and the count still allowed."""
+
+    ticket: Ticket
+    remaining: int
+    held: str = ""
+    held_scored: list[Scored] = dataclasses.field(default_factory=list)
+    delivered: int = 0
+
+
+class Engine:
+    """One model's sampler for many requests at once (see the module's docstring). `submit` a
+    `Completion` with a function that receives its `Piece`s and then its `Finished` (or the error
+    that ended it), from the engine's thread; `close` when done."""
+
+    def __init__(self, model: TrainedModel, *, slots: int = 8, queue: int = 64, chunk_size: int = 64) -> None:
+        check_capacity(slots, queue)
+        config = model.model_config
+        if jax.default_backend() == "cpu":  # see sampling.sample_stream: float32 reads faster on CPUs
+            config = dataclasses.replace(config, dtype="float32")
+        self.model, self.config, self.slots, self.queue_limit = model, config, slots, queue
+        self.chunk_size = chunk_size
+        vocab = model.vocab
+        self.reset_id = vocab.index.get(model.boundary) if model.boundary else None
+        self.start_id = self.reset_id if self.reset_id is not None else vocab.index.get("\n", 0)
+        self._chunk = make_slots_chunk(config, chunk_size, self.reset_id, vocab.unknown_id)
+        self._score = make_score_chunk(config, True)
+        self._chars = np.array(vocab.chars, dtype=object)
+        self._carry = initial_carry(config, slots)
+        self._token = jnp.zeros((slots,), jnp.int32)
+        self._keys = jax.random.key_data(jax.random.split(jax.random.key(0), slots))
+        self._temperature = np.ones(slots, np.float32)
+        self._top_p = np.ones(slots, np.float32)
+        self._top_k = np.zeros(slots, np.int32)
+        self._busy: list[_Busy | None] = [None] * slots
+        self._waiting: collections.deque[Ticket] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self.stats = collections.Counter()  # characters, requests, chunks: for the server's metrics
+        self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+
+    # -- the caller's side ------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile the program for every bucket now, so that no request waits for it."""
+        for busy in buckets(self.slots):
+            out = self._chunk(self.model.params, self._carry, self._token, self._keys, *self._options(), busy=busy)
+            self._carry, self._token, self._keys = out[4:]
+        jax.block_until_ready(self._carry)
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def submit(self, request: Completion, deliver: Deliver) -> Ticket:
+        """Queue `request`; raises `Busy` when every slot is taken and the queue is full, and a
+        VocabularyError when its prompt has characters the model never saw."""
+        self.model.vocab.encode(request.prompt)  # names unknown characters
+        if self.reset_id is not None and self.model.boundary in request.prompt:
+            raise CharrnnError("{prompt} holds the character that separates documents", settings=("prompt",))
+        ticket = Ticket(request, deliver)
+        with self._wake:
+            free = sum(slot is None for slot in self._busy)  # the waiting take these at the next chunk
+            if self._closing or len(self._waiting) - free >= self.queue_limit:
+                raise Busy(f"all {self.slots} sampling slots are taken and the queue is full; retry shortly")
+            self._waiting.append(ticket)
+            self._wake.notify()
+        return ticket
+
+    def load(self) -> tuple[int, int]:
+        """(busy slots, waiting requests) now."""
+        with self._wake:
+            return sum(slot is not None for slot in self._busy), len(self._waiting)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop after the current chunk; requests still running or waiting get a `Busy` error."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if wait and self._thread.is_alive():
+            self._thread.join()
+
+    # -- the engine's thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and not any(self._busy):
+                    self._wake.wait()
+                if self._closing:
+                    break
+                admitted = []
+                while self._waiting and None in self._busy:
+                    ticket = self._waiting.popleft()
+                    if not ticket.cancelled:
+                        slot = self._busy.index(None)
+                        self._busy[slot] = _Busy(ticket, ticket.request.max_tokens)
+                        admitted.append(slot)
+            for slot in admitted:
+                self._guarded(slot, self._admit)
+            for slot, busy in enumerate(self._busy):
+                if busy is not None and busy.ticket.cancelled:
+                    self._free(slot)
+            if any(self._busy):
+                self._step()
+        ending = Busy("the server is shutting down")
+        for busy in self._busy:
+            if busy is not None:
+                busy.ticket.deliver(ending)
+        for ticket in self._waiting:
+            ticket.deliver(ending)
+
+    def _guarded(self, slot: int, action: Callable[[int], None]) -> None:
+        try:
+            action(slot)
+        except Exception as error:  # the request ends with its error; the others go on
+            busy = self._busy[slot]
+            self._busy[slot] = None
+            if busy is not None:
+                busy.ticket.deliver(error)
+
+    def _options(self) -> tuple[np.ndarray, ...]:
+        return self._temperature, self._top_p, self._top_k
+
+    def _admit(self, slot: int) -> None:
+        """Warm the slot's state on the prompt (scoring it, for an echo with logprobs) and set its
+        options and random key."""
+        busy = self._busy[slot]
+        request = busy.ticket.request
+        ids = self.model.vocab.encode(request.prompt).astype(np.int32)
+        carry, scored = initial_carry(self.config, 1), []
+        position = 1
+        while position < len(ids):  # predict ids[1:] from ids[:-1], in exact power-of-two pieces
+            size = min(PROMPT_PIECE, 1 << (len(ids) - position).bit_length() - 1)
+            inputs, targets = ids[position - 1 : position - 1 + size], ids[position : position + size]
+            logprob, carry, top_ids, top_probs = self._score(self.model.params, carry, inputs[None], targets[None])
+            if request.echo and request.logprobs is not None:
+                scored += self._scored(
+                    targets, np.asarray(logprob)[0], np.asarray(top_ids)[0], np.log(np.asarray(top_probs)[0])
+                )
+            position += size
+        if request.echo:
+            first = [Scored(request.prompt[0], None, None)] if request.prompt else []
+            with_scores = request.logprobs is not None
+            busy.ticket.deliver(Piece(request.prompt, tuple(first + scored) if with_scores else None, prompt=True))
+        if request.max_tokens == 0:
+            self._finish(slot, "length")
+            return
+        key = jax.random.key_data(jax.random.key(request.seed))
+        self._carry, self._keys = _place(self._carry, self._keys, carry, key, slot)
+        self._token = self._token.at[slot].set(int(ids[-1]) if len(ids) else self.start_id)
+        self._temperature[slot], self._top_p[slot], self._top_k[slot] = (
+            request.temperature,
+            request.top_p,
+            request.top_k,
+        )
+        self.stats["requests"] += 1
+
+    def _scored(self, ids, logprob, top_ids, top_logprob) -> list[Scored]:
+        chars, n = self._chars, self.model.vocab.unknown_id
+        return [
+            Scored(chars[i], float(lp), tuple((chars[t], float(tl)) for t, tl in zip(ti, tlp, strict=True) if t != n))
+            for i, lp, ti, tlp in zip(ids, logprob, top_ids, top_logprob, strict=True)
+        ]
+
+    def _step(self) -> None:
+        """One chunk for every busy slot; each request's new characters go to it."""
+        last = max(slot for slot, busy in enumerate(self._busy) if busy is not None)
+        size = next(b for b in buckets(self.slots) if b > last)
+        try:
+            *out, self._carry, self._token, self._keys = self._chunk(
+                self.model.params, self._carry, self._token, self._keys, *self._options(), busy=size
+            )
+            ids, logprob, top_ids, top_logprob = (np.asarray(a) for a in out)
+        except Exception as error:  # the device failed: every running request ends with it
+            for slot, busy in enumerate(self._busy):
+                if busy is not None:
+                    self._busy[slot] = None
+                    busy.ticket.deliver(error)
+            return
+        self.stats["chunks"] += 1
+        for slot, busy in enumerate(self._busy):
+            if busy is not None:
+                self._guarded(
+                    slot, lambda s: self._advance(s, ids[:, s], logprob[:, s], top_ids[:, s], top_logprob[:, s])
+                )
+
+    def _advance(self, slot: int, ids, logprob, top_ids, top_logprob) -> None:
+        busy = self._busy[slot]
+        request = busy.ticket.request
+        take = min(len(ids), busy.remaining)
+        ids = ids[:take]
+        busy.remaining -= take
+        text = "".join(self._chars[ids])
+        busy.held += text
+        wants = request.logprobs is not None
+        if wants:
+            busy.held_scored += self._scored(ids, logprob[:take], top_ids[:take], top_logprob[:take])
+        stops = request.stop + ((self.model.boundary,) if self.reset_id is not None else ())
+        found = [at for at in (busy.held.find(text) for text in stops) if at >= 0]
+        if found:
+            self._deliver(busy, min(found))
+            self._finish(slot, "stop")
+        elif busy.remaining == 0:
+            self._deliver(busy, len(busy.held))
+            self._finish(slot, "length")
+        else:
+            keep = max((len(text) for text in stops), default=1) - 1  # may be the start of a stop text
+            self._deliver(busy, len(busy.held) - keep)
+
+    def _deliver(self, busy: _Busy, end: int) -> None:
+        if end <= 0:
+            return
+        text, busy.held = busy.held[:end], busy.held[end:]
+        scored = None
+        if busy.ticket.request.logprobs is not None:
+            scored, busy.held_scored = tuple(busy.held_scored[:end]), busy.held_scored[end:]
+        busy.delivered += len(text)
+        self.stats["characters"] += len(text)
+        busy.ticket.deliver(Piece(text, scored))
+
+    def _finish(self, slot: int, reason: str) -> None:
+        busy = self._busy[slot]
+        self._busy[slot] = None
+        busy.ticket.deliver(Finished(reason, busy.delivered))
+
+    def _free(self, slot: int) -> None:
+        self._busy[slot] = None
+
+
+def complete(model: TrainedModel, request: Completion, **engine: Any) -> tuple[str, Finished]:
+    """One request's whole text through an engine of its own: what a server would give it."""
+    import queue
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    runner = Engine(model, **engine).start()
+    try:
+        runner.submit(request, events.put)
+        text = []
+        while True:
+            event = events.get()
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, Finished):
+                return "".join(text), event
+            if not event.prompt:
+                text.append(event.text)
+    finally:
+        runner.close()
