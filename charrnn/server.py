@@ -82,7 +82,7 @@ def create_app(
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
 
@@ -138,6 +138,8 @@ def create_app(
                         raise ApiError(413, f"the request body is over {MAX_BODY} bytes", None, "body_too_large")
         except TimeoutError:
             raise ApiError(408, f"the request body took over {BODY_SECONDS:.0f}s to arrive", None, "timeout") from None
+        except ClientDisconnect:  # nobody reads the answer
+            raise ApiError(400, "the client left before sending its request", None, "client_disconnected") from None
         try:
             return json.loads(body)
         except (ValueError, RecursionError):
@@ -236,8 +238,10 @@ def create_app(
     async def show_metrics(request: Request) -> Response:
         return PlainTextResponse(metrics.text(engines), media_type="text/plain; version=0.0.4")
 
+    page_html = _page()
+
     async def page(request: Request) -> Response:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     routes = [
         Route("/", api("/", page, key=False), methods=["GET"]),
@@ -268,6 +272,14 @@ def create_app(
     )
     app.state.stop_generating = lambda: [engine.close(wait=False) for engine in engines.values()]
     return app
+
+
+def _page() -> str:
+    """The page, with the surprisal colours of `charrnn score --html`."""
+    from charrnn.surprisal import LEVELS, colour
+
+    styles = "\n".join(f".s{i}{{background:rgb{colour(i)}}}" for i in range(LEVELS + 1))
+    return PAGE.read_text(encoding="utf-8").replace("/*SURPRISAL*/", styles)
 
 
 def _deliverer(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int) -> Callable[[Any], None]:

@@ -30,11 +30,10 @@ from charrnn.config import MAX_SEED, ModelConfig, check_capacity
 from charrnn.errors import CharrnnError, ConfigError
 from charrnn.model import CharRNN, initial_carry
 from charrnn.sampling import _reset_at, matmul_operands
-from charrnn.scoring import make_score_chunk
 from charrnn.trained import TrainedModel
 
 TOP = 5  # alternatives a request may ask for per character (OpenAI's limit for `logprobs`)
-PROMPT_PIECE = 1024  # longest prompt piece scored at once; a prompt is cut into powers of two
+PROMPT_PIECE = 256  # a prompt is read in pieces of this length: one compiled program for any prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,11 +173,30 @@ def make_slots_chunk(model_config: ModelConfig, chunk_size: int, reset_id: int |
     return jax.jit(chunk, static_argnames="busy", donate_argnums=(1, 2, 3))
 
 
-@jax.jit
-def _place(carry, keys, slot_carry, slot_key, slot):
-    """The full state with slot `slot` set to a request's primed state and random key."""
+@functools.lru_cache(maxsize=8)
+def make_prompt_reader(model_config: ModelConfig) -> Callable:
+    """Jitted (params, carry, inputs [PROMPT_PIECE], targets, start) -> (log p(target), top ids, top
+    log-probabilities, carry): the state read through one piece of a prompt, each target scored.
+    The state is zeroed before position `start`, so a prompt's first piece, left-padded up to the
+    full length, reads as if from a fresh state (`start` past the end for the following pieces)."""
+    model = CharRNN(model_config)
+    top = min(TOP, model_config.vocab_size)
+
+    def read(params, carry, inputs, targets, start):
+        resets = (jnp.arange(PROMPT_PIECE) == start)[None]
+        logits, carry = model.apply({"params": params}, inputs[None], carry, resets=resets)
+        logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
+        top_logp, top_ids = jax.lax.top_k(logp, top)
+        return jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0], top_ids, top_logp, carry
+
+    return jax.jit(read)
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+def _place(carry, keys, token, slot_carry, key, first, slot):
+    """The full state with slot `slot` set to a request's primed state, random key and first input."""
     carry = jax.tree.map(lambda full, one: jax.lax.dynamic_update_slice_in_dim(full, one, slot, 0), carry, slot_carry)
-    return carry, keys.at[slot].set(slot_key)
+    return carry, keys.at[slot].set(key), token.at[slot].set(first)
 
 
 def buckets(slots: int) -> list[int]:
@@ -215,7 +233,7 @@ class Engine:
         self.reset_id = vocab.index.get(model.boundary) if model.boundary else None
         self.start_id = self.reset_id if self.reset_id is not None else vocab.index.get("\n", 0)
         self._chunk = make_slots_chunk(config, chunk_size, self.reset_id, vocab.unknown_id)
-        self._score = make_score_chunk(config, True)
+        self._read_prompt = make_prompt_reader(config)
         self._chars = np.array(vocab.chars, dtype=object)
         self._carry = initial_carry(config, slots)
         self._token = jnp.zeros((slots,), jnp.int32)
@@ -236,6 +254,9 @@ class Engine:
         for busy in buckets(self.slots):
             out = self._chunk(self.model.params, self._carry, self._token, self._keys, *self._options(), busy=busy)
             self._carry, self._token, self._keys = out[4:]
+        _, carry, _ = self._prime(self.model.vocab.chars[0] * 2, scored=True)  # the prompt reader: one program
+        key = jax.random.key_data(jax.random.key(0))
+        self._carry, self._keys, self._token = _place(self._carry, self._keys, self._token, carry, key, 0, 0)
         jax.block_until_ready(self._carry)
 
     def start(self) -> "Engine":
@@ -272,9 +293,12 @@ class Engine:
 
     # -- the engine's thread ----------------------------------------------------------------
     def _run(self) -> None:
+        """Admit, dispatch the next chunk, then hand out the previous chunk's characters while the
+        device computes it: Python's work for one chunk overlaps the device's for the next."""
+        in_flight = None
         while True:
             with self._wake:
-                while not self._closing and not self._waiting and not any(self._busy):
+                while not (self._closing or self._waiting or any(self._busy) or in_flight):
                     self._wake.wait()
                 if self._closing:
                     break
@@ -289,9 +313,11 @@ class Engine:
                 self._guarded(slot, self._admit)
             for slot, busy in enumerate(self._busy):
                 if busy is not None and busy.ticket.cancelled:
-                    self._free(slot)
-            if any(self._busy):
-                self._step()
+                    self._busy[slot] = None
+            dispatched = self._dispatch() if any(self._busy) else None
+            if in_flight:
+                self._collect(*in_flight)
+            in_flight = dispatched
         ending = Busy("the server is shutting down")
         for busy in self._busy:
             if busy is not None:
@@ -316,18 +342,7 @@ class Engine:
         options and random key."""
         busy = self._busy[slot]
         request = busy.ticket.request
-        ids = self.model.vocab.encode(request.prompt).astype(np.int32)
-        carry, scored = initial_carry(self.config, 1), []
-        position = 1
-        while position < len(ids):  # predict ids[1:] from ids[:-1], in exact power-of-two pieces
-            size = min(PROMPT_PIECE, 1 << (len(ids) - position).bit_length() - 1)
-            inputs, targets = ids[position - 1 : position - 1 + size], ids[position : position + size]
-            logprob, carry, top_ids, top_probs = self._score(self.model.params, carry, inputs[None], targets[None])
-            if request.echo and request.logprobs is not None:
-                scored += self._scored(
-                    targets, np.asarray(logprob)[0], np.asarray(top_ids)[0], np.log(np.asarray(top_probs)[0])
-                )
-            position += size
+        ids, carry, scored = self._prime(request.prompt, request.echo and request.logprobs is not None)
         if request.echo:
             first = [Scored(request.prompt[0], None, None)] if request.prompt else []
             with_scores = request.logprobs is not None
@@ -335,15 +350,35 @@ class Engine:
         if request.max_tokens == 0:
             self._finish(slot, "length")
             return
-        key = jax.random.key_data(jax.random.key(request.seed))
-        self._carry, self._keys = _place(self._carry, self._keys, carry, key, slot)
-        self._token = self._token.at[slot].set(int(ids[-1]) if len(ids) else self.start_id)
+        first = int(ids[-1]) if len(ids) else self.start_id
+        key = jax.random.key_data(jax.random.key(request.seed))  # outside jit: 64-bit seeds
+        self._carry, self._keys, self._token = _place(self._carry, self._keys, self._token, carry, key, first, slot)
         self._temperature[slot], self._top_p[slot], self._top_k[slot] = (
             request.temperature,
             request.top_p,
             request.top_k,
         )
         self.stats["requests"] += 1
+
+    def _prime(self, prompt: str, scored: bool) -> tuple[np.ndarray, Any, list[Scored]]:
+        """The prompt's ids, the state after reading all but its last character (which the first
+        step reads, as `sample` does), and each character after the first scored if asked."""
+        ids = np.asarray(self.model.vocab.encode(prompt), np.int32) if prompt else np.zeros(0, np.int32)
+        inputs, targets = ids[:-1], ids[1:]
+        pad = -len(inputs) % PROMPT_PIECE
+        inputs, targets = np.pad(inputs, (pad, 0)), np.pad(targets, (pad, 0))
+        carry, out = initial_carry(self.config, 1), []
+        for at in range(0, len(inputs), PROMPT_PIECE):
+            piece = slice(at, at + PROMPT_PIECE)
+            start = pad if at == 0 else PROMPT_PIECE
+            logprob, top_ids, top_logprob, carry = self._read_prompt(
+                self.model.params, carry, inputs[piece], targets[piece], start
+            )
+            if scored:
+                first = start if at == 0 else 0
+                logprob, top_ids, top_logprob = (np.asarray(a)[first:] for a in (logprob, top_ids, top_logprob))
+                out += self._scored(targets[piece][first:], logprob, top_ids, top_logprob)
+        return ids, carry, out
 
     def _scored(self, ids, logprob, top_ids, top_logprob) -> list[Scored]:
         chars, n = self._chars, self.model.vocab.unknown_id
@@ -352,27 +387,39 @@ class Engine:
             for i, lp, ti, tlp in zip(ids, logprob, top_ids, top_logprob, strict=True)
         ]
 
-    def _step(self) -> None:
-        """One chunk for every busy slot; each request's new characters go to it."""
+    def _dispatch(self) -> tuple[tuple, list] | None:
+        """Start one chunk for every busy slot (over the smallest bucket holding them); its outputs
+        and the requests it was computed for."""
         last = max(slot for slot, busy in enumerate(self._busy) if busy is not None)
         size = next(b for b in buckets(self.slots) if b > last)
         try:
             *out, self._carry, self._token, self._keys = self._chunk(
                 self.model.params, self._carry, self._token, self._keys, *self._options(), busy=size
             )
+        except Exception as error:  # the device failed: every running request ends with it
+            self._fail_all(error)
+            return None
+        return tuple(out), list(self._busy)
+
+    def _collect(self, out: tuple, occupants: list) -> None:
+        """A finished chunk's characters to the requests it was computed for, if still running."""
+        try:
             ids, logprob, top_ids, top_logprob = (np.asarray(a) for a in out)
         except Exception as error:  # the device failed: every running request ends with it
-            for slot, busy in enumerate(self._busy):
-                if busy is not None:
-                    self._busy[slot] = None
-                    busy.ticket.deliver(error)
+            self._fail_all(error)
             return
         self.stats["chunks"] += 1
-        for slot, busy in enumerate(self._busy):
-            if busy is not None:
+        for slot, busy in enumerate(occupants):
+            if busy is not None and self._busy[slot] is busy:
                 self._guarded(
                     slot, lambda s: self._advance(s, ids[:, s], logprob[:, s], top_ids[:, s], top_logprob[:, s])
                 )
+
+    def _fail_all(self, error: Exception) -> None:
+        for slot, busy in enumerate(self._busy):
+            if busy is not None:
+                self._busy[slot] = None
+                busy.ticket.deliver(error)
 
     def _advance(self, slot: int, ids, logprob, top_ids, top_logprob) -> None:
         busy = self._busy[slot]
@@ -412,9 +459,6 @@ class Engine:
         busy = self._busy[slot]
         self._busy[slot] = None
         busy.ticket.deliver(Finished(reason, busy.delivered))
-
-    def _free(self, slot: int) -> None:
-        self._busy[slot] = None
 
 
 def complete(model: TrainedModel, request: Completion, **engine: Any) -> tuple[str, Finished]:

@@ -109,6 +109,11 @@ def test_stop_texts_end_the_choice_and_are_not_returned(client):
     assert "\n" not in text and "og" not in text and result.choices[0].finish_reason == "stop"
 
 
+def test_any_seed_openai_allows_is_taken(client, model):
+    result = client.completions.create(model="words", prompt="a", max_tokens=20, seed=2**62 + 5)
+    assert result.choices[0].text == model.sample(20, prime="a", temperature=1.0, seed=2**62 + 5)
+
+
 def test_n_choices_are_the_requests_with_the_next_seeds(client):
     both = client.completions.create(model="words", prompt="the", max_tokens=30, n=2, seed=20)
     second = client.completions.create(model="words", prompt="the", max_tokens=30, seed=21)
@@ -252,3 +257,8 @@ def test_a_port_in_use_is_one_line(home):
         )
     assert result.returncode == 1
     assert result.stderr == f"charrnn: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_bad_serve_options_are_one_line_before_anything_loads(home):
+    result = subprocess.run([*CHARRNN, "serve", "--max-streams", "0"], cwd=home, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (2, "charrnn: error: --max-streams must be positive, not 0\n")
