@@ -5,7 +5,8 @@ model; `serve` runs it with uvicorn on a socket it binds first, so that the addr
 reported) before the first request. Needs the ``serve`` extra: ``pip install 'charrnn[serve]'``.
 
 Every refusal is a 4xx with OpenAI's error body, and nothing a request sends reaches the file
-system: a model is chosen among the loaded ones by name. See docs/serving.md.
+system: a model is chosen among the loaded ones by name. See docs/serving.md. Longer than most
+modules, for a reason: the routes are closures over one app's engines, metrics and key.
 """
 
 import asyncio

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from conftest import charrnn_in_process
 from test_scoring import TINY, word_lines
 
 import charrnn
@@ -262,3 +263,12 @@ def test_a_port_in_use_is_one_line(home):
 def test_bad_serve_options_are_one_line_before_anything_loads(home):
     result = subprocess.run([*CHARRNN, "serve", "--max-streams", "0"], cwd=home, capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (2, "charrnn: error: --max-streams must be positive, not 0\n")
+
+
+def test_without_the_serve_extra_the_command_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what a missing package looks like to import
+    result = charrnn_in_process("serve", cwd=tmp_path, check=False)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "charrnn: error: charrnn serve needs the serve extra: pip install 'charrnn[serve]'\n",
+    )
