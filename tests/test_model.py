@@ -79,3 +79,30 @@ def test_recurrent_dropout_changes_training_outputs_only_and_is_one_mask_per_win
     assert not np.allclose(train, evaluated)
     # The first step reads the zero state, which no mask changes: its outputs are the unmasked ones.
     np.testing.assert_allclose(train[:, 0], evaluated[:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backend", "cpu_flags", "expected"),
+    [
+        ("gpu", "", "bfloat16"),
+        ("tpu", "", "bfloat16"),
+        ("cpu", "flags : fpu avx2 avx512f avx512_bf16", "bfloat16"),
+        ("cpu", "flags : fpu avx2 amx_bf16", "bfloat16"),
+        ("cpu", "flags : fpu avx2 fma", "float32"),
+    ],
+)
+def test_the_default_precision_is_bf16_on_accelerators_and_on_cpus_with_bf16_instructions(
+    monkeypatch, tmp_path, backend, cpu_flags, expected
+):
+    import builtins
+
+    from charrnn import precision
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(cpu_flags + "\n")
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k)
+    )
+    assert precision.default_dtype() == expected
