@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import socket
 import time
 import uuid
@@ -121,6 +122,10 @@ def create_app(
             except ApiError as error:
                 headers = {"Retry-After": "1"} if error.status == 429 else None
                 response = JSONResponse(error.body(), status_code=error.status, headers=headers)
+            except Exception as error:  # a bug: the client gets the error's shape, the log its traceback
+                logging.getLogger("charrnn.server").exception("%s failed", route)
+                body = ApiError(500, f"internal error ({type(error).__name__}); the server goes on").body()
+                response = JSONResponse(body, status_code=500)
             metrics.record(route, response.status_code, time.monotonic() - started)
             return response
 
