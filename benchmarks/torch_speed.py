@@ -17,23 +17,12 @@ import time
 
 import torch
 from torch import nn
-
-
-class Model(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, tokens, state):
-        out, state = self.lstm(self.embed(tokens), state)
-        return self.head(out), state
+from torch_lstm import CharLSTM  # the same model as the quality comparison
 
 
 def measure(device: str, precision: str, args: argparse.Namespace) -> float:
     torch.manual_seed(0)
-    model = Model(args.vocab, args.embed, args.hidden, args.layers).to(device)
+    model = CharLSTM(args.vocab, args.embed, args.hidden, args.layers).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]

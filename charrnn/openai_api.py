@@ -7,6 +7,7 @@ whatever the request samples at) with that many likeliest alternatives. No HTTP 
 `charrnn.server` calls it, and tests can.
 """
 
+import dataclasses
 import math
 import secrets
 import time
@@ -157,7 +158,7 @@ def read_completions(body: Any) -> CompletionsRequest:
         logprobs=logprobs,
         echo=_flag(body, "echo"),
     )
-    choices = tuple(Completion(**{**one.__dict__, "seed": min(seed + i, MAX_SEED)}) for i in range(n))
+    choices = tuple(dataclasses.replace(one, seed=min(seed + i, MAX_SEED)) for i in range(n))
     include_usage = bool(options and options.get("include_usage"))
     return CompletionsRequest(model, choices, stream, include_usage)
 

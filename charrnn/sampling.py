@@ -48,7 +48,7 @@ def matmul_operands(params, dtype: str):
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
-def _reset_at(carry, token: jax.Array, reset_id: int | None):
+def reset_at(carry, token: jax.Array, reset_id: int | None):
     """Zero the state of streams about to read the document boundary, as training did."""
     if reset_id is None:
         return carry
@@ -76,7 +76,7 @@ def make_sample_chunk(
 
         def body(state, _):
             carry, token, key = state
-            carry = _reset_at(carry, token, reset_id)
+            carry = reset_at(carry, token, reset_id)
             key, subkey = jax.random.split(key)
             logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
             if never is not None:

@@ -54,7 +54,7 @@ class Metrics:
         ]
         lines.append("# TYPE charrnn_characters_generated_total counter")
         lines += [
-            f'charrnn_characters_generated_total{{model="{m}"}} {e.stats["characters"]}' for m, e in engines.items()
+            f'charrnn_characters_generated_total{{model="{m}"}} {e.characters_generated}' for m, e in engines.items()
         ]
         for name, index in (("active", 0), ("queued", 1)):
             lines.append(f"# TYPE charrnn_{name}_streams gauge")

@@ -156,7 +156,7 @@ class Engine:
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
-        self.stats = collections.Counter()  # characters, requests, chunks: for the server's metrics
+        self.characters_generated = 0  # delivered to requests: for the server's metrics
         self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
 
     # -- the caller's side ------------------------------------------------------------------
@@ -269,7 +269,6 @@ class Engine:
             request.top_p,
             request.top_k,
         )
-        self.stats["requests"] += 1
 
     def _prime(self, prompt: str, scored: bool) -> tuple[np.ndarray, Any, list[Scored]]:
         """The prompt's ids, the state after reading all but its last character (which the first
@@ -319,7 +318,6 @@ class Engine:
         except Exception as error:  # the device failed: every running request ends with it
             self._fail_all(error)
             return
-        self.stats["chunks"] += 1
         for slot, busy in enumerate(occupants):
             if busy is not None and self._busy[slot] is busy:
                 self._guarded(
@@ -363,31 +361,10 @@ class Engine:
         if busy.ticket.request.logprobs is not None:
             scored, busy.held_scored = tuple(busy.held_scored[:end]), busy.held_scored[end:]
         busy.delivered += len(text)
-        self.stats["characters"] += len(text)
+        self.characters_generated += len(text)
         busy.ticket.deliver(Piece(text, scored))
 
     def _finish(self, slot: int, reason: str) -> None:
         busy = self._busy[slot]
         self._busy[slot] = None
         busy.ticket.deliver(Finished(reason, busy.delivered))
-
-
-def complete(model: TrainedModel, request: Completion, **engine: Any) -> tuple[str, Finished]:
-    """One request's whole text through an engine of its own: what a server would give it."""
-    import queue
-
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    runner = Engine(model, **engine).start()
-    try:
-        runner.submit(request, events.put)
-        text = []
-        while True:
-            event = events.get()
-            if isinstance(event, BaseException):
-                raise event
-            if isinstance(event, Finished):
-                return "".join(text), event
-            if not event.prompt:
-                text.append(event.text)
-    finally:
-        runner.close()

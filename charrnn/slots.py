@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
-from charrnn.sampling import _reset_at, matmul_operands
+from charrnn.sampling import matmul_operands, reset_at
 
 TOP = 5  # alternatives a request may ask for per character (OpenAI's limit for `logprobs`)
 PROMPT_PIECE = 256  # a prompt is read in pieces of this length: one compiled program for any prompt
@@ -49,7 +49,7 @@ def make_slots_chunk(model_config: ModelConfig, chunk_size: int, reset_id: int |
 
         def body(state, _):
             carry, token, keys = state
-            carry = _reset_at(carry, token, reset_id)
+            carry = reset_at(carry, token, reset_id)
             split = jax.vmap(jax.random.split)(keys)
             keys, subkeys = split[:, 0], split[:, 1]
             logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)

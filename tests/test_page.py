@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_serve import home, start_server, stop  # noqa: F401 (the trained run)
+from test_serve import home, start_server, stop  # noqa: F401 (home: the trained run)
 
 pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -29,7 +29,7 @@ def browser():
     driver.quit()
 
 
-def test_generate_and_score_through_the_page(home, browser, tmp_path):  # noqa: F811
+def test_generate_and_score_through_the_page(home, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

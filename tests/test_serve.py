@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 from conftest import charrnn_in_process
-from test_scoring import TINY, word_lines
+from test_scoring import home  # noqa: F401 (a tiny run trained on lines of words: runs/words)
 
 import charrnn
 
@@ -43,20 +43,6 @@ def stop(process: subprocess.Popen) -> str:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     return stderr
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve")
-    os.environ["CHARRNN_CACHE"] = str(home / "cache")
-    (home / "words.txt").write_text("\n".join(word_lines(400)) + "\n")
-    subprocess.run(
-        [*CHARRNN, "train", "words.txt", *TINY, "--steps", "60", "--eval-every", "30", "--lr", "0.01"],
-        cwd=home,
-        check=True,
-        capture_output=True,
-    )
-    return home
 
 
 @pytest.fixture(scope="module")
