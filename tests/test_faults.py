@@ -111,6 +111,7 @@ from pathlib import Path
 from charrnn.errors import RunError
 from charrnn.runs import Run
 from charrnn.trained import load
+print("ready", flush=True)  # imported: a slow start on a busy machine must not make a late contender
 while not Path(sys.argv[2]).exists():  # a start line, so that every contender tries at once
     time.sleep(0.001)
 try:
@@ -129,7 +130,8 @@ def contend(run: Path, count: int, hold: float = 2.0) -> list[tuple[int, str]]:
         subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(go), str(hold)], stdout=subprocess.PIPE, text=True)
         for _ in range(count)
     ]
-    time.sleep(0.5)  # let them all start and wait at the line
+    for process in processes:  # every one at the line before any may go
+        assert process.stdout.readline() == "ready\n"
     go.touch()
     results = [(process.pid, process.communicate(timeout=60)[0].strip()) for process in processes]
     go.unlink()
