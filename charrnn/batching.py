@@ -22,28 +22,36 @@ class StreamBatcher:
 
     `rows` picks the streams this process builds (its share of the global batch over several
     hosts); the streams themselves are those of the whole batch, so any split gives the same data.
+    `extra`: characters each window reads past its last one (1: the last target; a bidirectional
+    model's look-ahead), taken from the text that follows, which the next stream also reads.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rows: slice = slice(None)) -> None:
-        stream_len = (len(ids) - 1) // batch_size  # each stream needs one extra id for its last target
+    def __init__(
+        self, ids: np.ndarray, batch_size: int, seq_len: int, rows: slice = slice(None), extra: int = 1
+    ) -> None:
+        stream_len = (len(ids) - extra) // batch_size  # the last stream's last window reads `extra` more
         self.windows_per_epoch = stream_len // seq_len
         if self.windows_per_epoch < 1:
-            need = batch_size * seq_len + 1
+            need = batch_size * seq_len + extra
             raise CorpusError(
                 f"the training split has {len(ids)} characters, but {{batch_size}} × {{seq_len}} needs at "
                 f"least {need}; use a longer corpus or smaller sizes",
                 settings={"batch_size": batch_size, "seq_len": seq_len},
             )
-        self.batch_size, self.seq_len = batch_size, seq_len
+        self.batch_size, self.seq_len, self.extra = batch_size, seq_len, extra
         used = self.windows_per_epoch * seq_len
-        # streams[b] = ids[b*stream_len : b*stream_len + used + 1]; a strided view, nothing copied.
+        # streams[b] = ids[b*stream_len : b*stream_len + used + extra]; a strided view, nothing copied.
         self.streams = np.lib.stride_tricks.as_strided(
-            ids, shape=(batch_size, used + 1), strides=(ids.strides[0] * stream_len, ids.strides[0])
+            ids, shape=(batch_size, used + extra), strides=(ids.strides[0] * stream_len, ids.strides[0])
         )[rows]
 
-    def batch(self, window: int) -> Batch:
+    def chunk(self, window: int) -> np.ndarray:
+        """<int32>[rows, seq_len + extra]: window `window` of every stream and what it reads past it."""
         start = window * self.seq_len
-        chunk = np.asarray(self.streams[:, start : start + self.seq_len + 1], dtype=np.int32)
+        return np.asarray(self.streams[:, start : start + self.seq_len + self.extra], dtype=np.int32)
+
+    def batch(self, window: int) -> Batch:
+        chunk = self.chunk(window)
         return Batch(chunk[:, :-1], chunk[:, 1:])
 
 
@@ -88,5 +96,42 @@ def evaluation_windows(
         weights[b, early[b] : span] = 1.0
     return [
         (inputs[:, k : k + seq_len], targets[:, k : k + seq_len], weights[:, k : k + seq_len])
+        for k in range(0, padded, seq_len)
+    ]
+
+
+def cloze_windows(
+    ids: np.ndarray, batch_size: int, seq_len: int, lookahead: int, row_multiple: int = 1, burn_in: int = 0
+) -> list[tuple[np.ndarray, ...]]:
+    """Every character of `ids` after the first exactly once, for a model that predicts each from both sides
+    (charrnn.bidirectional): (chars, after, weights) triples, [batch, seq_len], [batch, lookahead]
+    and [batch, seq_len]. The streams are those of `evaluation_windows` (each but the first reads
+    `burn_in` characters of the one before with weight 0); each window's look-ahead reads on into
+    the text that follows, and -1 marks positions past the text's end."""
+    if len(ids) < 2:
+        raise CorpusError("the validation split needs at least two characters")
+    if burn_in < 0:
+        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
+    count = len(ids)
+    batch_size = max(1, min(batch_size, count))
+    batch_size = -(-batch_size // row_multiple) * row_multiple
+    stream_len = -(-count // batch_size)
+    early = [min(burn_in, b * stream_len) for b in range(batch_size)]
+    n_windows = -(-(stream_len + max(early)) // seq_len)
+    padded = n_windows * seq_len
+    chars = np.full((batch_size, padded + lookahead), -1, np.int32)
+    weights = np.zeros((batch_size, padded), np.float32)
+    for b in range(batch_size):
+        start = b * stream_len
+        length = max(0, min(stream_len, count - start))
+        if length == 0:
+            continue
+        first = start - early[b]
+        span = min(early[b] + length + lookahead, count - first)  # the text it reads, look-ahead included
+        chars[b, :span] = ids[first : first + span]
+        weights[b, early[b] : early[b] + length] = 1.0
+    weights[0, 0] = 0.0  # the first character is context only, as for the left-to-right model
+    return [
+        (chars[:, k : k + seq_len], chars[:, k + seq_len : k + seq_len + lookahead], weights[:, k : k + seq_len])
         for k in range(0, padded, seq_len)
     ]

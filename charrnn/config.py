@@ -65,6 +65,8 @@ class ModelConfig:
     dropout: float = 0.0  # applied to every layer's output, i.e. between layers and before the logits
     recurrent_dropout: float = 0.0  # on h where it enters the recurrence, one mask per window (recurrence.py)
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
+    bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
+    lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -82,6 +84,7 @@ class ModelConfig:
             "recurrent_dropout",
             f"must be in [0, 1), not {self.recurrent_dropout}",
         )
+        _check(0 <= self.lookahead <= 1 << 16, "lookahead", f"must be between 0 and {1 << 16}, not {self.lookahead}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,16 +93,21 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return _from_dict(cls, data)
 
+    @property
+    def stacks(self) -> int:
+        """Recurrent stacks: one reading left to right, and for a bidirectional model one reading back."""
+        return 2 if self.bidirectional else 1
+
     def parameter_count(self) -> int:
         """Trainable parameters: embedding, every layer's four weights and biases and the cell's own
         parameters, output layer; from `CELL_SHAPES` alone, so that `info` and `runs` need no JAX."""
         shape = CELL_SHAPES[self.cell]
         width = shape.gates * self.hidden_size
         own = sum(math.prod(size) for size in shape.own(self.hidden_size).values())
-        count = self.vocab_size * self.embed_size + self.hidden_size * self.vocab_size + self.vocab_size
+        count = self.vocab_size * self.embed_size + self.stacks * self.hidden_size * self.vocab_size + self.vocab_size
         for layer in range(self.layers):
             inputs = self.embed_size if layer == 0 else self.hidden_size
-            count += (inputs + self.hidden_size + 2) * width + own
+            count += self.stacks * ((inputs + self.hidden_size + 2) * width + own)
         return count
 
 
@@ -288,7 +296,7 @@ def _check(condition: bool, name: str, problem: str) -> None:
         raise ConfigError(name, problem)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
@@ -305,7 +313,7 @@ def _check_types(config: Any) -> None:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         allowed = _allowed_types(hints[f.name])
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if isinstance(value, bool) != (bool in allowed) or not isinstance(value, allowed):
             names = " or ".join(_TYPE_NAMES[t] for t in allowed if t is not int or float not in allowed)
             raise ConfigError(f.name, f"must be {names}, not {json_repr(value)}")
 

@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charrnn.batching import StreamBatcher, evaluation_windows
+from charrnn.batching import StreamBatcher
 from charrnn.checkpoint import NOT_EVALUATED, CheckpointStore
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
+from charrnn.kinds import kind_of
 from charrnn.placement import Placement, make_placement
 from charrnn.runs import Run
 from charrnn.step import (
@@ -123,7 +124,9 @@ def fit(
 def _fit(run, corpus, model_config, train_config, *, resume, placement, init_from=None):
     """The loop: budget -> next window -> step -> report -> validate and save, until the budget says stop."""
     tc = train_config
-    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len, rows=placement.local_rows(tc.batch_size))
+    kind = kind_of(model_config)
+    rows = placement.local_rows(tc.batch_size)
+    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len, rows=rows, extra=kind.extra)
     windows = batcher.windows_per_epoch
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
@@ -144,8 +147,8 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
                 state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
             done = budget.fraction_done(step, budget.clock)
             learning = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
-            inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in batcher.batch(window))
-            state, metrics = train_step(state, inputs, targets, np.float32(learning))
+            arrays = (placement.put_rows(part, tc.batch_size) for part in kind.split(batcher.chunk(window)))
+            state, metrics = train_step(state, *arrays, np.float32(learning))
             step += 1
             interval.add(metrics["loss"], learning)
             if step % tc.log_every == 0 or step == budget.total_steps:
@@ -244,7 +247,7 @@ class _Checkpoints:
         self.run, self.model_config, self.tc, self.placement, self.windows = run, model_config, tc, placement, windows
         # A large corpus's validation split (20 MB of a 200 MB text) would take minutes per pass; its
         # first million characters measure the loss to about 0.001 nats/char, and the same ones every time.
-        self.val_windows = evaluation_windows(
+        self.val_windows = kind_of(model_config).eval_windows(
             corpus.val[: tc.max_val_chars], tc.batch_size, tc.seq_len, placement.size, tc.val_burn_in
         )
         self.eval_step = make_eval_step(model_config, reset_id)

@@ -55,13 +55,26 @@ class RecurrentLayer(nn.Module):
         }
 
     def __call__(
-        self, x: jax.Array, carry: Carry, keep: jax.Array | None = None, mask: jax.Array | None = None
+        self,
+        x: jax.Array,
+        carry: Carry,
+        keep: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        *,
+        frozen: bool = False,
     ) -> tuple[jax.Array, Carry]:
         """x: [T, B, D] time-major -> ([T, B, H], carry). keep: None or [T, B, 1], 0 to reset before
-        step t; mask: None or [B, H], recurrent dropout (see charrnn.recurrence)."""
-        xp = self._input(x)  # [T, B, G*H]
-        params = self._step_params()
-        return recurrence(self.cell, self.recurrent_kernel, self.recurrent_bias, params, xp, carry, keep, mask)
+        step t; mask: None or [B, H], recurrent dropout (see charrnn.recurrence). `frozen`: no
+        gradient flows to the parameters or inputs, so autodiff runs no backward pass over this
+        read (a bidirectional model's look-ahead)."""
+        if frozen:
+            x, carry = jax.lax.stop_gradient((x, carry))
+        xp = self._input(x, frozen)  # [T, B, G*H]
+        params = jax.lax.stop_gradient(self._step_params()) if frozen else self._step_params()
+        w, b = (self.recurrent_kernel, self.recurrent_bias)
+        if frozen:
+            w, b = jax.lax.stop_gradient((w, b))
+        return recurrence(self.cell, w, b, params, xp, carry, keep, mask)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
         """x: [B, D], one time step (sampling)."""
@@ -70,8 +83,11 @@ class RecurrentLayer(nn.Module):
         )
         return carry
 
-    def _input(self, x: jax.Array) -> jax.Array:
-        return self.cell.project_input(project(x, self.input_kernel, self.cell.compute_dtype), self.bias, self.own)
+    def _input(self, x: jax.Array, frozen: bool = False) -> jax.Array:
+        kernel, bias, own = self.input_kernel, self.bias, self.own
+        if frozen:
+            kernel, bias, own = jax.lax.stop_gradient((kernel, bias, own))
+        return self.cell.project_input(project(x, kernel, self.cell.compute_dtype), bias, own)
 
     def _step_params(self) -> dict:
         return {name: self.own[name] for name in self.cell.step_parameters}
@@ -143,11 +159,20 @@ def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
     return tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
 
 
+def build(config: ModelConfig, unroll: int = 1) -> nn.Module:
+    """The module for `config`: `CharRNN`, or for a bidirectional model `charrnn.bidirectional.BiCharRNN`."""
+    if config.bidirectional:
+        from charrnn.bidirectional import BiCharRNN
+
+        return BiCharRNN(config, unroll=unroll)
+    return CharRNN(config, unroll=unroll)
+
+
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
     """Fresh parameters for `config`, from `key` alone."""
-    model = CharRNN(config)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return model.init(key, tokens, initial_carry(config, 1))["params"]
+    inputs = (tokens, tokens) if config.bidirectional else (tokens,)  # a bidirectional model also reads ahead
+    return build(config).init(key, *inputs, initial_carry(config, 1))["params"]
 
 
 @functools.lru_cache(maxsize=16)

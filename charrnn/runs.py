@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.config import ModelConfig, TrainConfig, json_repr
-from charrnn.errors import ConfigError, RunError, VocabularyError
+from charrnn.errors import ConfigError, RunError, UsageError, VocabularyError
 from charrnn.paths import runs_dir
 from charrnn.vocab import Vocabulary
 
@@ -54,6 +54,21 @@ class LoadedRun:
     train: TrainConfig
     corpus: dict[str, Any]
     vocab: Vocabulary
+
+    def require_left_to_right(self, use: str) -> None:
+        """Refuse to `use` (sample, score, serve) a bidirectional model, in one line that says why."""
+        require_left_to_right(self.run.directory, self.model, use)
+
+
+def require_left_to_right(directory: Path, model: ModelConfig, use: str) -> None:
+    """A bidirectional model predicts each character from both sides: it defines no probability of
+    a text read left to right, so it can neither write nor score one."""
+    if model.bidirectional:
+        raise UsageError(
+            f"{directory} is a bidirectional model: it judges each character from both sides and gives no "
+            f"left-to-right probability, so it cannot {use}; use `charrnn check` to find characters that do "
+            "not fit, or `charrnn eval` for its cloze loss"
+        )
 
 
 @dataclass(frozen=True)

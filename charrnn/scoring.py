@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charrnn.batching import evaluation_windows
 from charrnn.config import VAL_BURN_IN, ModelConfig, check_reading
 from charrnn.errors import UsageError, VocabularyError
+from charrnn.kinds import kind_of
 from charrnn.model import CharRNN, initial_carry
 from charrnn.step import evaluate, make_eval_step
 from charrnn.vocab import Vocabulary
@@ -450,7 +450,7 @@ def evaluate_ids(
     into `streams` contiguous parts read side by side with carried state, each but the first after
     `burn_in` characters of the text before it (not counted): training's validation pass
     (`reset_id`: a corpus of documents' boundary, where the state is reset as in training)."""
-    windows = evaluation_windows(ids, streams, window, burn_in=burn_in)
+    windows = kind_of(model_config).eval_windows(ids, streams, window, burn_in=burn_in)
     step = make_eval_step(model_config, reset_id)
     return EvalResult(evaluate(step, params, model_config, windows), len(ids) - 1)
 

@@ -135,6 +135,7 @@ class Engine:
 
     def __init__(self, model: TrainedModel, *, slots: int = 8, queue: int = 64, chunk_size: int = 64) -> None:
         check_capacity(slots, queue)
+        model.require_left_to_right("serve")
         config = model.model_config
         if jax.default_backend() == "cpu":  # see sampling.sample_stream: float32 reads faster on CPUs
             config = dataclasses.replace(config, dtype="float32")

@@ -16,7 +16,8 @@ from flax import struct
 
 from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN, ModelCarry, init_params, initial_carry
+from charrnn.kinds import kind_of
+from charrnn.model import ModelCarry, build, init_params, initial_carry
 from charrnn.placement import Placement
 
 
@@ -128,24 +129,14 @@ def placed_carry(model_config: ModelConfig, batch_size: int, placement: Placemen
     return jax.jit(lambda: initial_carry(model_config, batch_size), out_shardings=placement.carry)()
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-character negative log-likelihood in nats: [B, T, V], [B, T] -> [B, T]."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-
-
-def document_resets(inputs: jax.Array, reset_id: int | None) -> jax.Array | None:
-    """Where the recurrent state is zeroed before reading inputs[:, t]: at the document boundary
-    (so the next document is read from a fresh state), or nowhere for a single text."""
-    return None if reset_id is None else inputs == reset_id
-
-
 def make_train_step(
     model_config: ModelConfig,
     train_config: TrainConfig,
     placement: Placement | None = None,
     reset_id: int | None = None,
 ) -> Callable:
-    """The jitted step (state, inputs, targets, learning_rate) -> (state, metrics).
+    """The jitted step (state, *window, learning_rate) -> (state, metrics); the window's arrays are
+    those of the model's kind (charrnn.kinds): (inputs, targets), or (chars, after).
 
     Forward, backward, clipping and the update are one XLA program; the old state's buffers are
     donated. On several devices (`placement`) the inputs are sharded along the batch axis and the
@@ -153,18 +144,18 @@ def make_train_step(
     device the program is the plain single-device one. `reset_id`: the document boundary's id, for
     a corpus of documents.
     """
-    model = CharRNN(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
+    model = build(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
+    kind = kind_of(model_config)
     optimizer = make_optimizer(train_config)
 
-    def loss_fn(params, carry, inputs, targets, key):
-        resets = document_resets(inputs, reset_id)
-        logits, carry = model.apply({"params": params}, inputs, carry, train=True, resets=resets, rngs={"dropout": key})
-        return cross_entropy(logits, targets).mean(), carry
+    def loss_fn(params, carry, window, key):
+        nats, carry = kind.nats(model, params, carry, window, reset_id, train=True, rngs={"dropout": key})
+        return nats.mean(), carry
 
-    def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, lr: jax.Array):
+    def train_step(state: TrainState, first: jax.Array, second: jax.Array, lr: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.carry, inputs, targets, key
+            state.params, state.carry, (first, second), key
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
@@ -184,12 +175,12 @@ def make_train_step(
 
 
 def make_eval_step(model_config: ModelConfig, reset_id: int | None = None) -> Callable:
-    """The jitted step (params, carry, inputs, targets, weights) -> (carry, summed nats, summed weight)."""
-    model = CharRNN(model_config)
+    """The jitted step (params, carry, *window, weights) -> (carry, summed nats, summed weight), for
+    the windows of the model's kind (`kind_of(model_config).eval_windows`)."""
+    model, kind = build(model_config), kind_of(model_config)
 
-    def eval_step(params, carry, inputs, targets, weights):
-        logits, carry = model.apply({"params": params}, inputs, carry, resets=document_resets(inputs, reset_id))
-        nats = cross_entropy(logits, targets)
+    def eval_step(params, carry, first, second, weights):
+        nats, carry = kind.nats(model, params, carry, (first, second), reset_id)
         return carry, jnp.sum(nats * weights), jnp.sum(weights)
 
     return jax.jit(eval_step)
@@ -202,7 +193,7 @@ def evaluate(
     windows: Iterable[tuple],
     placement: Placement | None = None,
 ) -> float:
-    """Mean nats per character over all `windows` (from `evaluation_windows`), state carried across them.
+    """Mean nats per character over all `windows` (from the kind's `eval_windows`), state carried across them.
 
     With a `placement`, every window's rows are split over its devices (every process holds the
     whole windows; each feeds its own rows)."""

@@ -124,3 +124,74 @@ def rich_line(score: LineScore, vocab: Vocabulary):
         shade = "rgb({},{},{})".format(*colour(level(float(score.details.logprob[k]))))
         text.append("↵" if char == "\n" else char, style=f"black on {shade}")
     return text
+
+
+# -- `charrnn check`: the text with what does not fit marked --------------------------------------
+def describe_finding(finding) -> str:
+    """What a finding proposes, in words: `'x' -> 'y'`, `delete 'x'`, `insert 'c' before 'x'`..."""
+    char = repr(finding.char)
+    if finding.edit == "replace":
+        return f"{char} -> {finding.suggestion!r}"
+    if finding.edit == "delete":
+        return f"delete {char}"
+    if finding.edit == "insert":
+        return f"insert {finding.suggestion[0]!r} before {char}"
+    if finding.edit == "swap":
+        return f"{finding.suggestion[::-1]!r} -> {finding.suggestion!r}"
+    return f"{char} (likeliest here {finding.best!r})"
+
+
+def _check_tip(char: str, logprob: float, top: list[tuple[str, float]], finding) -> str:
+    lines = [f"{shown(char)}  p = {math.exp(logprob):.4f}  ({-logprob / math.log(2):.2f} bits)"]
+    if finding is not None:
+        lines.insert(0, describe_finding(finding))
+    lines.append("likeliest here:")
+    lines += [f"{rank}. {shown(c)}  {p:.4f}" for rank, (c, p) in enumerate(top, 1)]
+    return "\n".join(lines)
+
+
+def check_page(text: str, judged, findings, vocab: Vocabulary, title: str) -> str:
+    """One HTML page of a checked text: every character on its cloze surprisal's colour, the flagged
+    ones outlined and listed; hover for the suggestion and the likeliest characters."""
+    flagged = {f.offset: f for f in findings}
+    body = []
+    for i, char in enumerate(text):
+        top = [(vocab.chars[int(k)], float(p)) for k, p in zip(judged.top_ids[i], judged.top_probs[i], strict=True)]
+        logprob = float(judged.logprob[i])
+        finding = flagged.get(i)
+        tip = html.escape(_check_tip(char, logprob, top, finding)).replace("\n", "&#10;")
+        classes = f"s{level(logprob)}" + (" f" if finding is not None else "")
+        anchor = f' id="f{finding.line}-{finding.column}"' if finding is not None else ""
+        shown_char = "↵" if char == "\n" else html.escape(char)
+        body.append(
+            f'<span{anchor} class="{classes}" data-tip="{tip}">{shown_char}</span>' + ("\n" if char == "\n" else "")
+        )
+    listing = "".join(
+        f'<li><a href="#f{f.line}-{f.column}">{f.line}:{f.column}</a> {html.escape(describe_finding(f))}</li>'
+        for f in findings
+    )
+    page = html_page([], vocab, title)
+    styles = ".f{outline:2px solid #c00;outline-offset:1px;font-weight:bold}\n.findings{columns:3;font-size:13px}"
+    about = f"{len(findings):,} characters flagged in {len(text):,}"
+    return (
+        page.replace("</style>", styles + "\n</style>")
+        .replace(
+            '<p class="about"></p>', f'<p class="about">{html.escape(about)}</p><ol class="findings">{listing}</ol>'
+        )
+        .replace('<div class="text"></div>', f'<div class="text">{"".join(body)}</div>')
+    )
+
+
+def rich_check(text: str, judged, findings):
+    """The checked text as a rich Text: surprisal colours, flagged characters in bold red on white."""
+    from rich.text import Text
+
+    flagged = {f.offset for f in findings}
+    out = Text()
+    for i, char in enumerate(text):
+        if i in flagged:
+            out.append("↵\n" if char == "\n" else char, style="bold white on red")
+            continue
+        shade = "rgb({},{},{})".format(*colour(level(float(judged.logprob[i]))))
+        out.append(char if char != "\n" else "\n", style=f"black on {shade}" if char != "\n" else "")
+    return out

@@ -11,15 +11,18 @@ disagree (a run trained on documents, say, resets its state and stops at their b
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from charrnn.config import ModelConfig, SampleOptions, TrainConfig, parse_checkpoint
 from charrnn.errors import RunError, Warn
-from charrnn.runs import Run, latest_run
+from charrnn.runs import Run, latest_run, require_left_to_right
 from charrnn.scoring import EvalResult, LineScore, evaluate_ids, evaluate_text, score_document, score_lines
 from charrnn.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from charrnn.checking import Checker, Finding
 
 
 def open_run(directory: str | Path | None = None) -> Run:
@@ -102,6 +105,10 @@ class TrainedModel:
         """The character between documents, for a run trained on documents (else None)."""
         return self.corpus_info.get("boundary") if self.corpus_info.get("documents") else None
 
+    def require_left_to_right(self, use: str) -> None:
+        """Refuse to `use` (sample, score, serve) a bidirectional model (see `runs.require_left_to_right`)."""
+        require_left_to_right(self.run.directory, self.model_config, use)
+
     def __repr__(self) -> str:
         c: ModelConfig = self.model_config
         return f"<charrnn model {self.run.directory}: {c.layers}×{c.hidden_size} {c.cell}, checkpoint {self.step}>"
@@ -126,6 +133,7 @@ class TrainedModel:
         `stop_at_boundary` is false."""
         from charrnn.sampling import sample_stream
 
+        self.require_left_to_right("sample")
         options = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         self.vocab.encode(prime)  # names unknown characters
         return sample_stream(
@@ -156,6 +164,7 @@ class TrainedModel:
         """Score each line (a trailing newline is dropped; the line's newline is always predicted),
         in order, as soon as each is done. `context` reads the lines as one text, state carried;
         `unknown` is "error" or "skip"; `details` keeps per-character probabilities and alternatives."""
+        self.require_left_to_right("score")
         if isinstance(lines, str):
             lines = lines.split("\n")[:-1] if lines.endswith("\n") else lines.split("\n")
         scorer = score_document if context else score_lines
@@ -167,9 +176,23 @@ class TrainedModel:
         """The `LineScore` of every line (see `score_iter`); a string is split into its lines."""
         return list(self.score_iter(lines, context=context, unknown=unknown, details=details))
 
+    def checker(self) -> "Checker":
+        """A `Checker` of texts with this model (a bidirectional one), reading as training did."""
+        from charrnn.checking import Checker
+
+        window = self.train_config.seq_len
+        return Checker(self.params, self.model_config, self.vocab, window=window, boundary=self.boundary)
+
+    def check(self, text: str, threshold: float | None = None) -> "list[Finding]":
+        """The characters of `text` that do not fit, with the edit that fits best (charrnn.checking)."""
+        from charrnn.checking import THRESHOLD
+
+        return self.checker().check(text, THRESHOLD if threshold is None else threshold)
+
     def eval(self, text: str | None = None, *, streams: int = 1, unknown: str = "error") -> EvalResult:
         """The loss over `text` read with carried state (its first character predicted after a
-        newline), or with no text over the run's validation split exactly as training measured it."""
+        newline), or with no text over the run's validation split exactly as training measured it.
+        For a bidirectional model, the cloze loss: each character predicted from both sides."""
         if text is None:
             return self.eval_validation()
         return evaluate_text(self.params, self.model_config, self.vocab, text, streams=streams, unknown=unknown)

@@ -11,7 +11,7 @@ from charrnn.errors import UsageError
 
 from . import console
 from .options import paragraphs
-from .reading import load_trained, open_input, run_and_file
+from .reading import load_trained, open_input, read_text, run_and_file
 
 
 def _text(record: dict) -> str:
@@ -85,7 +85,7 @@ def eval_(
         recorded = model.recorded_val_loss()
     else:
         stream, label = text_source
-        result = model.eval(_read_text(stream, label), streams=streams, unknown=unknown)
+        result = model.eval(read_text(stream, label), streams=streams, unknown=unknown)
         recorded = None
     record = {"text": label, "run": str(model.run.directory), "checkpoint": model.step, **result.to_dict()}
     if recorded is not None:
@@ -99,16 +99,3 @@ def eval_(
 
 
 eval_.__doc__ = paragraphs(eval_.__doc__)
-
-
-def _read_text(stream, label: str) -> str:
-    from charrnn.errors import CorpusError
-
-    try:
-        data = stream.read()
-    except OSError as error:
-        raise CorpusError(f"{label} cannot be read: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CorpusError(f"{label} is not valid UTF-8 (bad byte at offset {error.start})") from None

@@ -102,7 +102,12 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (
             "model",
-            f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, embed {model['embed_size']}, "
+            (
+                "bidirectional (cloze, look-ahead {}) ".format(model.get("lookahead"))
+                if model.get("bidirectional")
+                else ""
+            )
+            + f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, embed {model['embed_size']}, "
             f"dropout {model['dropout']:g}{model_extra}",
         ),
         ("parameters", f"{facts['parameters']:,}"),

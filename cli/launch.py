@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPUTING_COMMANDS = {"train", "sample", "bench", "score", "eval", "serve"}
+COMPUTING_COMMANDS = {"train", "sample", "bench", "score", "eval", "serve", "check"}
 TUNABLE = "glibc.malloc.hugetlb"
 
 

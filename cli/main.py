@@ -11,6 +11,7 @@ from charrnn.errors import CharrnnError
 
 from . import console
 from .bench_cmd import bench
+from .check_cmd import check
 from .console import silence_stdout
 from .corpus_cmd import corpus_app
 from .eval_cmd import eval_
@@ -40,6 +41,7 @@ app.command()(bench)
 app.command()(score)
 app.command()(serve)
 app.command("eval")(eval_)
+app.command()(check)
 app.command()(info)
 app.command()(runs)
 app.command()(plot)

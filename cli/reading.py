@@ -86,3 +86,15 @@ def load_trained(run: Path | Run | None, checkpoint: str) -> TrainedModel:
     from charrnn.trained import load
 
     return load(run, which, warn=console.warn)
+
+
+def read_text(stream: BinaryIO, label: str) -> str:
+    """The whole of `stream` as UTF-8 text; every problem is one line."""
+    try:
+        data = stream.read()
+    except OSError as error:
+        raise CorpusError(f"{label} cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{label} is not valid UTF-8 (bad byte at offset {error.start})") from None

@@ -95,6 +95,7 @@ def sample(
 
     run = Run(run_dir) if run_dir is not None else latest_run()
     loaded = run.open()  # the configuration and vocabulary, checked, before JAX is even loaded
+    loaded.require_left_to_right("sample")
     vocab = loaded.vocab
     if unknown := vocab.missing(prime):
         if not skip_unknown:

@@ -101,6 +101,21 @@ def train(
             )
         ),
     ] = None,
+    bidirectional: Annotated[
+        bool,
+        typer.Option(
+            "--bidirectional",
+            help="A second stack reads right to left and each character is predicted from both sides: "
+            "a model for `charrnn check`, which cannot sample or score.",
+        ),
+    ] = False,
+    lookahead: Annotated[
+        int | None,
+        typer.Option(
+            help=config_help("--bidirectional: characters past each window read first.", ModelConfig, "lookahead"),
+            hidden=True,
+        ),
+    ] = None,
     dtype: Annotated[
         str | None,
         typer.Option(
@@ -216,6 +231,8 @@ def train(
         dropout=dropout,
         recurrent_dropout=recurrent_dropout,
         dtype=dtype,
+        bidirectional=bidirectional or None,
+        lookahead=lookahead,
     )
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
@@ -293,7 +310,12 @@ def train(
             f"stopped ({finished.reason}) at step {finished.step}; best validation loss "
             f"{finished.best_val_loss:.4f} nats/char ({finished.best_val_loss / math.log(2):.4f} bits/char) "
             f"at step {finished.best_step}\n"
-            f"run saved in {run.directory}; sample with: charrnn sample {run.directory}"
+            f"run saved in {run.directory}; "
+            + (
+                f"check text with: charrnn check {run.directory} FILE"
+                if start.model.bidirectional
+                else f"sample with: charrnn sample {run.directory}"
+            )
         )
         if finished.reason == "interrupted":
             console.info(f"resume with: charrnn train --resume {run.directory}")
@@ -315,8 +337,10 @@ def _describe(start, placement) -> None:
     model_config, train_config = start.model, start.train
     model_extra, train_extra = regularisation_text(model_config.to_dict(), train_config.to_dict())
     console.info(
-        f"{'resuming' if start.resuming else 'training'} {start.run.directory}: {model_config.layers}×"
-        f"{model_config.hidden_size} {model_config.cell.upper()}, embed {model_config.embed_size}, dropout "
+        f"{'resuming' if start.resuming else 'training'} {start.run.directory}: "
+        + ("bidirectional " if model_config.bidirectional else "")
+        + f"{model_config.layers}×{model_config.hidden_size} {model_config.cell.upper()}, "
+        f"embed {model_config.embed_size}, dropout "
         f"{model_config.dropout:g}{model_extra}, {model_config.dtype}; batch {train_config.batch_size} × "
         f"{train_config.seq_len} chars, lr {train_config.learning_rate:g}{train_extra}; budget "
         f"{budget_text(train_config.to_dict())}"

@@ -14,8 +14,8 @@ from charrnn.cli.options import flag
 from charrnn.config import ModelConfig
 from charrnn.corpus import BOUNDARY, boundary_id, prepare
 from charrnn.errors import CorpusError
+from charrnn.kinds import cross_entropy
 from charrnn.model import CharRNN, init_params, initial_carry
-from charrnn.step import cross_entropy
 from charrnn.vocab import Vocabulary
 
 

@@ -1,0 +1,169 @@
+"""How well `charrnn check` finds typos, against the left-to-right model's surprisal and hunspell.
+
+Synthetic typos at a known rate and a fixed seed go into held-out text (the last 10% of a corpus,
+which a run trained on it with the default --val-fraction never saw): substitutions, insertions,
+deletions and swaps of adjacent letters for English; substitutions with other characters of the
+vocabulary for Chinese. Each system flags positions; a flag within one character of a true error
+counts. Reported: detection precision, recall and F1, and correction accuracy (the share of true
+errors whose nearby finding's edit gives back the original text exactly).
+
+    python benchmarks/typo_check.py --bidirectional runs/bi --left-to-right runs/lr \\
+        --corpus ../shared/corpora/tinyshakespeare.txt --language en [--hunspell]
+
+Not installed with the package; needs hunspell and hunspell-en-us for --hunspell.
+"""
+
+import argparse
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from charrnn import load
+
+ENGLISH = "abcdefghijklmnopqrstuvwxyz"
+
+
+def held_out(path: str, chars: int, fraction: float = 0.1) -> str:
+    text = open(path, encoding="utf-8").read()
+    return text[len(text) - int(len(text) * fraction) :][:chars]
+
+
+def corrupt(text: str, rate: float, seed: int, language: str, vocabulary: list[str]):
+    """(corrupted text, errors): each error is (start, end, original) in the corrupted text, so that
+    corrupted[:start] + original + corrupted[end:] undoes it alone."""
+    rng = random.Random(seed)
+    letters = [i for i, c in enumerate(text) if (c.isalpha() if language == "en" else "\u4e00" <= c <= "\u9fff")]
+    chosen = sorted(rng.sample(letters, int(len(text) * rate)))
+    chosen = [p for k, p in enumerate(chosen) if k == 0 or p - chosen[k - 1] > 3]  # errors apart
+    out, errors, shift, last = [], [], 0, 0
+    for p in chosen:
+        out.append(text[last:p])
+        here = p + shift
+        kind = "substitute" if language == "zh" else rng.choice(["substitute", "insert", "delete", "swap"])
+        c = text[p]
+        pool = vocabulary if language == "zh" else (ENGLISH.upper() if c.isupper() else ENGLISH)
+        if kind == "swap" and not (p + 1 < len(text) and text[p + 1].isalpha() and text[p + 1] != c):
+            kind = "substitute"
+        if kind == "substitute":
+            new = rng.choice([x for x in pool if x != c])
+            out.append(new)
+            errors.append((here, here + 1, c, kind))
+            last = p + 1
+        elif kind == "insert":
+            new = rng.choice(pool)
+            out.append(new + c)
+            errors.append((here, here + 1, "", kind))
+            shift += 1
+            last = p + 1
+        elif kind == "delete":
+            errors.append((here, here, c, kind))
+            shift -= 1
+            last = p + 1
+        else:
+            out.append(text[p + 1] + c)
+            errors.append((here, here + 2, c + text[p + 1], kind))
+            last = p + 2
+    out.append(text[last:])
+    return "".join(out), errors
+
+
+def score(flags: list[int], errors, fixes=None, corrupted: str = "") -> dict:
+    """Precision, recall, F1 (a flag within one character of an error counts) and correction accuracy."""
+    flags = sorted(set(flags))
+    near = [(s - 1, max(e, s + 1)) for s, e, *_ in errors]  # positions within one character
+    hit_flags = sum(any(lo <= f <= hi for lo, hi in near) for f in flags)
+    found = [any(lo <= f <= hi for f in flags) for lo, hi in near]
+    precision = hit_flags / len(flags) if flags else 0.0
+    recall = sum(found) / len(errors)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    result = {"flags": len(flags), "precision": precision, "recall": recall, "f1": f1}
+    if fixes is not None:
+        fixed = 0
+        for (s, e, original, _), (lo, hi) in zip(errors, near, strict=True):
+            reverted = corrupted[:s] + original + corrupted[e:]
+            fixed += any(
+                lo <= at <= hi and corrupted[:a] + text + corrupted[b:] == reverted for at, a, b, text in fixes
+            )
+        result["correction"] = fixed / len(errors)
+    return result
+
+
+def hunspell(corrupted: str) -> tuple[list[int], list[tuple]]:
+    words = [(m.start(), m.group()) for m in re.finditer(r"[A-Za-z]+(?:'[A-Za-z]+)?", corrupted)]
+    unique = sorted({w for _, w in words})
+    done = subprocess.run(
+        ["hunspell", "-a", "-d", "en_US"], input="\n".join(unique) + "\n", capture_output=True, text=True
+    )
+    verdicts = [line for line in done.stdout.splitlines()[1:] if line]
+    wrong, suggestion = set(), {}
+    for word, line in zip(unique, verdicts, strict=False):
+        if line[0] in "&#":
+            wrong.add(word)
+            if line[0] == "&" and ":" in line:
+                suggestion[word] = line.split(":", 1)[1].split(",")[0].strip()
+    flags, fixes = [], []
+    for start, word in words:
+        if word in wrong:
+            flags += list(range(start, start + len(word)))  # the word's characters: any counts
+            if word in suggestion:
+                fixes.append((start, start, start + len(word), suggestion[word]))
+    return flags, fixes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bidirectional", required=True)
+    parser.add_argument("--left-to-right", required=True)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--language", choices=["en", "zh"], default="en")
+    parser.add_argument("--chars", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--thresholds", default="1,2,3,4,5,6,8")
+    parser.add_argument("--hunspell", action="store_true")
+    args = parser.parse_args()
+    bi, lr = load(args.bidirectional), load(args.left_to_right)
+    original = held_out(args.corpus, args.chars)
+    vocabulary = [c for c in bi.vocab.chars if "\u4e00" <= c <= "\u9fff"] or list(ENGLISH)
+    corrupted, errors = corrupt(original, args.rate, args.seed, args.language, vocabulary)
+    kinds = {k: sum(e[3] == k for e in errors) for k in ("substitute", "insert", "delete", "swap")}
+    print(f"{len(corrupted):,} characters, {len(errors)} errors {kinds}", file=sys.stderr)
+    checker = bi.checker()
+    started = time.perf_counter()
+    judged = checker.cloze(corrupted)
+    cloze_seconds = time.perf_counter() - started
+    (left,) = lr.score([corrupted], context=True, details=True, unknown="skip")
+    d = left.details
+    known = [i for i, c in enumerate(corrupted) if c in lr.vocab] + [len(corrupted)]  # and the newline
+    gap_lr = np.full(len(corrupted) + 1, 0.0)
+    gap_lr[known] = np.maximum(np.log(d.top_probs[:, 0]) - d.logprob, 0.0)
+    rows = []
+    for threshold in [float(t) for t in args.thresholds.split(",")]:
+        started = time.perf_counter()
+        findings = checker.check(corrupted, threshold, judged=judged)
+        seconds = cloze_seconds + time.perf_counter() - started
+        fixes = [(f.offset, *f.span, f.suggestion) for f in findings if f.edit]
+        row = {
+            "system": "check",
+            "threshold": threshold,
+            **score([f.offset for f in findings], errors, fixes, corrupted),
+        }
+        row["chars_per_second"] = len(corrupted) / seconds
+        rows.append(row)
+        flags = [int(i) for i in np.flatnonzero(gap_lr[: len(corrupted)] > threshold)]
+        rows.append({"system": "left-to-right surprisal", "threshold": threshold, **score(flags, errors)})
+    if args.hunspell:
+        flags, fixes = hunspell(corrupted)
+        rows.append({"system": "hunspell en_US", "threshold": math.nan, **score(flags, errors, fixes, corrupted)})
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""BiCharRNN: a character model that reads both ways, for judging each character in its context.
+
+Two recurrent stacks, any cell of the registry on the same fast recurrence: the forward stack reads
+left to right, the backward stack runs the same scan over the reversed text. Each character x_t is
+predicted from the forward state *before* it (x_<t) and the backward state *after* it (x_>t),
+concatenated and fed to the output layer: a cloze objective, P(x_t | x_<t, x_>t). The model
+defines no left-to-right likelihood, so it cannot sample or score; it can find characters that do
+not fit (charrnn.checking).
+
+Windows under truncated BPTT. A window is the characters to predict, `chars` [B, T], and the
+`lookahead` characters that follow them, `after` [B, L]:
+
+* the forward state is carried from window to window as for the left-to-right model (its gradient
+  stopped at the window edge), so the left context is unbounded;
+* the backward stack starts from a zero state at the end of `after` and reads it (right to left)
+  before the window: every character has at least L characters of right context, the last of the
+  window exactly L. The look-ahead is read without gradient (`frozen`), so it costs a forward pass
+  and no backward pass; the window's own characters are read with gradient.
+
+So training does the recurrent work of two models plus L/T of a forward pass. Token -1 in `after`
+(or `chars`) means "past the end of the text": the backward state is zeroed before the first real
+character read after such padding, and a character followed by padding gets a zero right context.
+Document boundaries reset both stacks where they read the boundary character, as in CharRNN.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from charrnn.cells import make_cell
+from charrnn.config import ModelConfig
+from charrnn.model import ModelCarry, RecurrentLayer
+from charrnn.recurrence import project
+
+
+class BiCharRNN(nn.Module):
+    """Call with chars [B, T], after [B, L] and the forward carry (`model.initial_carry`)."""
+
+    config: ModelConfig
+    unroll: int = 1
+
+    def setup(self) -> None:
+        cfg = self.config
+        cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
+        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
+
+        def stack(prefix: str) -> list[RecurrentLayer]:
+            return [
+                RecurrentLayer(
+                    cell, cfg.embed_size if i == 0 else cfg.hidden_size, cfg.hidden_size, name=f"{prefix}{i}"
+                )
+                for i in range(cfg.layers)
+            ]
+
+        self.layers = stack("layer")  # the forward stack has CharRNN's names, so its weights read the same
+        self.backward_layers = stack("backward")
+        self.dropout = nn.Dropout(cfg.dropout)
+        width = 2 * cfg.hidden_size
+        self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (width, cfg.vocab_size))
+        self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
+
+    def __call__(
+        self,
+        chars: jax.Array,
+        after: jax.Array,
+        carry: ModelCarry,
+        *,
+        train: bool = False,
+        reset_id: int | None = None,
+    ) -> tuple[jax.Array, ModelCarry]:
+        """chars <int>[B, T], after <int>[B, L] (-1: past the end) -> (logits <f32>[B, T, V] of
+        every character of `chars` given both sides, the forward carry after `chars`). `train`
+        enables dropout (rng 'dropout'); `reset_id`: the document boundary's id, if any."""
+        left, right, new_carry = self.sides(chars, after, carry, train=train, reset_id=reset_id)
+        joined = self.dropout(jnp.concatenate([left, right], axis=-1), deterministic=not train)
+        return self.head(joined), new_carry
+
+    def head(self, joined: jax.Array) -> jax.Array:
+        """[..., 2H] (a left state and a right state) -> logits [..., V] of the character between them."""
+        return project(joined, self.head_kernel, self.config.dtype) + self.head_bias
+
+    def sides(
+        self,
+        chars: jax.Array,
+        after: jax.Array,
+        carry: ModelCarry,
+        *,
+        train: bool = False,
+        reset_id: int | None = None,
+    ) -> tuple[jax.Array, jax.Array, ModelCarry]:
+        """(left [B, T, H]: the forward state before each character, right [B, T, H]: the backward
+        state after it, the forward carry after `chars`). `charrnn.checking` pairs them otherwise
+        to ask what fits where a character is missing or extra."""
+        length = chars.shape[1]
+        tokens = jnp.concatenate([chars, after], axis=1).T  # [T + L, B], time-major
+        present = tokens >= 0
+        boundary = None if reset_id is None else tokens == reset_id
+        x = self.embed(jnp.maximum(tokens, 0))  # [T + L, B, E]
+
+        # Left to right over the window: the state before each character is the carry, then the outputs.
+        keep = None if boundary is None else _keep(~boundary[:length])
+        h, new_carry = x[:length], []
+        for i, (layer, layer_carry) in enumerate(zip(self.layers, carry, strict=True)):
+            h, layer_carry = layer(h, layer_carry, keep, self._recurrent_mask(h.shape[1], train))
+            h = h if i == len(self.layers) - 1 else self.dropout(h, deterministic=not train)
+            new_carry.append(layer_carry)
+        left = jnp.concatenate([carry[-1][0][None].astype(h.dtype), h[:-1]], axis=0)  # [T, B, H]
+
+        # Right to left over what follows each character: the look-ahead (frozen), then the window.
+        reversed_boundary = None if boundary is None else boundary[1:][::-1]
+        right = self._backward(x[1:][::-1], present[1:][::-1], reversed_boundary, after.shape[1], train)
+        follows = jnp.concatenate([present[1:], jnp.zeros_like(present[:1])], axis=0)[:length]
+        right = right * follows[:, :, None]  # nothing after the text: no right context
+        return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1), tuple(new_carry)
+
+    def _backward(
+        self, x: jax.Array, present: jax.Array, boundary: jax.Array | None, lookahead: int, train: bool
+    ) -> jax.Array:
+        """x [L + T - 1, B, E]: what follows each character, reversed (look-ahead first) -> the
+        backward state after reading each character's successor, in text order [T, B, H]."""
+        cfg, batch = self.config, x.shape[1]
+        # Zero the state before a character read right after padding, and before a boundary.
+        after_padding = jnp.concatenate([jnp.zeros_like(present[:1]), ~present[:-1]], axis=0)
+        reset = after_padding if boundary is None else after_padding | boundary
+        keep = _keep(~reset)
+        xa, xw = x[:lookahead], x[lookahead:]
+        ya = yw = None
+        for i, layer in enumerate(self.backward_layers):
+            mask = self._recurrent_mask(batch, train)
+            state = make_cell(cfg.cell).zero_carry(batch, cfg.hidden_size)
+            if lookahead:
+                ya, state = layer(xa, state, keep[:lookahead], mask, frozen=True)
+            if xw.shape[0]:
+                yw, _ = layer(xw, state, keep[lookahead:], mask)
+            if i < len(self.backward_layers) - 1:
+                xa = self.dropout(ya, deterministic=not train) if lookahead else xa
+                xw = self.dropout(yw, deterministic=not train) if xw.shape[0] else xw
+        last = ya[-1:] if lookahead else jnp.zeros((1, batch, cfg.hidden_size), jnp.float32)
+        return last if yw is None else jnp.concatenate([yw[::-1], last], axis=0)
+
+    def _recurrent_mask(self, batch: int, train: bool) -> jax.Array | None:
+        """One variational dropout mask [B, H] per layer and window (rng 'dropout'), or None."""
+        rate = self.config.recurrent_dropout
+        if not (train and rate):
+            return None
+        kept = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, (batch, self.config.hidden_size))
+        return kept.astype(jnp.float32) / (1.0 - rate)
+
+
+def _keep(kept: jax.Array) -> jax.Array:
+    """bool [T, B] -> float [T, B, 1], the recurrence's `keep`."""
+    return kept.astype(jnp.float32)[:, :, None]

@@ -1,0 +1,300 @@
+"""The bidirectional model (charrnn.bidirectional) and `charrnn check` (charrnn.checking).
+
+The model is checked against its definition written as Python loops over time (the textbook cells
+of test_cells), outputs and every gradient; by symmetry (reversing the text and swapping the
+stacks gives the same scores); and by use: a model trained on a periodic text finds an error put
+into it, and every command that cannot use such a model says so in one line.
+"""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import charrnn_in_process, periodic_text
+from test_cells import TEXTBOOK, textbook_layer
+
+from charrnn.batching import StreamBatcher, cloze_windows
+from charrnn.bidirectional import BiCharRNN
+from charrnn.checking import Checker
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.kinds import kind_of
+from charrnn.model import init_params, initial_carry
+from charrnn.step import create_state, evaluate, make_eval_step, make_train_step
+from charrnn.vocab import Vocabulary
+
+SMALL = {"layers": 2, "hidden_size": 6, "embed_size": 4}
+
+
+def zero_carry(name, batch, hidden):
+    return tuple(jnp.zeros((batch, hidden)) for _ in range(2 if name.startswith("lstm") else 1))
+
+
+def textbook_cloze(config, params, chars, after, carry, reset_id=None, *, split=False):
+    """Logits of every character of `chars` from the forward state before it and the backward state
+    after it, by the definition: Python loops over time. `split`: read the look-ahead with the
+    parameters' gradient stopped (the truncation the model trains with), else in one pass."""
+    name, hidden, layers = config.cell, config.hidden_size, config.layers
+    tokens = jnp.concatenate([chars, after], axis=1)  # [B, T + L]
+    batch, length, lookahead = chars.shape[0], chars.shape[1], after.shape[1]
+    present = tokens >= 0
+    xs = jnp.swapaxes(params["embed"]["embedding"][jnp.maximum(tokens, 0)], 0, 1)  # [T + L, B, E]
+    boundary = jnp.zeros(tokens.shape, bool) if reset_id is None else tokens == reset_id
+
+    h = xs[:length]
+    for layer in range(layers):
+        h, _ = textbook_layer(name, params[f"layer{layer}"], h, carry[layer], boundary[:, :length].T)
+    left = jnp.concatenate([carry[-1][0][None], h[:-1]])
+
+    seen = present[:, 1:].T[::-1]  # what follows each character, reversed: the look-ahead first
+    after_padding = jnp.concatenate([jnp.zeros_like(seen[:1]), ~seen[:-1]])
+    resets = after_padding | boundary[:, 1:].T[::-1]
+    b = xs[1:][::-1]
+    for layer in range(layers):
+        weights = params[f"backward{layer}"]
+        start = zero_carry(name, batch, hidden)
+        if split:
+            frozen = jax.lax.stop_gradient(weights)
+            ahead, state = textbook_layer(name, frozen, jax.lax.stop_gradient(b[:lookahead]), start, resets[:lookahead])
+            rest, _ = textbook_layer(name, weights, b[lookahead:], state, resets[lookahead:])
+            b = jnp.concatenate([ahead, rest])
+        else:
+            b, _ = textbook_layer(name, weights, b, start, resets)
+    follows = jnp.concatenate([present[:, 1:].T, jnp.zeros((1, batch), bool)])[:length]
+    right = b[::-1][:length] * follows[:, :, None]
+    joined = jnp.swapaxes(jnp.concatenate([left, right], axis=-1), 0, 1)
+    return joined @ params["head_kernel"] + params["head_bias"]
+
+
+def random_inputs(vocab_size, batch=3, length=5, lookahead=3, seed=0):
+    rng = np.random.default_rng(seed)
+    chars = rng.integers(0, vocab_size, (batch, length)).astype(np.int32)
+    after = rng.integers(0, vocab_size, (batch, lookahead)).astype(np.int32)
+    after[1, 1:] = -1  # the text ends inside this row's look-ahead
+    after[2, :] = -1  # and right after this row's window
+    return jnp.asarray(chars), jnp.asarray(after)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("reset_id", [None, 2])
+def test_outputs_and_every_gradient_match_the_textbook_loops(cell, reset_id):
+    assert cell in TEXTBOOK
+    config = ModelConfig(vocab_size=7, cell=cell, bidirectional=True, lookahead=3, **SMALL)
+    params = init_params(config, jax.random.key(1))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)  # biases too
+    chars, after = random_inputs(7)
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(3), c.shape), initial_carry(config, 3))
+    model = BiCharRNN(config)
+
+    def ours(params, carry):
+        return model.apply({"params": params}, chars, after, carry, reset_id=reset_id)[0]
+
+    np.testing.assert_allclose(
+        jax.jit(ours)(params, carry),
+        textbook_cloze(config, params, chars, after, carry, reset_id),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+    def loss(run):
+        return lambda params, carry: jnp.sum(jnp.sin(run(params, carry)) * jnp.arange(7.0))
+
+    grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, carry)
+    reference = jax.grad(
+        loss(lambda p, c: textbook_cloze(config, p, chars, after, c, reset_id, split=True)), argnums=(0, 1)
+    )(params, carry)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    for name in ("layer0", "layer1", "backward0", "backward1"):  # both stacks learn, every layer
+        assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0][name])) > 0, name
+
+
+def test_reversing_the_text_and_swapping_the_stacks_gives_the_same_scores():
+    config = ModelConfig(vocab_size=9, cell="lstm", bidirectional=True, lookahead=2, **SMALL)
+    params = init_params(config, jax.random.key(5))
+    swapped = dict(params)
+    for layer in range(config.layers):
+        swapped[f"layer{layer}"], swapped[f"backward{layer}"] = params[f"backward{layer}"], params[f"layer{layer}"]
+    hidden = config.hidden_size
+    swapped["head_kernel"] = jnp.concatenate([params["head_kernel"][hidden:], params["head_kernel"][:hidden]])
+    chars = jnp.asarray(np.random.default_rng(1).integers(0, 9, (2, 11)), jnp.int32)
+    nothing_after = jnp.full((2, 2), -1, jnp.int32)  # the whole text is in the window
+    model, carry = BiCharRNN(config), initial_carry(config, 2)
+    forward, _ = model.apply({"params": params}, chars, nothing_after, carry)
+    backward, _ = model.apply({"params": swapped}, chars[:, ::-1], nothing_after, carry)
+    np.testing.assert_allclose(forward, backward[:, ::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_cloze_windows_read_every_character_once_and_look_ahead_into_the_text():
+    ids = np.arange(1, 101)
+    windows = cloze_windows(ids, 4, 7, 5, burn_in=3)
+    counted = np.concatenate([chars[weights > 0] for chars, _, weights in windows])
+    assert sorted(counted.tolist()) == list(range(2, 101))  # every character after the first, once
+    for chars, after, _ in windows:
+        rows = np.concatenate([chars, after], axis=1)
+        for row in rows:  # each row reads the text in order, look-ahead included, then only padding
+            real = row[row >= 0]
+            assert (np.diff(real) == 1).all() and (row[len(real) :] == -1).all()
+    batcher = StreamBatcher(ids, 3, 7, extra=5)  # training: the look-ahead is real text, never padding
+    for window in range(batcher.windows_per_epoch):
+        chunk = batcher.chunk(window)
+        assert chunk.shape == (3, 12) and (np.diff(chunk, axis=1) == 1).all()
+    assert batcher.streams.max() <= 100
+
+
+def test_the_validation_loss_is_the_mean_cloze_loss_over_the_split():
+    config = ModelConfig(vocab_size=7, cell="gru", bidirectional=True, lookahead=4, **SMALL)
+    params = init_params(config, jax.random.key(0))
+    ids = np.random.default_rng(0).integers(0, 7, 60)
+    windows = kind_of(config).eval_windows(ids, 3, 8, burn_in=5)
+    loss = evaluate(make_eval_step(config), params, config, windows)
+    whole, _ = BiCharRNN(config).apply(
+        {"params": params}, jnp.asarray(ids[None], jnp.int32), jnp.full((1, 4), -1, jnp.int32), initial_carry(config, 1)
+    )
+    nats = -jax.nn.log_softmax(whole[0])[np.arange(60), ids]
+    # Streams read less context than one pass (a window's look-ahead, a stream's burn-in): close, not equal.
+    assert abs(loss - float(nats[1:].mean())) < 0.05
+    single = kind_of(config).eval_windows(ids, 1, 60)  # one stream, one window: exactly the single pass
+    assert evaluate(make_eval_step(config), params, config, single) == pytest.approx(float(nats[1:].mean()), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def periodic_checker():
+    """A bidirectional model trained until it knows `periodic_text` by heart."""
+    text = periodic_text(3000)
+    vocab = Vocabulary.from_text(text)
+    config = ModelConfig(
+        vocab_size=len(vocab), cell="lstm", layers=1, hidden_size=32, embed_size=8, bidirectional=True, lookahead=8
+    )
+    train = TrainConfig(batch_size=8, seq_len=16, learning_rate=1e-2, warmup_steps=10)
+    kind, batcher = kind_of(config), StreamBatcher(vocab.encode(text), 8, 16, extra=8)
+    state, step = create_state(config, train), make_train_step(config, train)
+    for i in range(250):
+        state, metrics = step(state, *kind.split(batcher.chunk(i % batcher.windows_per_epoch)), np.float32(1e-2))
+    assert float(metrics["loss"]) < 0.05
+    assert step._cache_size() == 1  # compiled once
+    return Checker(state.params, config, vocab, window=16)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "edit"),
+    [
+        ("hello world, hello wprld, hello world, ", 20, ("replace", "o")),
+        ("hello world, hello wold, hello world, ", 21, ("insert", "rl")),
+        ("hello world, hello worrld, hello world, ", 22, ("delete", "")),
+        ("hello world, hello wrold, hello world, ", 20, ("swap", "or")),
+    ],
+    ids=["substitution", "missing", "extra", "swapped"],
+)
+def test_a_model_of_a_periodic_text_finds_an_error_put_into_it(periodic_checker, text, where, edit):
+    findings = periodic_checker.check(text, threshold=1.0)  # a tiny model: sure of little, by a nat or two
+    assert len(findings) == 1, findings
+    (finding,) = findings
+    assert abs(finding.offset - where) <= 1 and (finding.line, finding.column) == (1, finding.offset + 1)
+    assert (finding.edit, finding.suggestion) == edit
+    assert periodic_checker.check(periodic_text(200), threshold=1.0) == []  # nothing in the text as it should be
+
+
+# -- the commands ------------------------------------------------------------------------------------
+def cli(*args, cwd, input=None):
+    """(exit status, stdout, stderr) of `charrnn ARGS`, run in this process."""
+    done = charrnn_in_process(*args, cwd=cwd, input=input, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8"]
+
+
+@pytest.fixture(scope="module")
+def bidirectional_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bidirectional")
+    (root / "text.txt").write_text(periodic_text(1200) + "\n")
+    (root / "draft.txt").write_text("hello world, hello wprld, hello\nworld, hello world\n")
+    code, _, err = cli(
+        "train", "text.txt", "--out", "run", "--bidirectional", *TINY, "--steps", "40", "--eval-every", "20", cwd=root
+    )
+    assert code == 0, err
+    assert "bidirectional 1×16" in err and "charrnn check run FILE" in err
+    return root
+
+
+def test_info_shows_a_bidirectional_run(bidirectional_run):
+    code, out, _ = cli("info", "run", cwd=bidirectional_run)
+    assert code == 0 and "bidirectional (cloze, look-ahead 32) 1×16 LSTM-COUPLED" in out
+
+
+@pytest.mark.parametrize("command", ["sample", "score"])
+def test_what_a_bidirectional_run_cannot_do_is_one_line(bidirectional_run, command):
+    args = ["run"] if command == "sample" else ["run", "draft.txt"]
+    code, out, err = cli(command, *args, cwd=bidirectional_run)
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"charrnn: error: run is a bidirectional model: it judges each character from both sides and gives no "
+        f"left-to-right probability, so it cannot {command}; use `charrnn check` to find characters that do "
+        "not fit, or `charrnn eval` for its cloze loss"
+    )
+
+
+def test_eval_of_a_bidirectional_run_is_its_cloze_loss_as_training_recorded(bidirectional_run):
+    code, out, err = cli("eval", "run", "--json", cwd=bidirectional_run)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["nats_per_char"] == pytest.approx(record["recorded_val_loss"], rel=1e-5)
+
+
+def test_check_writes_linter_lines_json_and_a_page(bidirectional_run, tmp_path):
+    code, out, err = cli("check", "run", "draft.txt", "--threshold", "0", cwd=bidirectional_run)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines and all(re.fullmatch(r"draft\.txt:\d+:\d+: .+ \(p [^;]+; .+\)", line) for line in lines)
+    assert re.fullmatch(r"checked 51 characters: \d+ flagged \(threshold 0 nats\)\n", err)
+    code, out, _ = cli(
+        "check", "run", "-", "--json", "--html", tmp_path / "page.html", input="hello wprld\n", cwd=bidirectional_run
+    )
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and all(r["file"] == "-" and r["line"] == 1 for r in records)
+    page = (tmp_path / "page.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('data-tip="') == len("hello wprld\n")
+    code, out, _ = cli("check", "run", "draft.txt", "--show", "--threshold", "100", cwd=bidirectional_run)
+    assert code == 0 and out == (bidirectional_run / "draft.txt").read_text()  # into a pipe: the text itself
+    code, _, _ = cli("check", "run", "draft.txt", "--threshold", "0", "--exit-code", cwd=bidirectional_run)
+    assert code == 1
+
+
+def test_a_bidirectional_run_resumes_and_parents_a_run(bidirectional_run):
+    code, _, err = cli("train", "--resume", "run", "--bidirectional", "--steps", "50", cwd=bidirectional_run)
+    assert code == 0, err
+    code, _, err = cli(
+        "train",
+        "text.txt",
+        "--out",
+        "child",
+        "--init-from",
+        "run",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        cwd=bidirectional_run,
+    )
+    assert code == 0 and "bidirectional 1×16" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "left", "draft.txt"], "checking text needs a bidirectional model (train one with --bidirectional)"),
+        (["check", "run", "draft.txt", "--threshold", "-1"], "--threshold must be a number >= 0, not -1.0"),
+        (["check", "run", "draft.txt", "--format", "xml"], "--format must be one of text, json, show, not 'xml'"),
+        (["check", "run", "nowhere.txt"], "nowhere.txt does not exist"),
+    ],
+)
+def test_check_refusals_are_one_line(bidirectional_run, args, message):
+    root = bidirectional_run
+    if not (root / "left").exists():
+        code, _, err = cli("train", "text.txt", "--out", "left", *TINY, "--steps", "2", cwd=root)
+        assert code == 0, err
+    code, out, err = cli(*args, cwd=root)
+    assert code != 0 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
