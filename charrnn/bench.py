@@ -32,9 +32,18 @@ def forward_flops_per_char(config: ModelConfig) -> float:
     return sum(2.0 * leaf.size for path, leaf in kernels if str(getattr(path[-1], "key", "")).endswith("kernel"))
 
 
-def train_flops_per_char(config: ModelConfig) -> float:
-    """Forward plus backward: each matmul is done three times (forward, input and weight gradients)."""
-    return 3.0 * forward_flops_per_char(config)
+def train_flops_per_char(config: ModelConfig, seq_len: int = 1) -> float:
+    """Forward plus backward: each matmul is done three times (forward, input and weight gradients).
+    A bidirectional model's backward stack also reads `lookahead` characters per window of
+    `seq_len`, forward only."""
+    flops = 3.0 * forward_flops_per_char(config)
+    if config.bidirectional:
+        flops += (
+            (forward_flops_per_char(config) - 2.0 * 2 * config.hidden_size * config.vocab_size)
+            / 2
+            * (config.lookahead / seq_len)
+        )
+    return flops
 
 
 def _best_time(function, *args, repeats: int, inner: int) -> float:
@@ -60,10 +69,12 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
 
 def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int, repeats: int = 3) -> dict[str, Any]:
     """Steady-state training throughput on random tokens (the work does not depend on the text)."""
+    from charrnn.kinds import kind_of
+
     batch, length = train_config.batch_size, train_config.seq_len
     rng = np.random.default_rng(0)
-    inputs = rng.integers(0, model_config.vocab_size, (batch, length), dtype=np.int32)
-    targets = np.roll(inputs, -1, axis=1)
+    kind = kind_of(model_config)
+    inputs, targets = kind.split(rng.integers(0, model_config.vocab_size, (batch, length + kind.extra), dtype=np.int32))
     step = make_train_step(model_config, train_config)
     state = create_state(model_config, train_config)
     lr = np.float32(1e-3)
@@ -83,8 +94,26 @@ def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int
         "compile_seconds": compile_seconds,
         "step_seconds": best,
         "chars_per_second": chars,
-        "gflops": chars * train_flops_per_char(model_config) / 1e9,
+        "gflops": chars * train_flops_per_char(model_config, length) / 1e9,
     }
+
+
+def bench_check(model_config: ModelConfig, rows: int, length: int, repeats: int = 3) -> dict[str, Any]:
+    """`charrnn check`'s reading of a text: one compiled window of `rows` streams × `length`
+    characters and the model's look-ahead, every character judged from both sides."""
+    from charrnn.checking import make_cloze_chunk
+
+    params = create_state(model_config, TrainConfig(batch_size=1, seq_len=1)).params
+    rng = np.random.default_rng(0)
+    chars = rng.integers(0, model_config.vocab_size, (rows, length), dtype=np.int32)
+    after = rng.integers(0, model_config.vocab_size, (rows, model_config.lookahead), dtype=np.int32)
+    chunk = make_cloze_chunk(model_config, None)
+    carry = initial_carry(model_config, rows)
+    start = time.perf_counter()
+    jax.block_until_ready(chunk(params, carry, chars, after))
+    compile_seconds = time.perf_counter() - start
+    seconds = _best_time(chunk, params, carry, chars, after, repeats=repeats, inner=2)
+    return {"compile_seconds": compile_seconds, "chars_per_second": rows * length / seconds}
 
 
 def bench_sample(model_config: ModelConfig, streams: int, chunk_size: int = 256, repeats: int = 3) -> dict[str, Any]:

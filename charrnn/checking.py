@@ -147,7 +147,7 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
             pad(pick(hole, chars[:, :-1]), "end"),
             pad(pick(hole, chars[:, 1:]), "end"),
             pad(gap.max(axis=-1), "start"),
-            pad(gap.argmax(axis=-1).astype(jnp.float32), "start").astype(jnp.int32),
+            jnp.pad(gap.argmax(axis=-1), ((0, 0), (1, 0))),  # no gap before a window's first character: id 0
         )
 
     return jax.jit(chunk)
@@ -273,11 +273,8 @@ class Checker:
         chars = self.vocab.chars
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in spots}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in spots}
-        edits = self._best_edits(text, spots, alternatives, inserted) if suggest or (spots and True) else {}
-        confirmed = [
-            s for s in spots if unknown[s] or replace[s] > threshold or edits.get(s, ("", "", 0.0))[2] > threshold
-        ]
-        spots = confirmed
+        edits = self._best_edits(text, spots, alternatives, inserted)  # confirms deletions and insertions
+        spots = [s for s in spots if unknown[s] or replace[s] > threshold or edits.get(s, ("", "", 0.0))[2] > threshold]
         edits = edits if suggest else {}
         line_starts = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10) + 1
         findings = []

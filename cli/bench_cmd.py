@@ -1,5 +1,6 @@
 """`charrnn bench`: how fast training and sampling run here, as a fraction of the matmul peak."""
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -32,6 +33,12 @@ def bench(
     peak_size: Annotated[int, typer.Option(help="Matrix size of the peak GEMM.")] = 2048,
     startup: Annotated[bool, typer.Option(help="Also time `charrnn sample` in fresh processes.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    bidirectional: Annotated[
+        bool,
+        typer.Option(
+            "--bidirectional", help="Also the bidirectional model: training, and `check` at the batch × seq-len shape."
+        ),
+    ] = False,
 ) -> None:
     """Measure training, sampling and scoring throughput, compile and start-up times, against the matmul peak."""
     cells = list(CELLS) if cell == "all" else [name.strip() for name in cell.split(",")]
@@ -112,6 +119,19 @@ def bench(
                 "score": scored,
             }
         )
+        if bidirectional:
+            both = dataclasses.replace(config, bidirectional=True)
+            console.info(f"measuring bidirectional {config.cell} {config.dtype}")
+            trained = measure.bench_train(both, train_config, steps)
+            results["models"][-1]["bidirectional"] = {
+                "parameters": both.parameter_count(),
+                "train": trained
+                | {
+                    "fraction_of_peak": trained["gflops"] / results["peak_gflops"][config.dtype],
+                    "of_left_to_right": trained["chars_per_second"] / train["chars_per_second"],
+                },
+                "check": measure.bench_check(both, batch_size, seq_len),
+            }
     if startup:
         console.info("timing `charrnn sample` in fresh processes (cold, then warm compilation cache)")
         results["startup"] = measure.startup_times(configs[0])
@@ -169,6 +189,14 @@ def _table(results: dict, streams: int) -> None:
         )
     out = Console(soft_wrap=False, width=200 if not sys.stdout.isatty() else None)
     out.print(table)
+    for model in results["models"]:
+        if both := model.get("bidirectional"):
+            out.print(
+                f"bidirectional {model['cell']} {model['dtype']}: training {both['train']['chars_per_second']:,.0f} "
+                f"chars/s ({100 * both['train']['fraction_of_peak']:.0f}% of peak, "
+                f"{both['train']['of_left_to_right']:.2f}× the left-to-right model); "
+                f"check {both['check']['chars_per_second']:,.0f} chars/s"
+            )
     if "startup" in results:
         s = results["startup"]
         out.print(

@@ -244,6 +244,7 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "8",
         "--peak-size",
         "128",
+        "--bidirectional",
         "--json",
         cwd=tmp_path,
     )
@@ -264,6 +265,16 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     score = model["score"]
     assert score["rows"] == 4 and score["length"] == 8 and score["chars_per_second"] > 0
     assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
+    both = model["bidirectional"]  # two stacks, the head reads both: 2 × (input + recurrent) + 32×20 + 20
+    assert both["parameters"] == 160 + 2 * (512 + 1024 + 4 * 64 + 2 * 16) + 640 + 20
+    # Its training FLOPs count both stacks and the look-ahead (32 characters per window of 4, forward only).
+    weights = 2 * (8 * 64 + 16 * 64) + 32 * 20
+    flops = 6 * weights + 2 * (8 * 64 + 16 * 64) * 32 / 4
+    assert both["train"]["gflops"] == pytest.approx(both["train"]["chars_per_second"] * flops / 1e9)
+    assert both["train"]["of_left_to_right"] == pytest.approx(
+        both["train"]["chars_per_second"] / train["chars_per_second"]
+    )
+    assert both["check"]["chars_per_second"] > 0
     startup = report["startup"]
     assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]
 
