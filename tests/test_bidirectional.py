@@ -77,8 +77,15 @@ def random_inputs(vocab_size, batch=3, length=5, lookahead=3, seed=0):
     return jnp.asarray(chars), jnp.asarray(after)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("reset_id", [None, 2])
+@pytest.mark.parametrize(
+    ("cell", "reset_id"),
+    [
+        ("lstm", 2),
+        ("gru", None),
+        pytest.param("lstm", None, marks=pytest.mark.slow),
+        pytest.param("gru", 2, marks=pytest.mark.slow),
+    ],
+)
 def test_outputs_and_every_gradient_match_the_textbook_loops(cell, reset_id):
     assert cell in TEXTBOOK
     config = ModelConfig(vocab_size=7, cell=cell, bidirectional=True, lookahead=3, **SMALL)
