@@ -73,16 +73,21 @@ def corrupt(text: str, rate: float, seed: int, language: str, vocabulary: list[s
     return "".join(out), errors
 
 
-def score(flags: list[int], errors, fixes=None, corrupted: str = "") -> dict:
-    """Precision, recall, F1 (a flag within one character of an error counts) and correction accuracy."""
-    flags = sorted(set(flags))
-    near = [(s - 1, max(e, s + 1)) for s, e, *_ in errors]  # positions within one character
-    hit_flags = sum(any(lo <= f <= hi for lo, hi in near) for f in flags)
-    found = [any(lo <= f <= hi for f in flags) for lo, hi in near]
-    precision = hit_flags / len(flags) if flags else 0.0
+def score(flags: list, errors, fixes=None, corrupted: str = "") -> dict:
+    """Precision, recall, F1 and correction accuracy. A flag is a position, or (first, last) of a
+    flagged word; it is right if a true error lies within one character of it."""
+    spans = sorted({(f, f) if isinstance(f, int) else tuple(f) for f in flags})
+    near = [(s - 1, max(e, s + 1)) for s, e, *_ in errors]  # positions within one character of each error
+
+    def overlaps(span, lo, hi):
+        return span[0] <= hi and span[1] >= lo
+
+    hits = sum(any(overlaps(span, lo, hi) for lo, hi in near) for span in spans)
+    found = [any(overlaps(span, lo, hi) for span in spans) for lo, hi in near]
+    precision = hits / len(spans) if spans else 0.0
     recall = sum(found) / len(errors)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    result = {"flags": len(flags), "precision": precision, "recall": recall, "f1": f1}
+    result = {"flags": len(spans), "precision": precision, "recall": recall, "f1": f1}
     if fixes is not None:
         fixed = 0
         for (s, e, original, _), (lo, hi) in zip(errors, near, strict=True):
@@ -110,9 +115,9 @@ def hunspell(corrupted: str) -> tuple[list[int], list[tuple]]:
     flags, fixes = [], []
     for start, word in words:
         if word in wrong:
-            flags += list(range(start, start + len(word)))  # the word's characters: any counts
+            flags.append((start, start + len(word) - 1))  # one flag per word
             if word in suggestion:
-                fixes.append((start, start, start + len(word), suggestion[word]))
+                fixes += [(at, start, start + len(word), suggestion[word]) for at in range(start, start + len(word))]
     return flags, fixes
 
 
@@ -143,6 +148,8 @@ def main() -> None:
     known = [i for i, c in enumerate(corrupted) if c in lr.vocab] + [len(corrupted)]  # and the newline
     gap_lr = np.full(len(corrupted) + 1, 0.0)
     gap_lr[known] = np.maximum(np.log(d.top_probs[:, 0]) - d.logprob, 0.0)
+    surprisal = np.full(len(corrupted) + 1, 0.0)
+    surprisal[known] = -d.logprob
     rows = []
     for threshold in [float(t) for t in args.thresholds.split(",")]:
         started = time.perf_counter()
@@ -156,8 +163,10 @@ def main() -> None:
         }
         row["chars_per_second"] = len(corrupted) / seconds
         rows.append(row)
-        flags = [int(i) for i in np.flatnonzero(gap_lr[: len(corrupted)] > threshold)]
+        flags = [int(i) for i in np.flatnonzero(surprisal[: len(corrupted)] > threshold)]
         rows.append({"system": "left-to-right surprisal", "threshold": threshold, **score(flags, errors)})
+        flags = [int(i) for i in np.flatnonzero(gap_lr[: len(corrupted)] > threshold)]
+        rows.append({"system": "left-to-right gap to best guess", "threshold": threshold, **score(flags, errors)})
     if args.hunspell:
         flags, fixes = hunspell(corrupted)
         rows.append({"system": "hunspell en_US", "threshold": math.nan, **score(flags, errors, fixes, corrupted)})

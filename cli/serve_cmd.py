@@ -65,6 +65,7 @@ def serve(
     models = {}
     for run in runs or [None]:
         model = load_trained(run, checkpoint)
+        model.require_left_to_right("serve")
         name = model.run.directory.resolve().name
         if name in models:
             raise UsageError(f"two runs are named {name!r}; serve runs whose directories have different names")

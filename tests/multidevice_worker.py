@@ -1,6 +1,7 @@
 """Run by tests/test_placement.py in a fresh interpreter whose XLA_FLAGS fake several CPU devices
 (the flag must be set before JAX starts). Prints one JSON object of what the tests check."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -73,6 +74,9 @@ def main(root: Path) -> None:
     result = {"sharding": sharding_facts(prepared.train, mc, tc)}
     result["one"] = train(root, "one", prepared, mc, tc, 1)
     result["four"] = train(root, "four", prepared, mc, tc, 4)
+    both = dataclasses.replace(mc, bidirectional=True, lookahead=4)  # the other kind of model, alike
+    result["bidirectional_one"] = train(root, "bidirectional_one", prepared, both, tc, 1)
+    result["bidirectional_four"] = train(root, "bidirectional_four", prepared, both, tc, 4)
     # Resume across device counts: the run as it was at its step-3 checkpoint, continued elsewhere.
     for first, then, devices in (("four", "four_then_one", 1), ("one", "one_then_four", 4)):
         shutil.copytree(root / first, root / then)

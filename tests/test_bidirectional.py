@@ -232,9 +232,9 @@ def test_info_shows_a_bidirectional_run(bidirectional_run):
     assert code == 0 and "bidirectional (cloze, look-ahead 32) 1×16 LSTM-COUPLED" in out
 
 
-@pytest.mark.parametrize("command", ["sample", "score"])
+@pytest.mark.parametrize("command", ["sample", "score", "serve"])
 def test_what_a_bidirectional_run_cannot_do_is_one_line(bidirectional_run, command):
-    args = ["run"] if command == "sample" else ["run", "draft.txt"]
+    args = {"sample": ["run"], "score": ["run", "draft.txt"], "serve": ["run", "--port", "0"]}[command]
     code, out, err = cli(command, *args, cwd=bidirectional_run)
     assert code == 2 and out == ""
     assert err.strip() == (
@@ -270,6 +270,20 @@ def test_check_writes_linter_lines_json_and_a_page(bidirectional_run, tmp_path):
     assert code == 1
 
 
+@pytest.mark.slow
+def test_a_bidirectional_run_on_documents_resets_at_their_boundary(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for k in range(3):
+        (tmp_path / "docs" / f"{k}.txt").write_text(periodic_text(300 + 40 * k))
+    code, _, err = cli(
+        "train", "docs", "--out", "run", "--bidirectional", *TINY, "--steps", "4", "--eval-every", "2", cwd=tmp_path
+    )
+    assert code == 0, err
+    code, out, err = cli("check", "run", "-", "--json", "--threshold", "0", input="hello wprld, hello\n", cwd=tmp_path)
+    assert code == 0 and all(json.loads(line)["line"] == 1 for line in out.splitlines()), err
+
+
+@pytest.mark.slow
 def test_a_bidirectional_run_resumes_and_parents_a_run(bidirectional_run):
     code, _, err = cli("train", "--resume", "run", "--bidirectional", "--steps", "50", cwd=bidirectional_run)
     assert code == 0, err

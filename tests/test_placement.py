@@ -55,6 +55,14 @@ def test_four_devices_give_the_losses_of_one(four_devices):
         np.testing.assert_allclose([four[kind][s] for s in steps], [one[kind][s] for s in steps], **TOLERANCE)
 
 
+def test_a_bidirectional_model_trains_on_four_devices_as_on_one(four_devices):
+    one, four = four_devices["bidirectional_one"], four_devices["bidirectional_four"]
+    assert one["loss"]["1"] != one["loss"]["6"] and sorted(one["val"]) == ["3", "6"]
+    for kind in ("loss", "val"):
+        steps = sorted(one[kind])
+        np.testing.assert_allclose([four[kind][s] for s in steps], [one[kind][s] for s in steps], **TOLERANCE)
+
+
 def test_batch_rows_and_carry_are_split_over_the_devices(four_devices):
     facts = four_devices["sharding"]
     assert facts["devices"] == 4
