@@ -32,7 +32,7 @@ from charrnn.config import VAL_BURN_IN, ModelConfig
 from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
-THRESHOLD = 6.0  # nats an edit must gain to be reported: the default, by measurement (docs/checking.md)
+THRESHOLD = 8.0  # nats an edit must gain to be reported: the default, by measurement (docs/checking.md)
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
 TOP = 5  # likeliest characters kept per position
 SNIPPET = 12  # characters of context on each side of an edit when edits are compared

@@ -48,8 +48,8 @@ def check(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Flag a character this many nats below the model's best guess there (lower finds more). "
-            "\\[default: 5]",
+            help="Report a place when an edit there makes the text this many nats more likely (lower finds "
+            "more). \\[default: 8]",
             show_default=False,
         ),
     ] = None,
