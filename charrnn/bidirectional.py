@@ -67,11 +67,13 @@ class BiCharRNN(nn.Module):
         *,
         train: bool = False,
         reset_id: int | None = None,
+        padded: bool = True,
     ) -> tuple[jax.Array, ModelCarry]:
         """chars <int>[B, T], after <int>[B, L] (-1: past the end) -> (logits <f32>[B, T, V] of
         every character of `chars` given both sides, the forward carry after `chars`). `train`
-        enables dropout (rng 'dropout'); `reset_id`: the document boundary's id, if any."""
-        left, right, new_carry = self.sides(chars, after, carry, train=train, reset_id=reset_id)
+        enables dropout (rng 'dropout'); `reset_id`: the document boundary's id, if any; `padded`:
+        false where no window reaches past the text (training), so the backward scan skips resets."""
+        left, right, new_carry = self.sides(chars, after, carry, train=train, reset_id=reset_id, padded=padded)
         joined = self.dropout(jnp.concatenate([left, right], axis=-1), deterministic=not train)
         return self.head(joined), new_carry
 
@@ -87,6 +89,7 @@ class BiCharRNN(nn.Module):
         *,
         train: bool = False,
         reset_id: int | None = None,
+        padded: bool = True,
     ) -> tuple[jax.Array, jax.Array, ModelCarry]:
         """(left [B, T, H]: the forward state before each character, right [B, T, H]: the backward
         state after it, the forward carry after `chars`). `charrnn.checking` pairs them otherwise
@@ -108,30 +111,35 @@ class BiCharRNN(nn.Module):
 
         # Right to left over what follows each character: the look-ahead (frozen), then the window.
         reversed_boundary = None if boundary is None else boundary[1:][::-1]
-        right = self._backward(x[1:][::-1], present[1:][::-1], reversed_boundary, after.shape[1], train)
-        follows = jnp.concatenate([present[1:], jnp.zeros_like(present[:1])], axis=0)[:length]
-        right = right * follows[:, :, None]  # nothing after the text: no right context
+        reversed_present = present[1:][::-1] if padded else None
+        right = self._backward(x[1:][::-1], reversed_present, reversed_boundary, after.shape[1], train)
+        if padded:
+            follows = jnp.concatenate([present[1:], jnp.zeros_like(present[:1])], axis=0)[:length]
+            right = right * follows[:, :, None]  # nothing after the text: no right context
         return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1), tuple(new_carry)
 
     def _backward(
-        self, x: jax.Array, present: jax.Array, boundary: jax.Array | None, lookahead: int, train: bool
+        self, x: jax.Array, present: jax.Array | None, boundary: jax.Array | None, lookahead: int, train: bool
     ) -> jax.Array:
         """x [L + T - 1, B, E]: what follows each character, reversed (look-ahead first) -> the
-        backward state after reading each character's successor, in text order [T, B, H]."""
+        backward state after reading each character's successor, in text order [T, B, H].
+        `present`: None where nothing is padding."""
         cfg, batch = self.config, x.shape[1]
         # Zero the state before a character read right after padding, and before a boundary.
-        after_padding = jnp.concatenate([jnp.zeros_like(present[:1]), ~present[:-1]], axis=0)
-        reset = after_padding if boundary is None else after_padding | boundary
-        keep = _keep(~reset)
+        reset = boundary
+        if present is not None:
+            after_padding = jnp.concatenate([jnp.zeros_like(present[:1]), ~present[:-1]], axis=0)
+            reset = after_padding if boundary is None else after_padding | boundary
+        keep = None if reset is None else _keep(~reset)
         xa, xw = x[:lookahead], x[lookahead:]
         ya = yw = None
         for i, layer in enumerate(self.backward_layers):
             mask = self._recurrent_mask(batch, train)
             state = make_cell(cfg.cell).zero_carry(batch, cfg.hidden_size)
             if lookahead:
-                ya, state = layer(xa, state, keep[:lookahead], mask, frozen=True)
+                ya, state = layer(xa, state, None if keep is None else keep[:lookahead], mask, frozen=True)
             if xw.shape[0]:
-                yw, _ = layer(xw, state, keep[lookahead:], mask)
+                yw, _ = layer(xw, state, None if keep is None else keep[lookahead:], mask)
             if i < len(self.backward_layers) - 1:
                 xa = self.dropout(ya, deterministic=not train) if lookahead else xa
                 xw = self.dropout(yw, deterministic=not train) if xw.shape[0] else xw

@@ -82,7 +82,8 @@ class Bidirectional(LeftToRight):
 
     def nats(self, model, params, carry, window, reset_id, **apply):
         chars, after = window
-        logits, carry = model.apply({"params": params}, chars, after, carry, reset_id=reset_id, **apply)
+        padded = not apply.get("train", False)  # training windows never reach past the text
+        logits, carry = model.apply({"params": params}, chars, after, carry, reset_id=reset_id, padded=padded, **apply)
         return cross_entropy(logits, jnp.maximum(chars, 0)), carry
 
     def eval_windows(self, ids, batch_size, seq_len, rows=1, burn_in=0):

@@ -319,3 +319,14 @@ def test_check_refusals_are_one_line(bidirectional_run, args, message):
         assert code == 0, err
     code, out, err = cli(*args, cwd=root)
     assert code != 0 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_training_windows_that_never_reach_past_the_text_read_alike_without_the_padding_checks():
+    config = ModelConfig(vocab_size=7, cell="lstm", bidirectional=True, lookahead=3, **SMALL)
+    params, model = init_params(config, jax.random.key(0)), BiCharRNN(config)
+    chars, after = random_inputs(7)
+    after = jnp.abs(after)  # no padding anywhere
+    carry = initial_carry(config, 3)
+    checked, _ = model.apply({"params": params}, chars, after, carry, reset_id=2)
+    unchecked, _ = model.apply({"params": params}, chars, after, carry, reset_id=2, padded=False)
+    np.testing.assert_array_equal(checked, unchecked)
