@@ -71,16 +71,7 @@ def evaluation_windows(
     same (docs/measurements.md, Text quality).
     """
     n_targets = len(ids) - 1
-    if n_targets < 1:
-        raise CorpusError("the validation split needs at least two characters")
-    if burn_in < 0:
-        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
-    batch_size = max(1, min(batch_size, n_targets))
-    batch_size = -(-batch_size // row_multiple) * row_multiple
-    stream_len = -(-n_targets // batch_size)
-    early = [min(burn_in, b * stream_len) for b in range(batch_size)]  # context read before each stream
-    n_windows = -(-(stream_len + max(early)) // seq_len)
-    padded = n_windows * seq_len
+    batch_size, stream_len, early, padded = _streams(n_targets, batch_size, seq_len, row_multiple, burn_in)
     inputs = np.zeros((batch_size, padded), np.int32)
     targets = np.zeros((batch_size, padded), np.int32)
     weights = np.zeros((batch_size, padded), np.float32)
@@ -100,6 +91,20 @@ def evaluation_windows(
     ]
 
 
+def _streams(count: int, batch_size: int, seq_len: int, row_multiple: int, burn_in: int) -> tuple:
+    """How evaluation reads `count` characters: (streams, characters per stream, context each
+    stream reads before its first counted one, padded length: a whole number of windows)."""
+    if count < 1:
+        raise CorpusError("the validation split needs at least two characters")
+    if burn_in < 0:
+        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
+    batch_size = max(1, min(batch_size, count))
+    batch_size = -(-batch_size // row_multiple) * row_multiple
+    stream_len = -(-count // batch_size)
+    early = [min(burn_in, b * stream_len) for b in range(batch_size)]  # context read before each stream
+    return batch_size, stream_len, early, -(-(stream_len + max(early)) // seq_len) * seq_len
+
+
 def cloze_windows(
     ids: np.ndarray, batch_size: int, seq_len: int, lookahead: int, row_multiple: int = 1, burn_in: int = 0
 ) -> list[tuple[np.ndarray, ...]]:
@@ -108,17 +113,10 @@ def cloze_windows(
     and [batch, seq_len]. The streams are those of `evaluation_windows` (each but the first reads
     `burn_in` characters of the one before with weight 0); each window's look-ahead reads on into
     the text that follows, and -1 marks positions past the text's end."""
-    if len(ids) < 2:
-        raise CorpusError("the validation split needs at least two characters")
-    if burn_in < 0:
-        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
     count = len(ids)
-    batch_size = max(1, min(batch_size, count))
-    batch_size = -(-batch_size // row_multiple) * row_multiple
-    stream_len = -(-count // batch_size)
-    early = [min(burn_in, b * stream_len) for b in range(batch_size)]
-    n_windows = -(-(stream_len + max(early)) // seq_len)
-    padded = n_windows * seq_len
+    if count < 2:  # the first character is context only
+        raise CorpusError("the validation split needs at least two characters")
+    batch_size, stream_len, early, padded = _streams(count, batch_size, seq_len, row_multiple, burn_in)
     chars = np.full((batch_size, padded + lookahead), -1, np.int32)
     weights = np.zeros((batch_size, padded), np.float32)
     for b in range(batch_size):

@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from charrnn.cells import make_cell
 from charrnn.config import ModelConfig
-from charrnn.model import ModelCarry, RecurrentLayer
+from charrnn.model import ModelCarry, RecurrentLayer, recurrent_mask
 from charrnn.recurrence import project
 
 
@@ -104,7 +104,7 @@ class BiCharRNN(nn.Module):
         keep = None if boundary is None else _keep(~boundary[:length])
         h, new_carry = x[:length], []
         for i, (layer, layer_carry) in enumerate(zip(self.layers, carry, strict=True)):
-            h, layer_carry = layer(h, layer_carry, keep, self._recurrent_mask(h.shape[1], train))
+            h, layer_carry = layer(h, layer_carry, keep, recurrent_mask(self, h.shape[1], train))
             h = h if i == len(self.layers) - 1 else self.dropout(h, deterministic=not train)
             new_carry.append(layer_carry)
         left = jnp.concatenate([carry[-1][0][None].astype(h.dtype), h[:-1]], axis=0)  # [T, B, H]
@@ -134,7 +134,7 @@ class BiCharRNN(nn.Module):
         xa, xw = x[:lookahead], x[lookahead:]
         ya = yw = None
         for i, layer in enumerate(self.backward_layers):
-            mask = self._recurrent_mask(batch, train)
+            mask = recurrent_mask(self, batch, train)
             state = make_cell(cfg.cell).zero_carry(batch, cfg.hidden_size)
             if lookahead:
                 ya, state = layer(xa, state, None if keep is None else keep[:lookahead], mask, frozen=True)
@@ -145,14 +145,6 @@ class BiCharRNN(nn.Module):
                 xw = self.dropout(yw, deterministic=not train) if xw.shape[0] else xw
         last = ya[-1:] if lookahead else jnp.zeros((1, batch, cfg.hidden_size), jnp.float32)
         return last if yw is None else jnp.concatenate([yw[::-1], last], axis=0)
-
-    def _recurrent_mask(self, batch: int, train: bool) -> jax.Array | None:
-        """One variational dropout mask [B, H] per layer and window (rng 'dropout'), or None."""
-        rate = self.config.recurrent_dropout
-        if not (train and rate):
-            return None
-        kept = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, (batch, self.config.hidden_size))
-        return kept.astype(jnp.float32) / (1.0 - rate)
 
 
 def _keep(kept: jax.Array) -> jax.Array:

@@ -8,7 +8,7 @@ a window's loss is, so a new kind of model touches this file and its module only
 """
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +36,6 @@ class LeftToRight:
     """The language model: writes (sample), scores and evaluates left to right."""
 
     config: ModelConfig
-    name: ClassVar[str] = "left to right"
-    loss_name: ClassVar[str] = "nats/char"
 
     @property
     def extra(self) -> int:
@@ -67,9 +65,6 @@ class LeftToRight:
 class Bidirectional(LeftToRight):
     """The cloze model: judges each character given both sides (`charrnn check`); no sampling or
     scoring, since it defines no left-to-right likelihood."""
-
-    name: ClassVar[str] = "bidirectional"
-    loss_name: ClassVar[str] = "cloze nats/char"
 
     @property
     def extra(self) -> int:

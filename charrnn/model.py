@@ -125,19 +125,11 @@ class CharRNN(nn.Module):
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
         for layer, layer_carry in zip(self.layers, carry, strict=True):
-            x, layer_carry = layer(x, layer_carry, keep, self._recurrent_mask(x.shape[1]) if train else None)
+            x, layer_carry = layer(x, layer_carry, keep, recurrent_mask(self, x.shape[1], train))
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
         return self._logits(x), tuple(new_carry)
-
-    def _recurrent_mask(self, batch: int) -> jax.Array | None:
-        """One variational dropout mask [B, H] per layer and window (rng 'dropout'), or None."""
-        rate = self.config.recurrent_dropout
-        if not rate:
-            return None
-        kept = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, (batch, self.config.hidden_size))
-        return kept.astype(jnp.float32) / (1.0 - rate)
 
     def step(self, token: jax.Array, carry: ModelCarry) -> tuple[jax.Array, ModelCarry]:
         """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""
@@ -157,6 +149,16 @@ def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
     """Zero recurrent state for every layer: ((h, c), ...) for the LSTMs, ((h,), ...) otherwise."""
     cell = make_cell(config.cell)
     return tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
+
+
+def recurrent_mask(module: nn.Module, batch: int, train: bool) -> jax.Array | None:
+    """One variational dropout mask [B, H] per layer and window (rng 'dropout') for `module`'s
+    config, scaled by 1 / keep probability; None when not training or without recurrent dropout."""
+    rate = module.config.recurrent_dropout
+    if not (train and rate):
+        return None
+    kept = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (batch, module.config.hidden_size))
+    return kept.astype(jnp.float32) / (1.0 - rate)
 
 
 def build(config: ModelConfig, unroll: int = 1) -> nn.Module:

@@ -310,6 +310,11 @@ def test_a_bidirectional_run_resumes_and_parents_a_run(bidirectional_run):
         (["check", "run", "draft.txt", "--threshold", "-1"], "--threshold must be a number >= 0, not -1.0"),
         (["check", "run", "draft.txt", "--format", "xml"], "--format must be one of text, json, show, not 'xml'"),
         (["check", "run", "nowhere.txt"], "nowhere.txt does not exist"),
+        (["check", "run", "draft.txt", "--json", "--show"], "give --show or --json, not both"),
+        (
+            ["train", "text.txt", "--bidirectional", "--lookahead", "-1"],
+            "--lookahead must be between 0 and 65536, not -1",
+        ),
     ],
 )
 def test_check_refusals_are_one_line(bidirectional_run, args, message):
