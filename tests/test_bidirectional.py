@@ -81,7 +81,7 @@ def random_inputs(vocab_size, batch=3, length=5, lookahead=3, seed=0):
     ("cell", "reset_id"),
     [
         ("lstm", 2),
-        ("gru", None),
+        pytest.param("gru", None, marks=pytest.mark.slow),  # the gru is compared in the quick suite's other tests
         pytest.param("lstm", None, marks=pytest.mark.slow),
         pytest.param("gru", 2, marks=pytest.mark.slow),
     ],
