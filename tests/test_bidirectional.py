@@ -81,7 +81,7 @@ def random_inputs(vocab_size, batch=3, length=5, lookahead=3, seed=0):
     ("cell", "reset_id"),
     [
         ("lstm", 2),
-        pytest.param("gru", None, marks=pytest.mark.slow),  # the gru is compared in the quick suite's other tests
+        pytest.param("gru", None, marks=pytest.mark.slow),  # its cell alone: test_cells, quick suite
         pytest.param("lstm", None, marks=pytest.mark.slow),
         pytest.param("gru", 2, marks=pytest.mark.slow),
     ],
