@@ -30,7 +30,12 @@ NOT_EVALUATED = 1e9  # val_loss recorded for a checkpoint saved without a valida
 
 
 class CheckpointWriteError(CharrnnError):
-    """A checkpoint could not be written (disk full, permissions...); earlier ones are untouched."""
+    """A checkpoint could not be written (disk full, permissions...); earlier ones are untouched.
+
+    Orbax's background threads of the failed write can wait for ever for signals that never come
+    (seen when the run directory is deleted under a save), so the process must not wait for them."""
+
+    leaves_threads_behind = True
 
 
 def _root_cause(error: BaseException) -> str:

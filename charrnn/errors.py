@@ -16,6 +16,7 @@ class CharrnnError(Exception):
     """A mistake the user can fix (bad input, missing run, ...); the message says how."""
 
     exit_code: int = 1
+    leaves_threads_behind: bool = False  # background threads that will never end were abandoned
 
     def __init__(self, message: str = "", *, settings: Mapping[str, Any] | Sequence[str] = ()) -> None:
         self.message = message

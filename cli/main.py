@@ -1,6 +1,7 @@
 """The `charrnn` command. Importing this module must stay cheap: no JAX until a command runs."""
 
 import io
+import os
 import sys
 from typing import Annotated
 
@@ -104,6 +105,16 @@ class _ClosedStdout(io.TextIOBase):
         raise StdoutError("cannot write to standard output: it is closed")
 
 
+def _flush_and_leave(code: int) -> None:
+    """End the process now, without joining threads (everything of ours is written already)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback.
 
@@ -124,6 +135,8 @@ def main() -> None:
         if isinstance(error, StdoutError):
             silence_stdout()  # so that the flush at exit cannot fail again
         console.info(f"charrnn: error: {error.worded(flag)}")
+        if error.leaves_threads_behind:  # Python would wait for them at exit, for ever
+            _flush_and_leave(error.exit_code)
         sys.exit(error.exit_code)
     except BrokenPipeError:
         silence_stdout()
