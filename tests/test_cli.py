@@ -246,6 +246,7 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "128",
         "--bidirectional",
         "--json",
+        "--no-startup",  # timed in fresh processes: test_bench_times_the_first_character_of_a_fresh_process
         cwd=tmp_path,
     )
     report = json.loads(result.stdout)
@@ -275,8 +276,17 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         both["train"]["chars_per_second"] / train["chars_per_second"]
     )
     assert both["check"]["chars_per_second"] > 0
+    assert "startup" not in report
+
+
+@pytest.mark.slow  # three fresh processes of `charrnn sample` and one of `--help`: half a minute on 2 cores
+def test_bench_times_the_first_character_of_a_fresh_process(tmp_path):
+    tiny = ["--layers", "1", "--hidden", "16", "--embed", "8", "--vocab", "20", "-b", "2", "-t", "4", "--steps", "1"]
+    args = [*tiny, "--streams", "1", "--chunk", "8", "--score-rows", "1", "--score-length", "8", "--peak-size", "64"]
+    report = json.loads(charrnn("bench", "--cell", "gru", "--dtype", "float32", *args, "--json", cwd=tmp_path).stdout)
     startup = report["startup"]
-    assert 0 < startup["first_char_warm_seconds"] and 0 < startup["first_char_cold_seconds"]
+    assert 0 < startup["first_char_warm_seconds"] <= startup["first_char_cold_seconds"] + 1
+    assert 0 < startup["help_seconds"]
 
 
 def test_training_records_device_and_characters_seen(trained_run):
