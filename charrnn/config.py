@@ -67,6 +67,7 @@ class ModelConfig:
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
     bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
     lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
+    attention: int = 0  # positions one attention head over the top layer reads back; 0: none (attention.py)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -85,6 +86,12 @@ class ModelConfig:
             f"must be in [0, 1), not {self.recurrent_dropout}",
         )
         _check(0 <= self.lookahead <= 1 << 16, "lookahead", f"must be between 0 and {1 << 16}, not {self.lookahead}")
+        _check(0 <= self.attention <= 1 << 16, "attention", f"must be between 0 and {1 << 16}, not {self.attention}")
+        _check(
+            not (self.attention and self.bidirectional),
+            "attention",
+            "is for models that write left to right; a bidirectional model already sees both sides",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +115,8 @@ class ModelConfig:
         for layer in range(self.layers):
             inputs = self.embed_size if layer == 0 else self.hidden_size
             count += self.stacks * ((inputs + self.hidden_size + 2) * width + own)
+        if self.attention:  # query kernel and bias, three gates, three layer norms' scales and biases
+            count += self.hidden_size * self.hidden_size + 10 * self.hidden_size
         return count
 
 

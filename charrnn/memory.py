@@ -83,7 +83,8 @@ def training_bytes(model: ModelConfig, train: TrainConfig) -> int:
     tokens = train.batch_size * train.seq_len
     per_layer = (_gates(model) + 3) * model.hidden_size  # gates, cell state, output, input gradient
     activations = tokens * (model.embed_size + model.layers * per_layer + 3 * model.vocab_size) * FLOAT
-    carry = 2 * model.layers * train.batch_size * model.hidden_size * FLOAT
+    activations += tokens * _attention_per_token(model, train.seq_len) * FLOAT
+    carry = _carry_bytes(model, train.batch_size)
     copies = 5 if train.ema else 4
     return copies * parameter_bytes(model) + 2 * activations + carry + OVERHEAD
 
@@ -95,20 +96,32 @@ def forward_bytes(model: ModelConfig, streams: int, length: int) -> int:
     tokens = streams * length
     per_layer = (_gates(model) + 2) * model.hidden_size
     activations = tokens * (model.embed_size + 2 * per_layer + model.vocab_size) * FLOAT + tokens * 4
-    carry = 2 * model.layers * streams * model.hidden_size * FLOAT
+    activations += tokens * _attention_per_token(model, length) * FLOAT
+    carry = _carry_bytes(model, streams)
     return 2 * parameter_bytes(model) + 2 * activations + carry + OVERHEAD
 
 
 def sampling_bytes(model: ModelConfig, streams: int, prime_length: int, chunk: int = 256) -> int:
     """Peak of `sample --num streams`: the prime warm-up, then per chunk the recurrent state (two
     chunks in flight), the logits with the sort of nucleus sampling, the chunk's ids and its text."""
-    carry = 2 * 2 * model.layers * streams * model.hidden_size * FLOAT
+    carry = 2 * _carry_bytes(model, streams)
     logits = 4 * streams * model.vocab_size * FLOAT
     tokens = 2 * streams * chunk * 4
     text = 3 * streams * (chunk * 4 + 64)  # decoded pieces: Python strings of up to 4 bytes a character
     chunks = 2 * parameter_bytes(model) + carry + logits + tokens + text + OVERHEAD
     prime = forward_bytes(model, streams, prime_length) if prime_length > 1 else 0
     return max(chunks, prime)
+
+
+def _carry_bytes(model: ModelConfig, streams: int) -> int:
+    """The recurrent state of every layer (h and c) and the attention's memory (entries and flags)."""
+    return (2 * model.layers * model.hidden_size + model.attention * (model.hidden_size + 1)) * streams * FLOAT
+
+
+def _attention_per_token(model: ModelConfig, length: int) -> int:
+    """Floats the attention keeps per position of a window: its scores, their softmax and gradient
+    over the memory and the window, and a few [H] vectors (norms, query, mix)."""
+    return 3 * (model.attention + length) + 6 * model.hidden_size if model.attention else 0
 
 
 def require(needed: int, what: str, available: int | None = None) -> None:

@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from charrnn.attention import Attention, Memory, empty_memory
 from charrnn.cells import Carry, Cell, make_cell
 from charrnn.config import ModelConfig
 from charrnn.recurrence import project, recurrence, step
 
-ModelCarry = tuple[Carry, ...]  # one carry per layer
+ModelCarry = tuple[Carry | Memory, ...]  # one carry per layer, then the attention's memory if any
 
 
 def orthogonal_blocks(gates: int):
@@ -110,6 +111,8 @@ class CharRNN(nn.Module):
             for i in range(cfg.layers)
         ]
         self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.attention:
+            self.attention = Attention(cfg.hidden_size, cfg.dtype, cfg.dropout)
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
 
@@ -124,21 +127,28 @@ class CharRNN(nn.Module):
         x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
-        for layer, layer_carry in zip(self.layers, carry, strict=True):
+        for layer, layer_carry in zip(self.layers, carry, strict=False):  # the memory, if any, comes last
             x, layer_carry = layer(x, layer_carry, keep, recurrent_mask(self, x.shape[1], train))
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
+        if self.config.attention:
+            x, memory = self.attention(x, carry[-1], resets, train=train)
+            new_carry.append(memory)
         return self._logits(x), tuple(new_carry)
 
     def step(self, token: jax.Array, carry: ModelCarry) -> tuple[jax.Array, ModelCarry]:
         """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""
         x = self.embed(token)
         new_carry = []
-        for layer, layer_carry in zip(self.layers, carry, strict=True):
+        for layer, layer_carry in zip(self.layers, carry, strict=False):
             layer_carry = layer.step(x, layer_carry)
             x = layer_carry[0]
             new_carry.append(layer_carry)
+        if self.config.attention:  # a window of one character
+            x, memory = self.attention(x[:, None], carry[-1])
+            x = x[:, 0]
+            new_carry.append(memory)
         return self._logits(x), tuple(new_carry)
 
     def _logits(self, x: jax.Array) -> jax.Array:
@@ -146,9 +156,13 @@ class CharRNN(nn.Module):
 
 
 def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
-    """Zero recurrent state for every layer: ((h, c), ...) for the LSTMs, ((h,), ...) otherwise."""
+    """Zero recurrent state for every layer: ((h, c), ...) for the LSTMs, ((h,), ...) otherwise;
+    then, with attention, an empty memory. Every leaf has the batch first."""
     cell = make_cell(config.cell)
-    return tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
+    carry = tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
+    if config.attention:
+        carry += (empty_memory(batch_size, config.attention, config.hidden_size),)
+    return carry
 
 
 def recurrent_mask(module: nn.Module, batch: int, train: bool) -> jax.Array | None:

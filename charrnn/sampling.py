@@ -52,8 +52,8 @@ def reset_at(carry, token: jax.Array, reset_id: int | None):
     """Zero the state of streams about to read the document boundary, as training did."""
     if reset_id is None:
         return carry
-    keep = (token != reset_id).astype(jnp.float32)[:, None]
-    return jax.tree.map(lambda c: c * keep, carry)
+    keep = (token != reset_id).astype(jnp.float32)
+    return jax.tree.map(lambda c: (c * keep.reshape((-1,) + (1,) * (c.ndim - 1))).astype(c.dtype), carry)
 
 
 @functools.lru_cache(maxsize=8)

@@ -18,7 +18,8 @@ from charrnn.errors import RunError, UsageError
 from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 
-STRUCTURE = ("cell", "layers", "hidden_size", "embed_size", "bidirectional")  # what the parent's weights fix
+# What the parent's weights fix:
+STRUCTURE = ("cell", "layers", "hidden_size", "embed_size", "bidirectional", "attention")
 # Model options a child takes from its parent unless given:
 INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "dtype", "lookahead")
 

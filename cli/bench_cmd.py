@@ -39,6 +39,14 @@ def bench(
             "--bidirectional", help="Also the bidirectional model: training, and `check` at the batch × seq-len shape."
         ),
     ] = False,
+    attention: Annotated[
+        int,
+        typer.Option(
+            metavar="M",
+            help="Also each model with one attention head over M positions (train --attention): training, "
+            "sampling and scoring, as fractions of the same model without it.",
+        ),
+    ] = 0,
 ) -> None:
     """Measure training, sampling and scoring throughput, compile and start-up times, against the matmul peak."""
     cells = list(CELLS) if cell == "all" else [name.strip() for name in cell.split(",")]
@@ -55,6 +63,7 @@ def bench(
         ("--peak-size", peak_size, 1, MAX_PEAK_SIZE),
         ("--score-rows", score_rows, 1, 1 << 16),
         ("--score-length", score_length, 1, MAX_CHUNK),
+        ("--attention", attention, 0, 1 << 16),
     ):
         if not low <= value <= high:
             raise UsageError(f"{name} must be between {low} and {high}, not {value}")
@@ -132,6 +141,10 @@ def bench(
                 },
                 "check": measure.bench_check(both, batch_size, seq_len),
             }
+        if attention:
+            attended = dataclasses.replace(config, attention=attention)
+            figures = _bench_attention(attended, results["models"][-1], train_config, steps, streams, chunk)
+            results["models"][-1]["attention"] = figures | {"positions": attention}
     if startup:
         console.info("timing `charrnn sample` in fresh processes (cold, then warm compilation cache)")
         results["startup"] = measure.startup_times(configs[0])
@@ -139,6 +152,26 @@ def bench(
         sys.stdout.write(measure.to_json(results) + "\n")
     else:
         _table(results, streams)
+
+
+def _bench_attention(
+    config: ModelConfig, without: dict, train_config: TrainConfig, steps: int, streams: int, chunk: int
+) -> dict:
+    """The model with attention, each figure beside the same model's without it (`without`)."""
+    from charrnn import bench as measure
+
+    console.info(f"measuring {config.cell} {config.dtype} with attention {config.attention}")
+    figures = {
+        "parameters": config.parameter_count(),
+        "train": measure.bench_train(config, train_config, steps),
+        "sample_1": measure.bench_sample(config, 1, chunk),
+        f"sample_{streams}": measure.bench_sample(config, streams, chunk),
+        "score": measure.bench_score(config, without["score"]["rows"], without["score"]["length"]),
+    }
+    for name, figure in figures.items():
+        if name != "parameters":
+            figure["of_without"] = figure["chars_per_second"] / without[name]["chars_per_second"]
+    return figures
 
 
 def _table(results: dict, streams: int) -> None:
@@ -196,6 +229,15 @@ def _table(results: dict, streams: int) -> None:
                 f"chars/s ({100 * both['train']['fraction_of_peak']:.0f}% of peak, "
                 f"{both['train']['of_left_to_right']:.2f}× the left-to-right model); "
                 f"check {both['check']['chars_per_second']:,.0f} chars/s"
+            )
+        if attended := model.get("attention"):
+            out.print(
+                f"{model['cell']} {model['dtype']} with attention {attended['positions']}: "
+                + ", ".join(
+                    f"{name.replace('_', ' ')} {attended[name]['chars_per_second']:,.0f} chars/s "
+                    f"({attended[name]['of_without']:.2f}× without)"
+                    for name in ("train", "sample_1", f"sample_{streams}", "score")
+                )
             )
     if "startup" in results:
         s = results["startup"]

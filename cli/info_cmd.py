@@ -107,7 +107,9 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
                 if model.get("bidirectional")
                 else ""
             )
-            + f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, embed {model['embed_size']}, "
+            + f"{model['layers']}×{model['hidden_size']} {model['cell'].upper()}, "
+            + (f"attention {model['attention']}, " if model.get("attention") else "")
+            + f"embed {model['embed_size']}, "
             f"dropout {model['dropout']:g}{model_extra}",
         ),
         ("parameters", f"{facts['parameters']:,}"),

@@ -109,6 +109,17 @@ def train(
             "a model for `charrnn check`, which cannot sample or score.",
         ),
     ] = False,
+    attention: Annotated[
+        int | None,
+        typer.Option(
+            metavar="M",
+            help=config_help(
+                "One attention head over the top layer's last M outputs, carried from window to window (0: none).",
+                ModelConfig,
+                "attention",
+            ),
+        ),
+    ] = None,
     lookahead: Annotated[
         int | None,
         typer.Option(
@@ -233,6 +244,7 @@ def train(
         dtype=dtype,
         bidirectional=bidirectional or None,
         lookahead=lookahead,
+        attention=attention,
     )
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
@@ -340,7 +352,8 @@ def _describe(start, placement) -> None:
         f"{'resuming' if start.resuming else 'training'} {start.run.directory}: "
         + ("bidirectional " if model_config.bidirectional else "")
         + f"{model_config.layers}×{model_config.hidden_size} {model_config.cell.upper()}, "
-        f"embed {model_config.embed_size}, dropout "
+        + (f"attention {model_config.attention}, " if model_config.attention else "")
+        + f"embed {model_config.embed_size}, dropout "
         f"{model_config.dropout:g}{model_extra}, {model_config.dtype}; batch {train_config.batch_size} × "
         f"{train_config.seq_len} chars, lr {train_config.learning_rate:g}{train_extra}; budget "
         f"{budget_text(train_config.to_dict())}"

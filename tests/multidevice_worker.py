@@ -63,7 +63,9 @@ def sharding_facts(ids, mc, tc) -> dict:
     }
 
 
-def main(root: Path) -> None:
+def main(root: Path, kind: str) -> None:
+    """`kind`: "attention" (the usual runs, and a model with attention alike) or "bidirectional"
+    (that model only)."""
     # The resumed runs compile the very programs of the first two: let them load those.
     jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -71,12 +73,17 @@ def main(root: Path) -> None:
     prepared, _ = prepare(str(root / "corpus.txt"), val_fraction=0.1)
     mc = ModelConfig(vocab_size=len(prepared.vocab), layers=1, hidden_size=16, embed_size=8, dropout=0.1)
     tc = TrainConfig(batch_size=8, seq_len=8, steps=6, eval_every=3, log_every=1, warmup_steps=2, learning_rate=1e-2)
+    if kind == "bidirectional":  # the other kind of model, alike
+        both = dataclasses.replace(mc, bidirectional=True, lookahead=4)
+        result = {name: train(root, name, prepared, both, tc, devices) for name, devices in (("one", 1), ("four", 4))}
+        print(json.dumps(result))
+        return
     result = {"sharding": sharding_facts(prepared.train, mc, tc)}
     result["one"] = train(root, "one", prepared, mc, tc, 1)
     result["four"] = train(root, "four", prepared, mc, tc, 4)
-    both = dataclasses.replace(mc, bidirectional=True, lookahead=4)  # the other kind of model, alike
-    result["bidirectional_one"] = train(root, "bidirectional_one", prepared, both, tc, 1)
-    result["bidirectional_four"] = train(root, "bidirectional_four", prepared, both, tc, 4)
+    attending = dataclasses.replace(mc, attention=12)  # its memory is split over the devices with the state
+    result["attention_one"] = train(root, "attention_one", prepared, attending, tc, 1)
+    result["attention_four"] = train(root, "attention_four", prepared, attending, tc, 4)
     # Resume across device counts: the run as it was at its step-3 checkpoint, continued elsewhere.
     for first, then, devices in (("four", "four_then_one", 1), ("one", "one_then_four", 4)):
         shutil.copytree(root / first, root / then)
@@ -86,4 +93,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])

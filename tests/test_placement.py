@@ -35,15 +35,18 @@ def fake_devices(count: int, **extra: str) -> dict:
     return os.environ | {"XLA_FLAGS": flags} | extra
 
 
-@pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
-    root = tmp_path_factory.mktemp("four")
+def on_four_devices(root, kind: str) -> dict:
     env = fake_devices(4, CHARRNN_CACHE=str(root / "cache"))
     result = subprocess.run(
-        [sys.executable, str(WORKER), str(root)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(WORKER), str(root), kind], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    return on_four_devices(tmp_path_factory.mktemp("four"), "attention")
 
 
 def test_four_devices_give_the_losses_of_one(four_devices):
@@ -55,8 +58,19 @@ def test_four_devices_give_the_losses_of_one(four_devices):
         np.testing.assert_allclose([four[kind][s] for s in steps], [one[kind][s] for s in steps], **TOLERANCE)
 
 
-def test_a_bidirectional_model_trains_on_four_devices_as_on_one(four_devices):
-    one, four = four_devices["bidirectional_one"], four_devices["bidirectional_four"]
+def test_a_model_with_attention_trains_on_four_devices_as_on_one(four_devices):
+    one, four = four_devices["attention_one"], four_devices["attention_four"]
+    assert one["loss"]["1"] != one["loss"]["6"] and sorted(one["val"]) == ["3", "6"]
+    assert one["loss"] != four_devices["one"]["loss"]  # the attention is there
+    for kind in ("loss", "val"):
+        steps = sorted(one[kind])
+        np.testing.assert_allclose([four[kind][s] for s in steps], [one[kind][s] for s in steps], **TOLERANCE)
+
+
+@pytest.mark.slow  # half a minute more; the bidirectional model's sharding is the left-to-right one's, twice
+def test_a_bidirectional_model_trains_on_four_devices_as_on_one(tmp_path):
+    runs = on_four_devices(tmp_path, "bidirectional")
+    one, four = runs["one"], runs["four"]
     assert one["loss"]["1"] != one["loss"]["6"] and sorted(one["val"]) == ["3", "6"]
     for kind in ("loss", "val"):
         steps = sorted(one[kind])
@@ -175,7 +189,7 @@ def test_two_hosts_train_like_one_process(tmp_path):
     np.testing.assert_allclose(shared[-1]["train_loss"], reference[-1]["train_loss"], **TOLERANCE)
 
 
-@pytest.mark.parametrize("lost", [0, 1])
+@pytest.mark.parametrize("lost", [0, pytest.param(1, marks=pytest.mark.slow)])  # the coordinator is the harder
 def test_a_lost_host_stops_the_other_in_one_line_and_the_run_resumes(tmp_path, lost):
     """kill -9 one of two processes mid-run: the other ends within the heartbeat timeout with one
     line naming the lost one (not JAX's fatal log), and the last complete checkpoint resumes."""

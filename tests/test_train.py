@@ -47,9 +47,10 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert learning_rate(config, 99, 1.0) == pytest.approx(0.1)
 
 
-def test_save_restore_gives_identical_params_and_next_loss(tmp_path):
+@pytest.mark.parametrize("attention", [0, 5])  # the attention's memory is part of the state
+def test_save_restore_gives_identical_params_and_next_loss(tmp_path, attention):
     vocab, batcher = batches(periodic_text(), 4, 8)
-    model_config = ModelConfig(vocab_size=len(vocab), **SMALL)
+    model_config = ModelConfig(vocab_size=len(vocab), attention=attention, **SMALL)
     train_config = TrainConfig(batch_size=4, seq_len=8)
     step = make_train_step(model_config, train_config)
     state = create_state(model_config, train_config)

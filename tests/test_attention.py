@@ -1,0 +1,227 @@
+"""The attention head over the top layer's recent outputs (charrnn.attention, `train --attention M`).
+
+Checked against its definition written as a Python loop over positions (each position attends to
+the last M positions, itself included, back to the last reset), outputs and every gradient; by
+composition (windows read one after another, or one character at a time, give what one pass gives);
+by causality; and by use: a model with attention learns to copy a random string from further back
+than the same LSTM without it can hold, and every command takes such a run.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import charrnn_in_process
+from test_cells import textbook_layer
+
+from charrnn.batching import StreamBatcher
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import ConfigError
+from charrnn.kinds import cross_entropy
+from charrnn.model import CharRNN, init_params, initial_carry
+from charrnn.sampling import reset_at
+from charrnn.step import create_state, make_train_step
+from charrnn.vocab import Vocabulary
+
+SMALL = {"layers": 2, "hidden_size": 6, "embed_size": 4, "cell": "lstm"}
+
+
+def norm(x, params, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * params["scale"] + params["bias"]
+
+
+def textbook_attention(config, params, tokens, carry, reset_id=None):
+    """Logits by the definition: the recurrent layers as Python loops over time, then for each row
+    and position the softmax over the last M positions' normalised outputs, itself included and
+    none from before a reset, the memory's entries oldest first."""
+    size, a = config.attention, params["attention"]
+    boundary = np.zeros(tokens.shape, bool) if reset_id is None else np.asarray(tokens) == reset_id
+    h = jnp.swapaxes(params["embed"]["embedding"][tokens], 0, 1)
+    for layer in range(config.layers):
+        h, _ = textbook_layer(config.cell, params[f"layer{layer}"], h, carry[layer], boundary.T)
+    entries, valid, slot = carry[-1][0], np.asarray(carry[-1][1]), np.asarray(carry[-1][2])
+    gate_q, gate_k, gate_v = jax.nn.sigmoid(a["gates"])
+    rows = []
+    for b in range(tokens.shape[0]):
+        ages = range(size, 0, -1)  # the memory, oldest first
+        history = [(entries[b, (slot[b] - age) % size], valid[b, (slot[b] - age) % size] > 0) for age in ages]
+        out = []
+        for t in range(tokens.shape[1]):
+            if boundary[b, t]:
+                history = []
+            y = h[t, b]
+            history.append((norm(y, a["memory_norm"]), True))
+            seen = [entry for entry, ok in history[-size:] if ok]
+            x = norm(y, a["input_norm"])
+            q = norm(x @ a["query_kernel"] + a["query_bias"], a["query_norm"]) * gate_q
+            scores = jnp.stack([jnp.dot(q, k * gate_k) for k in seen]) / np.sqrt(config.hidden_size)
+            weights = jax.nn.softmax(scores)
+            out.append(x + sum(w * v * gate_v for w, v in zip(weights, seen, strict=True)))
+        rows.append(jnp.stack(out))
+    return jnp.stack(rows) @ params["head_kernel"] + params["head_bias"]
+
+
+def random_model(size=3, batch=3, seed=0, layers=2):
+    config = ModelConfig(vocab_size=7, attention=size, **SMALL | {"layers": layers})
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+    params = init_params(config, next(keys))
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape), params)  # gates, biases too
+    layers = jax.tree.map(lambda c: jax.random.normal(next(keys), c.shape), initial_carry(config, batch)[:-1])
+    memory = (
+        jax.random.normal(next(keys), (batch, size, config.hidden_size)),
+        (jax.random.uniform(next(keys), (batch, size)) > 0.3).astype(jnp.float32),
+        jnp.arange(batch, dtype=jnp.int32) % size,
+    )
+    return config, params, (*layers, memory)
+
+
+@pytest.mark.parametrize("reset_id", [pytest.param(None, marks=pytest.mark.slow), 2])
+def test_outputs_and_every_gradient_match_the_textbook_loop(reset_id):
+    config, params, carry = random_model(batch=2, layers=1)  # layers: test_cells; here, what comes after them
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, (2, 7)), jnp.int32)  # windows longer than M
+    model = CharRNN(config)
+    resets = None if reset_id is None else tokens == reset_id
+    assert reset_id is None or bool(resets[:, 1:].any())
+
+    def ours(params, carry):
+        return model.apply({"params": params}, tokens, carry, resets=resets)[0]
+
+    def textbook(params, carry):
+        return textbook_attention(config, params, tokens, carry, reset_id)
+
+    np.testing.assert_allclose(jax.jit(ours)(params, carry), textbook(params, carry), rtol=1e-5, atol=1e-5)
+
+    def loss(run):  # of the parameters and of the memory's entries
+        def of(params, entries):
+            memory = (entries, *carry[-1][1:])
+            return jnp.sum(jnp.sin(run(params, (*carry[:-1], memory))) * jnp.arange(7.0))
+
+        return of
+
+    grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, carry[-1][0])
+    reference = jax.grad(loss(textbook), argnums=(0, 1))(params, carry[-1][0])
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    for name in ("query_kernel", "gates"):
+        assert float(jnp.abs(grads[0]["attention"][name]).max()) > 0, name
+    assert float(jnp.abs(grads[1]).max()) > 0  # the carried memory is read
+
+
+def test_windows_one_after_another_and_single_steps_give_one_pass():
+    config, params, carry = random_model(size=4, batch=2, seed=1)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 7, (2, 12)), jnp.int32)
+    resets = tokens == 3
+    model = CharRNN(config)
+    read = jax.jit(lambda tokens, carry, resets: model.apply({"params": params}, tokens, carry, resets=resets))
+    whole, whole_carry = read(tokens, carry, resets)
+    for cuts in ((0, 2, 7, 12), (0, 7, 12)):  # windows shorter and longer than the memory
+        pieces, state = [], carry
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+            logits, state = read(tokens[:, start:end], state, resets[:, start:end])
+            pieces.append(logits)
+        np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), whole, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(whole_carry), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def steps(tokens, carry):  # as sampling reads: one character, the state reset where a boundary is read
+        def one(carry, t):
+            carry = reset_at(carry, tokens[:, t], 3)
+            logits, carry = CharRNN(config).apply({"params": params}, tokens[:, t], carry, method=CharRNN.step)
+            return carry, logits
+
+        return jax.lax.scan(one, carry, jnp.arange(tokens.shape[1]))[1]
+
+    np.testing.assert_allclose(jnp.swapaxes(steps(tokens, carry), 0, 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_a_later_character_never_changes_an_earlier_probability():
+    config, params, carry = random_model(size=5, batch=1, seed=2)
+    tokens = jnp.asarray([[1, 4, 2, 6, 0, 3, 5, 1, 2]], jnp.int32)
+    read = jax.jit(lambda tokens: CharRNN(config).apply({"params": params}, tokens, carry)[0])
+    before = read(tokens)
+    for t in range(tokens.shape[1]):
+        after = read(tokens.at[0, t].set((tokens[0, t] + 1) % 7))
+        np.testing.assert_array_equal(after[:, :t], before[:, :t])  # bit for bit: never read
+        assert not np.array_equal(after[:, t:], before[:, t:])
+
+
+def copies(blocks, length, seed):
+    """Random strings of 8 letters, each written twice: "R|R\\n". The second copy can be predicted
+    only by remembering the first, `length` + 1 characters back."""
+    rng = np.random.default_rng(seed)
+    strings = ("".join(rng.choice(list("abcdefgh"), length)) for _ in range(blocks))
+    return "".join(f"{s}|{s}\n" for s in strings)
+
+
+def test_with_attention_a_model_copies_what_the_same_lstm_without_it_cannot_hold():
+    length = 16
+    text = copies(3000, length, seed=0)
+    vocab = Vocabulary.from_text(text)
+    test = copies(40, length, seed=1)
+    ids = jnp.asarray(vocab.encode(test))[None]
+    period = 2 * length + 2
+    second = np.array([i for i in range(ids.shape[1] - 1) if length < (i + 1) % period <= 2 * length])
+    results = {}
+    for attention, steps in ((0, 1500), (40, 3000)):  # the LSTM learns what it can in half the steps
+        model_config = ModelConfig(vocab_size=len(vocab), layers=1, hidden_size=16, embed_size=16, attention=attention)
+        train_config = TrainConfig(batch_size=16, seq_len=32, warmup_steps=10)
+        batcher = StreamBatcher(vocab.encode(text), 16, 32)
+        state, step = create_state(model_config, train_config), make_train_step(model_config, train_config)
+        for i in range(steps):
+            batch = batcher.batch(i % batcher.windows_per_epoch)
+            rate = 0.02 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * i / steps)))
+            state, _ = step(state, batch.inputs, batch.targets, np.float32(rate))
+        logits, _ = CharRNN(model_config).apply({"params": state.params}, ids[:, :-1], initial_carry(model_config, 1))
+        results[attention] = float(np.asarray(cross_entropy(logits, ids[:, 1:]))[0, second].mean())
+    # log(8) = 2.08 nats: no better than chance without attention, most of the way to 0 with it
+    # (0.2-0.45 on other data seeds: how soon the head finds the copy varies).
+    assert results[0] > 1.8 and results[40] < 1.0, results
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attention", "-1"], "--attention must be between 0 and 65536, not -1"),
+        (
+            ["--bidirectional", "--attention", "8"],
+            "--attention is for models that write left to right; a bidirectional model already sees both sides",
+        ),
+    ],
+)
+def test_bad_attention_options_are_one_line_and_write_nothing(tmp_path, args, message):
+    (tmp_path / "text.txt").write_text(copies(100, 6, seed=0))
+    result = charrnn_in_process("train", "text.txt", "--out", "run", *args, cwd=tmp_path, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"charrnn: error: {message}\n")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="^attention is for models that write left to right"):
+        ModelConfig(vocab_size=5, bidirectional=True, attention=8)  # the library says it by parameter name
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("attention")
+    (home / "text.txt").write_text(copies(300, 6, seed=3))
+    tiny = ["--layers", "1", "--hidden", "16", "--embed", "8", "-b", "4", "-t", "8", "--dropout", "0"]
+    trained = charrnn_in_process(
+        "train", "text.txt", "--out", "run", *tiny, "--attention", "12", "--steps", "40", "--eval-every", "20", cwd=home
+    )
+    return home, trained
+
+
+def test_every_command_takes_a_run_with_attention(attention_run):
+    home, trained = attention_run
+    assert "attention 12" in trained.stderr
+    info = charrnn_in_process("info", "run", cwd=home).stdout
+    assert "1×16 LSTM-COUPLED, attention 12, embed 8" in info
+    assert json.loads((home / "run" / "config.json").read_text())["model"]["attention"] == 12
+    first = charrnn_in_process("sample", "run", "-n", "50", "--seed", "4", "--prime", "abc|", cwd=home).stdout
+    again = charrnn_in_process("sample", "run", "-n", "50", "--seed", "4", "--prime", "abc|", cwd=home).stdout
+    assert first == again and first.startswith("abc|") and len(first) == 54
+    scored = charrnn_in_process("score", "run", "--json", input="abcdef|abcdef\n", cwd=home).stdout
+    assert json.loads(scored.splitlines()[0])["chars"] == 14
+    evaluated = charrnn_in_process("eval", "run", "--json", cwd=home).stdout
+    assert json.loads(evaluated)["nats_per_char"] > 0
