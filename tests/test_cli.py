@@ -245,6 +245,8 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "--peak-size",
         "128",
         "--bidirectional",
+        "--attention",
+        "6",
         "--json",
         "--no-startup",  # timed in fresh processes: test_bench_times_the_first_character_of_a_fresh_process
         cwd=tmp_path,
@@ -276,6 +278,15 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         both["train"]["chars_per_second"] / train["chars_per_second"]
     )
     assert both["check"]["chars_per_second"] > 0
+    attended = model["attention"]  # + query 16×16 + 16, 3 gates, 3 norms: 16² + 10 × 16
+    assert attended["positions"] == 6 and attended["parameters"] == model["parameters"] + 256 + 160
+    # FLOPs: the query's matmul, and scores and mix over the 6 positions each character attends to.
+    flops = 6 * (matmul_weights + 16 * 16) + 3 * 4 * 16 * 6
+    assert attended["train"]["gflops"] == pytest.approx(attended["train"]["chars_per_second"] * flops / 1e9)
+    for name in ("train", "sample_1", "sample_3", "score"):
+        assert attended[name]["of_without"] == pytest.approx(
+            attended[name]["chars_per_second"] / model[name]["chars_per_second"]
+        )
     assert "startup" not in report
 
 
