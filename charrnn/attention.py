@@ -12,8 +12,8 @@ the top recurrent layer. What we took from it, and why:
 * **A residual connection with layer normalisation**: the output is norm(y) + attention, so a model
   can ignore the head, and starts near the recurrent model's output distribution.
 * **No positional encoding**: the recurrent state already says where a character is.
-* **Not taken**: SHA-RNN's "Boom" feed-forward layer (an extra [H, 4H] pair of matmuls per character,
-  a third more work for a 2×512 model) and its several attention layers.
+* **Not taken**: SHA-RNN's "Boom" feed-forward layer (an extra [H, 4H] pair of matmuls per
+  character) and its several attention layers.
 
 Each position attends to the last M (`ModelConfig.attention`) positions, itself included, back to
 the last reset (epoch start, document boundary). The memory holds the M normalised outputs before

@@ -127,7 +127,7 @@ class CharRNN(nn.Module):
         x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
-        for layer, layer_carry in zip(self.layers, carry, strict=False):  # the memory, if any, comes last
+        for layer, layer_carry in zip(self.layers, carry[: len(self.layers)], strict=True):  # the memory: last
             x, layer_carry = layer(x, layer_carry, keep, recurrent_mask(self, x.shape[1], train))
             x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
@@ -141,7 +141,7 @@ class CharRNN(nn.Module):
         """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""
         x = self.embed(token)
         new_carry = []
-        for layer, layer_carry in zip(self.layers, carry, strict=False):
+        for layer, layer_carry in zip(self.layers, carry[: len(self.layers)], strict=True):
             layer_carry = layer.step(x, layer_carry)
             x = layer_carry[0]
             new_carry.append(layer_carry)

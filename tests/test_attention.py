@@ -201,6 +201,12 @@ def test_bad_attention_options_are_one_line_and_write_nothing(tmp_path, args, me
         ModelConfig(vocab_size=5, bidirectional=True, attention=8)  # the library says it by parameter name
 
 
+def test_bench_refuses_a_negative_attention_in_one_line(tmp_path):
+    result = charrnn_in_process("bench", "--attention", "-1", cwd=tmp_path, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "charrnn: error: --attention must be between 0 and 65536, not -1\n"
+
+
 @pytest.fixture(scope="module")
 def attention_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("attention")
