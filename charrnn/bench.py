@@ -65,7 +65,7 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
     """GFLOP/s of a [size, size] @ [size, size] GEMM (float32 accumulation for bfloat16 operands)."""
     a = jax.random.normal(jax.random.key(0), (size, size)).astype(dtype)
     gemm = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
-    seconds = _best_time(gemm, a, repeats=repeats, inner=max(1, int(2e10 // (2 * size**3))))
+    seconds = _best_time(gemm, a, repeats=repeats, inner=max(1, min(100, int(2e10 // (2 * size**3)))))
     return 2.0 * size**3 / seconds / 1e9
 
 

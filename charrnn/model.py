@@ -184,8 +184,10 @@ def build(config: ModelConfig, unroll: int = 1) -> nn.Module:
     return CharRNN(config, unroll=unroll)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
-    """Fresh parameters for `config`, from `key` alone."""
+    """Fresh parameters for `config`, from `key` alone (compiled: eagerly, every small operation of
+    the initialisers would be dispatched and compiled on its own)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     inputs = (tokens, tokens) if config.bidirectional else (tokens,)  # a bidirectional model also reads ahead
     return build(config).init(key, *inputs, initial_carry(config, 1))["params"]

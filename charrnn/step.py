@@ -5,6 +5,7 @@ returns the next state. The recurrent carry lives in the state, so truncated BPT
 from the caller but the next window; its gradient is stopped between windows.
 """
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -67,8 +68,10 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return config.learning_rate * warmup * (config.min_lr_fraction + (1.0 - config.min_lr_fraction) * cosine)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def create_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainState:
-    """A fresh state: parameters and dropout keys from `train_config.seed` alone."""
+    """A fresh state: parameters and dropout keys from `train_config.seed` alone. Compiled: run
+    eagerly, its hundred small operations would each be dispatched and compiled on their own."""
     key = jax.random.key(train_config.seed)
     init_key, run_key = jax.random.split(key)
     params = init_params(model_config, init_key)
@@ -98,10 +101,7 @@ def update_average(average: Any, params: Any, decay: float, step: jax.Array) -> 
 
 
 def placed_state(model_config: ModelConfig, train_config: TrainConfig, placement: Placement) -> TrainState:
-    """`create_state` as one compiled program, computed straight into the placement's shardings
-    (nothing gathered on one device). Run eagerly, its hundred small operations were dispatched and
-    compiled one by one at every start of `train` (over a second for a tiny model); compiled, it is
-    one program, which the compilation cache keeps."""
+    """`create_state` computed straight into the placement's shardings (nothing gathered on one device)."""
     shardings = {} if placement.size == 1 else {"out_shardings": state_shardings(model_config, train_config, placement)}
     return jax.jit(lambda: create_state(model_config, train_config), **shardings)()
 

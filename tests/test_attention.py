@@ -66,16 +66,20 @@ def textbook_attention(config, params, tokens, carry, reset_id=None):
 
 def random_model(size=3, batch=3, seed=0, layers=2):
     config = ModelConfig(vocab_size=7, attention=size, **SMALL | {"layers": layers})
-    keys = iter(jax.random.split(jax.random.key(seed), 64))
-    params = init_params(config, next(keys))
-    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape), params)  # gates, biases too
-    layers = jax.tree.map(lambda c: jax.random.normal(next(keys), c.shape), initial_carry(config, batch)[:-1])
+    rng = np.random.default_rng(seed)  # numpy: eager JAX would compile every draw's shape on its own
+
+    def normal(shape):
+        return rng.standard_normal(shape, np.float32)
+
+    params = init_params(config, jax.random.key(seed))
+    params = jax.tree.map(lambda p: np.asarray(p) + 0.3 * normal(p.shape), params)  # gates, biases too
+    layers = jax.tree.map(lambda c: normal(c.shape), initial_carry(config, batch)[:-1])
     memory = (
-        jax.random.normal(next(keys), (batch, size, config.hidden_size)),
-        (jax.random.uniform(next(keys), (batch, size)) > 0.3).astype(jnp.float32),
-        jnp.arange(batch, dtype=jnp.int32) % size,
+        normal((batch, size, config.hidden_size)),
+        (rng.uniform(size=(batch, size)) > 0.3).astype(np.float32),
+        np.arange(batch, dtype=np.int32) % size,
     )
-    return config, params, (*layers, memory)
+    return config, *jax.tree.map(jnp.asarray, (params, (*layers, memory)))
 
 
 @pytest.mark.parametrize("reset_id", [pytest.param(None, marks=pytest.mark.slow), 2])
@@ -175,7 +179,8 @@ def test_with_attention_a_model_copies_what_the_same_lstm_without_it_cannot_hold
             batch = batcher.batch(i % batcher.windows_per_epoch)
             rate = 0.02 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * i / steps)))
             state, _ = step(state, batch.inputs, batch.targets, np.float32(rate))
-        logits, _ = CharRNN(model_config).apply({"params": state.params}, ids[:, :-1], initial_carry(model_config, 1))
+        carry = initial_carry(model_config, 1)
+        logits, _ = jax.jit(CharRNN(model_config).apply)({"params": state.params}, ids[:, :-1], carry)
         results[attention] = float(np.asarray(cross_entropy(logits, ids[:, 1:]))[0, second].mean())
     # log(8) = 2.08 nats: no better than chance without attention, most of the way to 0 with it
     # (0.2-0.45 on other data seeds: how soon the head finds the copy varies).

@@ -49,7 +49,7 @@ def corpus(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("kills", [4, pytest.param(20, marks=pytest.mark.slow)])  # 20 with -m slow
+@pytest.mark.parametrize("kills", [3, pytest.param(20, marks=pytest.mark.slow)])  # 20 with -m slow
 def test_kill_9_at_random_moments_loses_nothing_beyond_the_last_checkpoint(corpus, kills):
     rng = random.Random(20261122)
     run = corpus / "run"
