@@ -49,7 +49,7 @@ def check(
         float | None,
         typer.Option(
             help="Report a place when an edit there makes the text this many nats more likely (lower finds "
-            "more). \\[default: 8]",
+            "more). [default: 8]",
             show_default=False,
         ),
     ] = None,
@@ -58,7 +58,7 @@ def check(
         typer.Option(
             "--format",
             help=f"Output: {', '.join(WRITERS)} (file:line:col: finding, a JSON object per finding, the text "
-            "with flagged characters marked). \\[default: text]",
+            "with flagged characters marked). [default: text]",
             show_default=False,
         ),
     ] = None,

@@ -1,19 +1,28 @@
 """Everything the CLI says that is not generated text goes through here, to stderr."""
 
+import functools
 import math
 import os
 import time
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from charrnn.errors import CharrnnError
 
-# Resolved at write time, so tests that swap sys.stderr still capture it.
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@functools.cache
+def stderr() -> "Console":
+    """The console on stderr, made at first use (`--help` needs no rich). It finds sys.stderr at
+    write time, so tests that swap sys.stderr still capture it."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    stderr.print(message, markup=False)
+    stderr().print(message, markup=False)
 
 
 def warn(text: "str | CharrnnError") -> None:
@@ -35,7 +44,7 @@ def format_duration(seconds: float) -> str:
 
 def interactive() -> bool:
     """A live progress bar only on a terminal (and not when the user asked for plain output)."""
-    return stderr.is_terminal and os.environ.get("TERM") != "dumb" and not os.environ.get("CHARRNN_PLAIN")
+    return stderr().is_terminal and os.environ.get("TERM") != "dumb" and not os.environ.get("CHARRNN_PLAIN")
 
 
 class PlainTicker:

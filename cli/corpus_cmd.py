@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
-
-from charrnn.catalog import CorpusEntry, cached_path, fetch, find_entry, is_cached, load_catalog
 
 from .options import require_nonempty
 
-corpus_app = typer.Typer(help="List and download the classic corpora.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported where used: `charrnn --help` loads neither rich's widgets nor the catalog
+    from rich.console import Console
+
+    from charrnn.catalog import CorpusEntry
+
+corpus_app = typer.Typer(help="List and download the classic corpora.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _human_size(size: int) -> str:
@@ -54,6 +46,8 @@ def list_corpora(
     ] = False,
 ) -> None:
     """List the corpora charrnn can download (a table on a terminal, tab-separated lines when piped)."""
+    from charrnn.catalog import cached_path, is_cached, load_catalog
+
     entries = load_catalog()
     if as_json:
         records = [entry.to_json() | {"cached": is_cached(entry), "path": str(cached_path(entry))} for entry in entries]
@@ -64,6 +58,9 @@ def list_corpora(
             fields = (entry.name, str(entry.size), entry.licence, entry.title)
             sys.stdout.write("\t".join(_one_line(field) for field in fields) + "\n")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="Corpora (fetch with `charrnn corpus get NAME`)", title_justify="left")
     table.add_column("name", style="bold cyan", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
@@ -88,6 +85,15 @@ class _LazyProgress:
     """
 
     def __init__(self, console: Console, entry: CorpusEntry) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._entry = entry
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -101,7 +107,7 @@ class _LazyProgress:
             redirect_stderr=False,
             disable=not console.is_terminal,
         )
-        self._task: TaskID | None = None
+        self._task: int | None = None
 
     def __call__(self, received: int, total: int) -> None:
         if self._task is None:
@@ -120,7 +126,7 @@ class _LazyProgress:
 
 @corpus_app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Corpus name, as shown by `charrnn corpus list`.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Corpus name, as shown by `charrnn corpus list`.")],
     url: Annotated[
         str | None,
         typer.Option(
@@ -132,6 +138,10 @@ def get(
 ) -> None:
     """Download a corpus into the cache (if not already there and intact) and print its path."""
     require_nonempty("--url", url)
+    from rich.console import Console
+
+    from charrnn.catalog import fetch, find_entry
+
     entry = find_entry(name)
     console = Console(stderr=True)
     bar = _LazyProgress(console, entry)

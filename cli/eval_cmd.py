@@ -54,7 +54,7 @@ def eval_(
         str | None,
         typer.Option(
             "--format",
-            help=f"Output: {', '.join(WRITERS)} (one line of figures, or one JSON object). \\[default: text]",
+            help=f"Output: {', '.join(WRITERS)} (one line of figures, or one JSON object). [default: text]",
             show_default=False,
         ),
     ] = None,

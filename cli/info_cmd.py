@@ -23,6 +23,7 @@ def info(
         Path | None,
         typer.Argument(
             parser=nonempty_path("RUN"),
+            metavar="RUN",
             help=with_default("Run directory.", "the run trained most recently under ./runs"),
             show_default=False,
         ),
@@ -45,7 +46,10 @@ def runs(
     directory: Annotated[
         Path | None,
         typer.Argument(
-            parser=nonempty_path("DIRECTORY"), help=with_default("Directory of runs.", "./runs"), show_default=False
+            parser=nonempty_path("DIRECTORY"),
+            metavar="DIRECTORY",
+            help=with_default("Directory of runs.", "./runs"),
+            show_default=False,
         ),
     ] = None,
     as_json: JsonOption = False,

@@ -7,6 +7,11 @@ from typing import Annotated
 
 import typer
 
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
+
 from charrnn import __version__
 from charrnn.errors import CharrnnError
 
@@ -31,6 +36,7 @@ app = typer.Typer(
     "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`. "
     "Inspect runs with `charrnn runs`, `charrnn info RUN` and `charrnn plot RUN...`.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as Unix tools print it: rich's panels cost `--help` a third of a second
     add_completion=True,  # Typer's --install-completion / --show-completion
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -115,6 +121,23 @@ def _flush_and_leave(code: int) -> None:
     os._exit(code)
 
 
+def _run() -> int:
+    """Run the app with click's errors in our form: a wrong option or a missing argument is one line,
+    as every other mistake (click's own display is the usage, a hint and a boxed message)."""
+    try:
+        result = app(prog_name="charrnn", standalone_mode=False)  # prog_name also names the completion script
+    except ClickException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `charrnn` alone: the help, as click shows it
+            error.show()
+            return error.exit_code
+        console.info(f"charrnn: error: {error.format_message().rstrip('.')}")
+        return error.exit_code
+    except typer.Abort:  # Ctrl-C outside the commands' own handling
+        console.info("charrnn: aborted")
+        return 130
+    return result if isinstance(result, int) else 0  # an exit code from --help, --version or typer.Exit
+
+
 def main() -> None:
     """Entry point: a user's mistake becomes one line on stderr and a non-zero exit, never a traceback.
 
@@ -125,7 +148,7 @@ def main() -> None:
     sys.stdout = _GuardedStdout(sys.stdout if sys.stdout is not None else _ClosedStdout())
     try:
         try:
-            app(prog_name="charrnn")  # also names the completion script, however charrnn was started
+            sys.exit(_run())
         except SystemExit as done:
             if isinstance(done.__context__, BrokenPipeError):  # typer turns a broken pipe into exit 1
                 raise done.__context__ from None

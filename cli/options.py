@@ -19,9 +19,8 @@ def default_of(config_class: type, name: str) -> Any:
 
 def with_default(text: str, default: Any) -> str:
     """`text` followed by "[default: DEFAULT]", for options that default to None (see `default_of`),
-    whose default typer cannot show. The bracket is escaped: rich reads "[...]" as markup and would
-    print nothing of it."""
-    return f"{text} \\[default: {default}]"
+    whose default typer cannot show."""
+    return f"{text} [default: {default}]"
 
 
 def config_help(text: str, config_class: type, name: str) -> str:
@@ -123,6 +122,7 @@ def paragraphs(text: str) -> str:
 CorpusArgument = Annotated[
     list[str] | None,
     typer.Argument(
+        metavar="FILE",
         help=with_default(
             "Text file (UTF-8), '-' for standard input, or 'pydoc' for the built-in corpus; a folder or "
             "several files are documents.",

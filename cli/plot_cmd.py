@@ -17,6 +17,7 @@ def plot(
         list[Path] | None,
         typer.Argument(
             parser=nonempty_path("RUN"),
+            metavar="RUN",
             help=with_default("Run directories.", "the run trained most recently under ./runs"),
             show_default=False,
         ),

@@ -49,7 +49,7 @@ def run_with_progress(reports):
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console.stderr, redirect_stdout=False, redirect_stderr=False) as progress:
+    with Progress(*columns, console=console.stderr(), redirect_stdout=False, redirect_stderr=False) as progress:
         task = progress.add_task("starting", total=1000, loss="", val=val_text, rate="")
         for report in reports:
             if isinstance(report, StepReport):

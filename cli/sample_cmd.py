@@ -22,6 +22,7 @@ def sample(
         Path | None,
         typer.Argument(
             parser=nonempty_path("RUN"),
+            metavar="RUN",
             help=with_default("Run directory.", "the run trained most recently under ./runs"),
             show_default=False,
         ),

@@ -62,7 +62,7 @@ def score(
         typer.Option(
             "--format",
             help=f"Output: {', '.join(WRITERS)} (a line each: tab-separated figures, a JSON object, the text "
-            "coloured by surprisal). \\[default: tsv]",
+            "coloured by surprisal). [default: tsv]",
             show_default=False,
         ),
     ] = None,

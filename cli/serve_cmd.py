@@ -20,7 +20,7 @@ KEY_ENV = "CHARRNN_API_KEY"
 def serve(
     runs: Annotated[
         list[Path] | None,
-        typer.Argument(metavar="RUN...", help="Runs to serve \\[default: the latest run].", show_default=False),
+        typer.Argument(metavar="RUN", help="Runs to serve [default: the latest run].", show_default=False),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on; 0 for any free one.")] = 8000,
@@ -30,7 +30,7 @@ def serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            help=f"Require 'Authorization: Bearer KEY' on the API \\[default: ${KEY_ENV} if set].", show_default=False
+            help=f"Require 'Authorization: Bearer KEY' on the API [default: ${KEY_ENV} if set].", show_default=False
         ),
     ] = None,
     cors: Annotated[

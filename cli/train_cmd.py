@@ -50,6 +50,7 @@ def train(
             help="Text file (UTF-8), '-' for stdin, or 'pydoc' (built-in: Python's own documentation); a folder "
             "or several files are documents, joined with U+001E, the state reset between them. "
             "Defaults to pydoc, or to the corpus of the run given with --resume.",
+            metavar="FILE",
             show_default=False,
         ),
     ] = None,

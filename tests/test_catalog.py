@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from charrnn import catalog
 from charrnn.catalog import CorpusEntry, cached_path, fetch, find_entry, load_catalog
-from charrnn.cli import corpus_cmd
 from charrnn.cli.corpus_cmd import corpus_app
 from charrnn.errors import CharrnnError
 
@@ -229,7 +228,6 @@ def test_explicit_url_beats_mirror(cache: Path, server: Server, monkeypatch: pyt
 def app(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     entries = [tiny_entry(), *load_catalog()]
     monkeypatch.setattr(catalog, "load_catalog", lambda: list(entries))
-    monkeypatch.setattr(corpus_cmd, "load_catalog", lambda: list(entries))
     application = typer.Typer()
     application.add_typer(corpus_app, name="corpus")
     return application
