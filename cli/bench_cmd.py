@@ -2,6 +2,7 @@
 
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ from charrnn.config import CELLS, DTYPES, ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 
 from . import console
+from .options import nonempty_path
 
 MAX_CHUNK = 1 << 16
 MAX_PEAK_SIZE = 1 << 15
@@ -39,6 +41,23 @@ def bench(
             "--bidirectional", help="Also the bidirectional model: training, and `check` at the batch × seq-len shape."
         ),
     ] = False,
+    breakdown: Annotated[
+        bool,
+        typer.Option(
+            "--breakdown",
+            help="Also where a training step's time goes: each part (embedding, input projections, forward and "
+            "backward loops, weight gradients, output and loss, optimizer) run alone at the step's shapes.",
+        ),
+    ] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            parser=nonempty_path("--profile"),
+            help="Also write an XLA profiler trace of two training steps per model into DIR "
+            "(open it in Perfetto, ui.perfetto.dev, or TensorBoard's profiler).",
+        ),
+    ] = None,
     attention: Annotated[
         int,
         typer.Option(
@@ -67,6 +86,10 @@ def bench(
     ):
         if not low <= value <= high:
             raise UsageError(f"{name} must be between {low} and {high}, not {value}")
+    if profile is not None:
+        from charrnn.paths import check_output_dir
+
+        check_output_dir(profile, "--profile")
     dtypes = list(DTYPES) if dtype == "all" else [dtype]
     configs = [
         ModelConfig(vocab_size=vocab, cell=c, layers=layers, hidden_size=hidden, embed_size=embed, dtype=d)
@@ -128,6 +151,20 @@ def bench(
                 "score": scored,
             }
         )
+        if breakdown:
+            from charrnn.breakdown import step_breakdown
+
+            console.info(f"timing the parts of a {config.cell} {config.dtype} training step")
+            parts = step_breakdown(config, train_config)
+            for part in parts["parts"].values():
+                if "gflops" in part:
+                    part["fraction_of_peak"] = part["gflops"] / results["peak_gflops"][config.dtype]
+            results["models"][-1]["breakdown"] = parts
+        if profile is not None:
+            import jax
+
+            with jax.profiler.trace(str(profile / f"{config.cell}-{config.dtype}")):
+                measure.bench_train(config, train_config, steps=2, repeats=1)
         if bidirectional:
             both = dataclasses.replace(config, bidirectional=True)
             console.info(f"measuring bidirectional {config.cell} {config.dtype}")
@@ -239,9 +276,35 @@ def _table(results: dict, streams: int) -> None:
                     for name in ("train", "sample_1", f"sample_{streams}", "score")
                 )
             )
+        if parts := model.get("breakdown"):
+            out.print(_breakdown_table(model, parts))
     if "startup" in results:
         s = results["startup"]
         out.print(
             f"first sampled character in a fresh process: {s['first_char_cold_seconds']:.2f} s cold cache, "
             f"{s['first_char_warm_seconds']:.2f} s warm; `charrnn --help` {s['help_seconds']:.2f} s"
         )
+
+
+def _breakdown_table(model: dict, parts: dict):
+    from rich.table import Table
+
+    table = Table(
+        title=f"where a {model['cell']} {model['dtype']} training step's {1e3 * parts['step_seconds']:,.0f} ms go "
+        "(each part run alone)",
+        title_justify="left",
+    )
+    for column in ("part", "ms per step", "share of the step", "matmul GFLOP/s", "% of peak"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for name, part in parts["parts"].items():
+        matmul = "gflops" in part
+        table.add_row(
+            name,
+            f"{1e3 * part['seconds']:,.1f}",
+            f"{100 * part['share']:.1f}%",
+            f"{part['gflops']:.0f}" if matmul else "",
+            f"{100 * part['fraction_of_peak']:.0f}%" if matmul else "",
+        )
+    rest = parts["rest_seconds"]
+    table.add_row("the rest (glue, copies, host)", f"{1e3 * rest:,.1f}", f"{100 * rest / parts['step_seconds']:.1f}%")
+    return table

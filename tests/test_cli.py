@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import charrnn_in_process, periodic_text
 
+from charrnn.breakdown import PARTS
+
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
 
@@ -206,6 +208,17 @@ def test_help_and_option_errors_do_not_import_jax():
 
 
 @pytest.mark.parametrize(
+    ("value", "code", "message"),
+    [("", 2, "--profile must not be empty"), ("afile", 1, "--profile afile is a file, not a directory")],
+)
+def test_bench_refuses_a_profile_directory_it_cannot_write_in_one_line(tmp_path, value, code, message):
+    (tmp_path / "afile").write_text("mine")
+    result = charrnn_in_process("bench", "--profile", value, cwd=tmp_path, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (code, "", f"charrnn: error: {message}\n")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
     ("args", "named"),
     [
         (["train", "--bogus"], "--bogus"),
@@ -267,6 +280,9 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "--bidirectional",
         "--attention",
         "6",
+        "--breakdown",
+        "--profile",
+        "trace",
         "--json",
         "--no-startup",  # timed in fresh processes: test_bench_times_the_first_character_of_a_fresh_process
         cwd=tmp_path,
@@ -288,6 +304,13 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     score = model["score"]
     assert score["rows"] == 4 and score["length"] == 8 and score["chars_per_second"] > 0
     assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
+    parts = model["breakdown"]  # each part of the step run alone: every one timed, the rest is the difference
+    assert set(parts["parts"]) == set(PARTS) and all(p["seconds"] > 0 for p in parts["parts"].values())
+    total = sum(p["seconds"] for p in parts["parts"].values()) + parts["rest_seconds"]
+    assert total == pytest.approx(parts["step_seconds"])
+    for name in ("input projections", "forward loops", "weight gradients", "output and loss"):
+        assert parts["parts"][name]["fraction_of_peak"] > 0, name
+    assert list((tmp_path / "trace" / "lstm-ln-float32").rglob("*.xplane.pb"))  # XLA's profiler trace
     both = model["bidirectional"]  # two stacks, the head reads both: 2 × (input + recurrent) + 32×20 + 20
     assert both["parameters"] == 160 + 2 * (512 + 1024 + 4 * 64 + 2 * 16) + 640 + 20
     # Its training FLOPs count both stacks and the look-ahead (32 characters per window of 4, forward only).

@@ -1,0 +1,138 @@
+"""Where a training step's time goes: each part of the step run alone, at the step's shapes.
+
+The parts are the step's own functions (charrnn.recurrence, the model's parameters, the optimizer),
+each compiled on its own and timed like `charrnn bench` times the whole step:
+
+    embedding           the gather of the window's characters and its gradient (a scatter-add)
+    input projections   every layer's x @ W_in over the whole window and its two backward matmuls
+    forward loops       every layer's time loop forward (one h @ W per step, the cell's elementwise step)
+    backward loops      every layer's reverse loop (d_hw @ W^T per step), without the weight gradient
+    weight gradients    every layer's recurrent weight gradient, one large matmul after the loop
+    output and loss     the output layer, softmax and cross-entropy, forward and backward
+    optimizer           clipping, Adam's scaling, weight decay, the update (and the weights' average)
+
+Each part computes its value as well as its gradients (`jax.value_and_grad`): with the gradients
+alone XLA would drop a linear part's forward matmul. The whole step is timed too; what the parts
+do not account for ("the rest": glue, layout copies, host work) is the whole less their sum
+(negative where XLA does better on the whole program than on the parts apart). For the
+left-to-right model without attention: other kinds are refused.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from charrnn.bench import _best_time, bench_train
+from charrnn.cells import make_cell
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import ConfigError
+from charrnn.kinds import cross_entropy
+from charrnn.model import init_params
+from charrnn.recurrence import _recurrence_backward, _recurrence_forward, project, weight_gradient
+from charrnn.step import fresh_average, make_optimizer, update_average
+
+PARTS = (
+    "embedding",
+    "input projections",
+    "forward loops",
+    "backward loops",
+    "weight gradients",
+    "output and loss",
+    "optimizer",
+)
+
+
+def step_breakdown(model_config: ModelConfig, train_config: TrainConfig, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per training step of each part (PARTS), of the whole step, and the rest; each part's
+    matmul GFLOP/s where it has matmuls."""
+    if model_config.bidirectional or model_config.attention:
+        field = "bidirectional" if model_config.bidirectional else "attention"
+        raise ConfigError(field, "{name}: the step's breakdown is for the left-to-right model without attention")
+    cfg, batch, length = model_config, train_config.batch_size, train_config.seq_len
+    cell = make_cell(cfg.cell, cfg.dtype, train_config.unroll or None)
+    params = init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (length, batch), dtype=np.int32))
+
+    def normal(*shape: int) -> jax.Array:
+        return jnp.asarray(rng.standard_normal(shape, np.float32))
+
+    def timed(function, *args) -> float:
+        return _best_time(jax.jit(function), *args, repeats=repeats, inner=2)
+
+    seconds: dict[str, float] = dict.fromkeys(PARTS, 0.0)
+    embedding = params["embed"]["embedding"]
+    d_x = normal(length, batch, cfg.embed_size)
+    seconds["embedding"] = timed(
+        jax.value_and_grad(lambda e, tokens, d_x: jnp.vdot(e[tokens], d_x)), embedding, tokens, d_x
+    )
+    for i in range(cfg.layers):
+        layer = params[f"layer{i}"]
+        width, hidden = layer["input_kernel"].shape[1], cfg.hidden_size
+        x, d_xp = normal(length, batch, layer["input_kernel"].shape[0]), normal(length, batch, width)
+        own = {name: layer[name] for name in cell.parameters(hidden)}
+        step_params = {name: own[name] for name in cell.step_parameters}
+
+        def projected(x, kernel, bias, own, d_xp):
+            return jnp.vdot(cell.project_input(project(x, kernel, cell.compute_dtype), bias, own), d_xp)
+
+        grads = jax.value_and_grad(projected, argnums=(0, 1, 2, 3))
+        seconds["input projections"] += timed(grads, x, layer["input_kernel"], layer["bias"], own, d_xp)
+        xp, carry = normal(length, batch, width), cell.zero_carry(batch, hidden)
+        w, b = layer["recurrent_kernel"], layer["recurrent_bias"]
+
+        def forward(w, b, step_params, xp, carry):
+            return _recurrence_forward(cell, w, b, step_params, xp, carry, None)
+
+        seconds["forward loops"] += timed(forward, w, b, step_params, xp, carry)
+        (hs, final), residuals = jax.jit(forward)(w, b, step_params, xp, carry)
+        cotangents = (normal(length, batch, hidden), jax.tree.map(jnp.zeros_like, final))
+        whole = timed(
+            lambda residuals, cotangents: _recurrence_backward(cell, residuals, cotangents), residuals, cotangents
+        )
+        seconds["weight gradients"] += (after := timed(lambda h, d: weight_gradient(h, d, cell.compute_dtype), hs, xp))
+        seconds["backward loops"] += whole - after
+    h, targets = normal(batch, length, cfg.hidden_size), jnp.asarray(tokens.T)
+
+    def loss(h, kernel, bias, targets):
+        return cross_entropy(project(h, kernel, cfg.dtype) + bias, targets).mean()
+
+    grads = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    seconds["output and loss"] = timed(grads, h, params["head_kernel"], params["head_bias"], targets)
+    optimizer = make_optimizer(train_config)
+    state, average = optimizer.init(params), fresh_average(params, train_config)
+    gradients = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+
+    def update(params, state, average, gradients):
+        updates, state = optimizer.update(gradients, state, params)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: -1e-3 * u, updates))
+        return params, state, update_average(average, params, train_config.ema, jnp.int32(100))
+
+    seconds["optimizer"] = timed(update, params, state, average, gradients)
+    step = bench_train(model_config, train_config, steps=5, repeats=repeats)["step_seconds"]
+    flops = _matmul_flops(cfg, cell.gates, batch * length)
+    return {
+        "step_seconds": step,
+        "parts": {
+            name: {"seconds": s, "share": s / step} | ({"gflops": flops[name] / s / 1e9} if name in flops else {})
+            for name, s in seconds.items()
+        },
+        "rest_seconds": step - sum(seconds.values()),
+    }
+
+
+def _matmul_flops(cfg: ModelConfig, gates: int, chars: int) -> dict[str, float]:
+    """Matmul FLOPs per step of the parts that have matmuls (2 per multiply-add)."""
+    width = gates * cfg.hidden_size
+    inputs = cfg.embed_size + (cfg.layers - 1) * cfg.hidden_size
+    recurrent = cfg.layers * cfg.hidden_size * width * chars * 2
+    return {
+        "input projections": 3 * inputs * width * chars * 2,  # forward, and the backward's two
+        "forward loops": recurrent,
+        "backward loops": recurrent,
+        "weight gradients": recurrent,
+        "output and loss": 3 * cfg.hidden_size * cfg.vocab_size * chars * 2,
+    }
