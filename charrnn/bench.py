@@ -5,12 +5,15 @@ Every throughput is reported next to the machine's matmul peak, measured in the 
 be compared as a fraction of what the hardware gave at that moment.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import DTYPES, ModelConfig, TrainConfig
 from charrnn.model import initial_carry, parameter_shapes
 from charrnn.runs import Run
 from charrnn.sampling import SampleOptions, make_sample_chunk
@@ -199,6 +202,109 @@ def startup_times(model_config: ModelConfig) -> dict[str, float]:
         subprocess.run([sys.executable, "-m", "charrnn.cli.main", "--help"], check=True, capture_output=True)
         help_seconds = time.perf_counter() - start
     return {"first_char_cold_seconds": cold, "first_char_warm_seconds": warm, "help_seconds": help_seconds}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `measure` times besides each model's training: the shapes of sampling and scoring, and
+    the optional extras (the bidirectional model, attention over `attention` positions, the step's
+    breakdown, an XLA profiler trace into `profile`, start-up in fresh processes)."""
+
+    steps: int = 5
+    streams: int = 64
+    chunk: int = 256
+    score_rows: int = 256
+    score_length: int = 128
+    peak_size: int = 2048
+    bidirectional: bool = False
+    attention: int = 0
+    breakdown: bool = False
+    profile: Path | None = None
+    startup: bool = True
+
+
+def measure(
+    configs: list[ModelConfig],
+    train_config: TrainConfig,
+    options: BenchOptions,
+    report: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Every figure of `charrnn bench`: the matmul peak, then for each model its training, sampling
+    and scoring throughput (and what `options` adds), each against the peak of this same run.
+    `report` is told what is being measured, as it starts."""
+    report("measuring the matmul peak")
+    peak = {dtype: matmul_peak(dtype, options.peak_size) for dtype in DTYPES}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "peak_gflops": peak,
+        "config": {
+            "layers": configs[0].layers,
+            "hidden": configs[0].hidden_size,
+            "embed": configs[0].embed_size,
+            "vocab": configs[0].vocab_size,
+            "batch_size": train_config.batch_size,
+            "seq_len": train_config.seq_len,
+        },
+        "models": [],
+    }
+    for config in configs:
+        report(f"measuring {config.cell} {config.dtype}")
+        model = _measure_model(config, train_config, options, peak[config.dtype], peak["float32"])
+        results["models"].append(model)
+        if options.breakdown:
+            from charrnn.breakdown import step_breakdown
+
+            report(f"timing the parts of a {config.cell} {config.dtype} training step")
+            model["breakdown"] = step_breakdown(config, train_config)
+            for part in model["breakdown"]["parts"].values():
+                if "gflops" in part:
+                    part["fraction_of_peak"] = part["gflops"] / peak[config.dtype]
+        if options.profile is not None:
+            with jax.profiler.trace(str(options.profile / f"{config.cell}-{config.dtype}")):
+                bench_train(config, train_config, steps=2, repeats=1)
+        if options.bidirectional:
+            both = dataclasses.replace(config, bidirectional=True)
+            report(f"measuring bidirectional {config.cell} {config.dtype}")
+            trained = bench_train(both, train_config, options.steps)
+            model["bidirectional"] = {
+                "parameters": both.parameter_count(),
+                "train": trained
+                | {
+                    "fraction_of_peak": trained["gflops"] / peak[config.dtype],
+                    "of_left_to_right": trained["chars_per_second"] / model["train"]["chars_per_second"],
+                },
+                "check": bench_check(both, train_config.batch_size, train_config.seq_len),
+            }
+        if options.attention:
+            attended = dataclasses.replace(config, attention=options.attention)
+            report(f"measuring {config.cell} {config.dtype} with attention {options.attention}")
+            figures = _measure_model(attended, train_config, options, peak[config.dtype], peak["float32"])
+            for name, figure in figures.items():
+                if isinstance(figure, dict):
+                    figure["of_without"] = figure["chars_per_second"] / model[name]["chars_per_second"]
+            model["attention"] = figures | {"positions": options.attention}
+    if options.startup:
+        report("timing `charrnn sample` in fresh processes (cold, then warm compilation cache)")
+        results["startup"] = startup_times(configs[0])
+    return results
+
+
+def _measure_model(
+    config: ModelConfig, train_config: TrainConfig, options: BenchOptions, peak: float, fp32_peak: float
+) -> dict[str, Any]:
+    """One model's training, sampling (1 and `options.streams` streams) and scoring figures."""
+    train = bench_train(config, train_config, options.steps)
+    scored = bench_score(config, options.score_rows, options.score_length)
+    return {
+        "cell": config.cell,
+        "dtype": config.dtype,
+        "parameters": config.parameter_count(),
+        "train": train
+        | {"fraction_of_peak": train["gflops"] / peak, "fraction_of_fp32_peak": train["gflops"] / fp32_peak},
+        "sample_1": bench_sample(config, 1, options.chunk),
+        f"sample_{options.streams}": bench_sample(config, options.streams, options.chunk),
+        "score": scored | {"fraction_of_peak": scored["gflops"] / peak},
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """`charrnn bench`: how fast training and sampling run here, as a fraction of the matmul peak."""
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -115,100 +114,24 @@ def bench(
     configure_jax()
     from charrnn import bench as measure
 
-    console.info("measuring the matmul peak")
-    results = {
-        "machine": measure.machine(),
-        "peak_gflops": {d: measure.matmul_peak(d, peak_size) for d in DTYPES},
-        "config": {
-            "layers": layers,
-            "hidden": hidden,
-            "embed": embed,
-            "vocab": vocab,
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-        },
-        "models": [],
-    }
-    for config in configs:
-        console.info(f"measuring {config.cell} {config.dtype}")
-        train = measure.bench_train(config, train_config, steps)
-        one = measure.bench_sample(config, 1, chunk)
-        many = measure.bench_sample(config, streams, chunk)
-        scored = measure.bench_score(config, score_rows, score_length)
-        scored["fraction_of_peak"] = scored["gflops"] / results["peak_gflops"][config.dtype]
-        results["models"].append(
-            {
-                "cell": config.cell,
-                "dtype": config.dtype,
-                "parameters": config.parameter_count(),
-                "train": train
-                | {
-                    "fraction_of_peak": train["gflops"] / results["peak_gflops"][config.dtype],
-                    "fraction_of_fp32_peak": train["gflops"] / results["peak_gflops"]["float32"],
-                },
-                "sample_1": one,
-                f"sample_{streams}": many,
-                "score": scored,
-            }
-        )
-        if breakdown:
-            from charrnn.breakdown import step_breakdown
-
-            console.info(f"timing the parts of a {config.cell} {config.dtype} training step")
-            parts = step_breakdown(config, train_config)
-            for part in parts["parts"].values():
-                if "gflops" in part:
-                    part["fraction_of_peak"] = part["gflops"] / results["peak_gflops"][config.dtype]
-            results["models"][-1]["breakdown"] = parts
-        if profile is not None:
-            import jax
-
-            with jax.profiler.trace(str(profile / f"{config.cell}-{config.dtype}")):
-                measure.bench_train(config, train_config, steps=2, repeats=1)
-        if bidirectional:
-            both = dataclasses.replace(config, bidirectional=True)
-            console.info(f"measuring bidirectional {config.cell} {config.dtype}")
-            trained = measure.bench_train(both, train_config, steps)
-            results["models"][-1]["bidirectional"] = {
-                "parameters": both.parameter_count(),
-                "train": trained
-                | {
-                    "fraction_of_peak": trained["gflops"] / results["peak_gflops"][config.dtype],
-                    "of_left_to_right": trained["chars_per_second"] / train["chars_per_second"],
-                },
-                "check": measure.bench_check(both, batch_size, seq_len),
-            }
-        if attention:
-            attended = dataclasses.replace(config, attention=attention)
-            figures = _bench_attention(attended, results["models"][-1], train_config, steps, streams, chunk)
-            results["models"][-1]["attention"] = figures | {"positions": attention}
-    if startup:
-        console.info("timing `charrnn sample` in fresh processes (cold, then warm compilation cache)")
-        results["startup"] = measure.startup_times(configs[0])
+    options = measure.BenchOptions(
+        steps=steps,
+        streams=streams,
+        chunk=chunk,
+        score_rows=score_rows,
+        score_length=score_length,
+        peak_size=peak_size,
+        bidirectional=bidirectional,
+        attention=attention,
+        breakdown=breakdown,
+        profile=profile,
+        startup=startup,
+    )
+    results = measure.measure(configs, train_config, options, report=console.info)
     if as_json:
         sys.stdout.write(measure.to_json(results) + "\n")
     else:
         _table(results, streams)
-
-
-def _bench_attention(
-    config: ModelConfig, without: dict, train_config: TrainConfig, steps: int, streams: int, chunk: int
-) -> dict:
-    """The model with attention, each figure beside the same model's without it (`without`)."""
-    from charrnn import bench as measure
-
-    console.info(f"measuring {config.cell} {config.dtype} with attention {config.attention}")
-    figures = {
-        "parameters": config.parameter_count(),
-        "train": measure.bench_train(config, train_config, steps),
-        "sample_1": measure.bench_sample(config, 1, chunk),
-        f"sample_{streams}": measure.bench_sample(config, streams, chunk),
-        "score": measure.bench_score(config, without["score"]["rows"], without["score"]["length"]),
-    }
-    for name, figure in figures.items():
-        if name != "parameters":
-            figure["of_without"] = figure["chars_per_second"] / without[name]["chars_per_second"]
-    return figures
 
 
 def _table(results: dict, streams: int) -> None:
@@ -290,8 +213,8 @@ def _breakdown_table(model: dict, parts: dict):
     from rich.table import Table
 
     table = Table(
-        title=f"where a {model['cell']} {model['dtype']} training step's {1e3 * parts['step_seconds']:,.0f} ms go "
-        "(each part run alone)",
+        title=f"where the time of one {model['cell']} {model['dtype']} training step goes "
+        f"({1e3 * parts['step_seconds']:,.1f} ms; each part run alone)",
         title_justify="left",
     )
     for column in ("part", "ms per step", "share of the step", "matmul GFLOP/s", "% of peak"):
