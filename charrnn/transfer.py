@@ -22,6 +22,9 @@ from charrnn.vocab import Vocabulary
 STRUCTURE = ("cell", "layers", "hidden_size", "embed_size", "bidirectional", "attention")
 # Model options a child takes from its parent unless given:
 INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "dtype", "lookahead")
+# Structural options whose weights fit another value than the parent's: the attention head's
+# weights do not depend on how many positions it reads, only on whether there is one.
+FITS = {"attention": lambda given, parent: bool(given) == bool(parent)}
 
 
 def parent_of(directory: Path) -> tuple[Run, ModelConfig, Vocabulary]:
@@ -34,9 +37,13 @@ def parent_of(directory: Path) -> tuple[Run, ModelConfig, Vocabulary]:
 
 
 def child_model_options(parent: ModelConfig, given: dict[str, Any], parent_dir: Path) -> dict[str, Any]:
-    """The child's model options: the parent's, except non-structural ones the user gave; a given
-    structural option that differs from the parent's is an error (its weights would not fit)."""
-    conflicts = [name for name in STRUCTURE if name in given and given[name] != getattr(parent, name)]
+    """The child's model options: the parent's, except those the user gave; a given structural
+    option whose weights would not fit the parent's is an error (see FITS for the one that may differ)."""
+
+    def fits(name: str) -> bool:
+        return FITS.get(name, lambda given, parent: given == parent)(given[name], getattr(parent, name))
+
+    conflicts = [name for name in STRUCTURE if name in given and not fits(name)]
     if conflicts:
         shown = ", ".join(f"{{{n}}} (the parent has {getattr(parent, n)})" for n in conflicts)
         raise UsageError(

@@ -236,3 +236,9 @@ def test_every_command_takes_a_run_with_attention(attention_run):
     assert json.loads(scored.splitlines()[0])["chars"] == 14
     evaluated = charrnn_in_process("eval", "run", "--json", cwd=home).stdout
     assert json.loads(evaluated)["nats_per_char"] > 0
+    # --init-from: the head's weights do not depend on M, so a child may read further back; not without one.
+    tiny = ["--out", "wider", "-b", "4", "-t", "8", "--steps", "2", "--eval-every", "2"]
+    charrnn_in_process("train", "text.txt", "--init-from", "run", "--attention", "20", *tiny, cwd=home)
+    assert json.loads((home / "wider" / "config.json").read_text())["model"]["attention"] == 20
+    refused = charrnn_in_process("train", "text.txt", "--init-from", "run", "--attention", "0", cwd=home, check=False)
+    assert refused.returncode == 2 and "--attention 0 (the parent has 12)" in refused.stderr
