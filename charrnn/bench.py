@@ -51,7 +51,7 @@ def train_flops_per_char(config: ModelConfig, seq_len: int = 1) -> float:
     return flops
 
 
-def _best_time(function, *args, repeats: int, inner: int) -> float:
+def best_time(function, *args, repeats: int, inner: int) -> float:
     """The fastest of `repeats` timings of `inner` calls: the least disturbed by other processes."""
     jax.block_until_ready(function(*args))
     best = float("inf")
@@ -68,7 +68,7 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
     """GFLOP/s of a [size, size] @ [size, size] GEMM (float32 accumulation for bfloat16 operands)."""
     a = jax.random.normal(jax.random.key(0), (size, size)).astype(dtype)
     gemm = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
-    seconds = _best_time(gemm, a, repeats=repeats, inner=max(1, min(100, int(2e10 // (2 * size**3)))))
+    seconds = best_time(gemm, a, repeats=repeats, inner=max(1, min(100, int(2e10 // (2 * size**3)))))
     return 2.0 * size**3 / seconds / 1e9
 
 
@@ -117,7 +117,7 @@ def bench_check(model_config: ModelConfig, rows: int, length: int, repeats: int 
     start = time.perf_counter()
     jax.block_until_ready(chunk(params, carry, chars, after))
     compile_seconds = time.perf_counter() - start
-    seconds = _best_time(chunk, params, carry, chars, after, repeats=repeats, inner=2)
+    seconds = best_time(chunk, params, carry, chars, after, repeats=repeats, inner=2)
     return {"compile_seconds": compile_seconds, "chars_per_second": rows * length / seconds}
 
 
@@ -130,7 +130,7 @@ def bench_sample(model_config: ModelConfig, streams: int, chunk_size: int = 256,
     start = time.perf_counter()
     jax.block_until_ready(sample_chunk(params, carry, token, jax.random.key(0)))
     compile_seconds = time.perf_counter() - start
-    seconds = _best_time(sample_chunk, params, carry, token, jax.random.key(1), repeats=repeats, inner=2)
+    seconds = best_time(sample_chunk, params, carry, token, jax.random.key(1), repeats=repeats, inner=2)
     chars = streams * chunk_size / seconds
     return {
         "compile_seconds": compile_seconds,
@@ -153,7 +153,7 @@ def bench_score(model_config: ModelConfig, rows: int, length: int, repeats: int 
     start = time.perf_counter()
     jax.block_until_ready(score_chunk(params, carry, inputs, targets))
     compile_seconds = time.perf_counter() - start
-    seconds = _best_time(score_chunk, params, carry, inputs, targets, repeats=repeats, inner=2)
+    seconds = best_time(score_chunk, params, carry, inputs, targets, repeats=repeats, inner=2)
     chars = rows * length / seconds
     return {
         "compile_seconds": compile_seconds,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charrnn.bench import _best_time, bench_train
+from charrnn.bench import bench_train, best_time
 from charrnn.cells import make_cell
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import ConfigError
@@ -61,7 +61,7 @@ def step_breakdown(model_config: ModelConfig, train_config: TrainConfig, repeats
         return jnp.asarray(rng.standard_normal(shape, np.float32))
 
     def timed(function, *args) -> float:
-        return _best_time(jax.jit(function), *args, repeats=repeats, inner=2)
+        return best_time(jax.jit(function), *args, repeats=repeats, inner=2)
 
     seconds: dict[str, float] = dict.fromkeys(PARTS, 0.0)
     embedding = params["embed"]["embedding"]

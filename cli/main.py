@@ -36,7 +36,7 @@ app = typer.Typer(
     "Train with `charrnn train FILE`, then generate with `charrnn sample --temp 0.8 | head`. "
     "Inspect runs with `charrnn runs`, `charrnn info RUN` and `charrnn plot RUN...`.",
     no_args_is_help=True,
-    rich_markup_mode=None,  # plain help, as Unix tools print it: rich's panels cost `--help` a third of a second
+    rich_markup_mode=None,  # plain help, as Unix tools print it (rich's panels are slow to load and draw)
     add_completion=True,  # Typer's --install-completion / --show-completion
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
