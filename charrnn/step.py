@@ -71,7 +71,7 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def create_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainState:
     """A fresh state: parameters and dropout keys from `train_config.seed` alone. Compiled: run
-    eagerly, its hundred small operations would each be dispatched and compiled on their own."""
+    eagerly, each of its many small operations would be dispatched and compiled on its own."""
     key = jax.random.key(train_config.seed)
     init_key, run_key = jax.random.split(key)
     params = init_params(model_config, init_key)
