@@ -163,6 +163,8 @@ def main() -> None:
         }
         row["chars_per_second"] = len(corrupted) / seconds
         rows.append(row)
+        flags = [int(i) for i in np.flatnonzero(-judged.logprob > threshold)]
+        rows.append({"system": "cloze surprisal", "threshold": threshold, **score(flags, errors)})
         flags = [int(i) for i in np.flatnonzero(surprisal[: len(corrupted)] > threshold)]
         rows.append({"system": "left-to-right surprisal", "threshold": threshold, **score(flags, errors)})
         flags = [int(i) for i in np.flatnonzero(gap_lr[: len(corrupted)] > threshold)]

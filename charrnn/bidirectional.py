@@ -118,6 +118,25 @@ class BiCharRNN(nn.Module):
             right = right * follows[:, :, None]  # nothing after the text: no right context
         return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1), tuple(new_carry)
 
+    def read(
+        self, tokens: jax.Array, carry: ModelCarry, *, backward: bool = False, reset_id: int | None = None
+    ) -> tuple[jax.Array, ModelCarry]:
+        """One stack reads tokens <int>[B, T] from `carry`, in the order given (the backward stack
+        is handed its text already reversed) -> (its top layer's states [B, T, H], the carry after
+        the last token). No dropout: for judging edits (charrnn.checking). Token -1 is padding: the
+        state is zeroed before a token read right after it, and where a token is `reset_id`."""
+        present = tokens >= 0
+        reset = jnp.concatenate([jnp.zeros_like(present[:, :1]), ~present[:, :-1]], axis=1)
+        if reset_id is not None:
+            reset = reset | (tokens == reset_id)
+        keep = _keep(~reset.T)
+        h = self.embed(jnp.maximum(tokens, 0).T)  # [T, B, E]
+        new_carry = []
+        for layer, layer_carry in zip(self.backward_layers if backward else self.layers, carry, strict=True):
+            h, layer_carry = layer(h, layer_carry, keep)
+            new_carry.append(layer_carry)
+        return jnp.swapaxes(h, 0, 1), tuple(new_carry)
+
     def _backward(
         self, x: jax.Array, present: jax.Array | None, boundary: jax.Array | None, lookahead: int, train: bool
     ) -> jax.Array:

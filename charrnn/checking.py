@@ -3,6 +3,8 @@
 Every character is judged given both sides (charrnn.bidirectional): the text is read as training
 read its windows (the forward state carried, the backward stack reading each window plus its
 look-ahead), in many streams side by side, with a newline before and after the text as context.
+The windows are longer than training's (`WINDOW`), so the look-ahead, read once per window, is a
+smaller share of the work, and each stream starts after a shorter burn-in (`BURN_IN`).
 A place is reported when an edit there would make the text more likely by over `threshold` nats.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
@@ -11,9 +13,11 @@ characters whose best estimate passes `CANDIDATE_FRACTION` of the threshold is o
 and the edits near it are tried: the model's likeliest replacements, deleting the character,
 inserting the likeliest characters before it, swapping it with a neighbour. Each edit is judged by
 how much it raises the summed cloze log-probability of the characters around it (a
-pseudo-log-likelihood, read from a fresh state over a short snippet, so the original and every
-edit are read alike); the best is the suggestion, and the candidate is reported if it gains more
-than the threshold. Rescoring costs in proportion to the candidates, not to the text.
+pseudo-log-likelihood of the candidate's neighbourhood, as it is and as each edit writes it). All
+of a candidate's versions are read between the same two states, those the `CONTEXT` characters on
+either side leave (`Checker.judge`), so only the neighbourhood is read once per edit; the best
+edit is the suggestion, and the candidate is reported if it gains more than the threshold.
+Rescoring costs in proportion to the candidates, not to the text.
 """
 
 import dataclasses
@@ -28,18 +32,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn.batching import cloze_windows
-from charrnn.config import VAL_BURN_IN, ModelConfig
+from charrnn.config import ModelConfig
 from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
 THRESHOLD = 8.0  # nats an edit must gain to be reported: the default, by measurement (docs/checking.md)
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
 TOP = 5  # likeliest characters kept per position
-SNIPPET = 12  # characters of context on each side of an edit when edits are compared
-AROUND = 3  # the characters on each side of an edit whose log-probabilities are summed
+CONTEXT = 32  # characters read on each side of an edit's neighbourhood when edits are compared
+AROUND = 3  # characters on each side of the edited place whose log-probabilities are summed too
 EDIT_MARGIN = 1.0  # nats an edit must gain over the text as it is to be suggested
 STREAMS = 64  # streams read side by side (the bench shape's batch)
-SNIPPET_ROWS = 256  # edits judged per compiled call
+WINDOW = 128  # characters per window of the reading
+BURN_IN = 64  # characters of the text before each stream's first that the stream reads first
+JUDGED_GROUPS = 64  # places whose edits are judged per compiled call
+EDITS_PER_PLACE = 9  # the text as it is and at most 8 edits (`_edits`)
+ROW_WIDTH = 2 * AROUND + 4  # the longest edited neighbourhood: text[s-1 : s+2] with an insertion, AROUND beyond
 
 
 @dataclass(frozen=True)
@@ -160,17 +168,19 @@ def cloze(
     model_config: ModelConfig,
     ids: np.ndarray,
     *,
-    window: int,
+    window: int = WINDOW,
     streams: int = STREAMS,
     reset_id: int | None = None,
+    burn_in: int = BURN_IN,
 ) -> Cloze:
     """The cloze log-probability of every id of `ids` after the first (the first is context only),
-    read as training reads: `streams` side by side, windows of `window`, the model's look-ahead."""
+    read as training reads: `streams` side by side (each after `burn_in` characters of the one
+    before), windows of `window` and the model's look-ahead."""
     from charrnn.model import initial_carry
 
     lookahead = model_config.lookahead
-    windows = cloze_windows(ids, streams, window, lookahead, burn_in=VAL_BURN_IN)
-    where = cloze_windows(np.arange(len(ids)), streams, window, lookahead, burn_in=VAL_BURN_IN)  # positions
+    windows = cloze_windows(ids, streams, window, lookahead, burn_in=burn_in)
+    where = cloze_windows(np.arange(len(ids)), streams, window, lookahead, burn_in=burn_in)  # positions
     step = make_cloze_chunk(model_config, reset_id)
     carry = initial_carry(model_config, windows[0][0].shape[0])
     n = len(ids)
@@ -216,8 +226,9 @@ class Checker:
         model_config: ModelConfig,
         vocab: Vocabulary,
         *,
-        window: int = 32,
+        window: int = WINDOW,
         boundary: str | None = None,
+        context: int = CONTEXT,
     ) -> None:
         if not model_config.bidirectional:
             raise UsageError(
@@ -227,14 +238,17 @@ class Checker:
         self.params, self.config, self.vocab, self.window = params, model_config, vocab, window
         self.reset_id = vocab.index.get(boundary) if boundary else None
         self.newline = vocab.index.get("\n", 0)
-        self._snippets = jax.jit(self._snippet_logprobs)
+        self.context = context
+        self._rescore = jax.jit(self._rescore_rows)
 
     def encode(self, text: str) -> np.ndarray:
         """The ids of `text` between two newlines (their context); unknown characters read as the
-        vocabulary's unknown character, or a newline."""
-        fallback = self.vocab.unknown_id if self.vocab.unknown_id is not None else self.newline
-        body = np.fromiter((self.vocab.index.get(c, fallback) for c in text), np.int32, count=len(text))
-        return np.concatenate([[self.newline], body, [self.newline]]).astype(np.int32)
+        vocabulary's unknown character, or a newline. A vocabulary without a newline gets its first
+        character before the text and nothing (-1, the text's end) after it: a made-up character
+        there would be judged as part of the text's last characters' context."""
+        body = self._ids(text)
+        closing = self.newline if "\n" in self.vocab else -1
+        return np.concatenate([[self.newline], body, [closing]]).astype(np.int32)
 
     def cloze(self, text: str) -> Cloze:
         """Every character of `text`, judged given both sides."""
@@ -304,56 +318,88 @@ class Checker:
 
     # -- which edit ----------------------------------------------------------------------------
     def _best_edits(self, text: str, spots: list[int], alternatives: dict, inserted: dict) -> dict[int, tuple]:
-        rows, owners = [], []  # snippets: each spot's original first, then its edits
+        """Each spot's best edit (edit, suggestion, gain, span), if one gains over EDIT_MARGIN."""
+        ids = self.encode(text)  # position p of `ids` is character p - 1 of the text
+        groups, edits = [], []
         for s in spots:
-            lo, hi = max(0, s - SNIPPET), min(len(text), s + SNIPPET + 1)
-            rows.append((s, "", "", text[lo:hi], s - lo, s - lo + 1, (s, s + 1)))
-            for edit, suggestion, start, end in _edits(text, s, alternatives[s], inserted[s]):
-                edited = text[lo:start] + suggestion + text[end:hi]
-                rows.append((s, edit, suggestion, edited, start - lo, start - lo + len(suggestion), (start, end)))
-            owners.append(s)
-        sums = self._judge(rows)
+            lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)  # text[s-1 : s+2], AROUND beyond
+            tried = list(_edits(text, s, alternatives[s], inserted[s]))
+            rows = [ids[lo:hi]]
+            rows += [np.concatenate([ids[lo : a + 1], self._ids(new), ids[b + 1 : hi]]) for _, new, a, b in tried]
+            groups.append((lo, hi, rows))
+            edits.append(tried)
         best: dict[int, tuple] = {}
-        original: dict[int, float] = {}
-        for (s, edit, suggestion, *_, span), total in zip(rows, sums, strict=True):
-            if not edit:
-                original[s] = total
-                continue
-            gain = total - original[s]
-            if gain > EDIT_MARGIN and gain > best.get(s, ("", "", -math.inf))[2]:
-                best[s] = (edit, suggestion, float(gain), span)
+        for s, tried, sums in zip(spots, edits, self.judge(ids, groups), strict=True):
+            for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
+                gain = total - sums[0]
+                if gain > EDIT_MARGIN and gain > best.get(s, ("", "", -math.inf))[2]:
+                    best[s] = (edit, suggestion, float(gain), (start, end))
         return best
 
-    def _judge(self, rows: list[tuple]) -> list[float]:
-        """For each snippet row, the summed cloze log-probability of the characters within AROUND of
-        its edited span (the span itself included), read from a fresh state."""
-        if not rows:
-            return []
-        length = 2 * SNIPPET + 3
-        ids = np.full((len(rows), length), -1, np.int32)
-        weights = np.zeros((len(rows), length), np.float32)
+    def _ids(self, chars: str) -> np.ndarray:
         fallback = self.vocab.unknown_id if self.vocab.unknown_id is not None else self.newline
-        for r, (_, _, _, snippet, start, end, _) in enumerate(rows):
-            ids[r, : len(snippet)] = [self.vocab.index.get(c, fallback) for c in snippet]
-            weights[r, max(0, start - AROUND) : min(len(snippet), end + AROUND)] = 1.0
+        return np.fromiter((self.vocab.index.get(c, fallback) for c in chars), np.int32, count=len(chars))
+
+    def judge(self, ids: np.ndarray, groups: list[tuple[int, int, list[np.ndarray]]]) -> list[list[float]]:
+        """For each group (lo, hi, rows), rows being versions of ids[lo:hi] (edited or not): the summed
+        cloze log-probability of each row's characters, read between the model's states after the
+        `context` characters before lo and after hi, so every row of a group has the same context."""
+        if not groups:
+            return []
+        # Fixed shapes for the check's own groups (one compiled program), wider ones if given.
+        width = max(ROW_WIDTH, *(len(row) for _, _, rows in groups for row in rows))
+        per_group = max(EDITS_PER_PLACE, *(len(rows) for _, _, rows in groups))
         sums = []
-        for first in range(0, len(rows), SNIPPET_ROWS):
-            part = slice(first, first + SNIPPET_ROWS)
-            count = len(ids[part])
-            padded = SNIPPET_ROWS if count > 16 else 16  # two compiled shapes: a few findings, or many
-            chunk_ids = np.full((padded, length), -1, np.int32)
-            chunk_weights = np.zeros((padded, length), np.float32)
-            chunk_ids[:count], chunk_weights[:count] = ids[part], weights[part]
-            sums.extend(np.asarray(self._snippets(self.params, chunk_ids, chunk_weights))[:count].tolist())
+        for first in range(0, len(groups), JUDGED_GROUPS):
+            part = groups[first : first + JUDGED_GROUPS]
+            padded = JUDGED_GROUPS if len(part) > 4 else 4  # two compiled shapes: a few findings, or many
+            left = np.full((padded, self.context), -1, np.int32)
+            right = np.full((padded, self.context), -1, np.int32)
+            rows = np.full((padded, per_group, width), -1, np.int32)
+            reversed_rows = np.full(rows.shape, -1, np.int32)
+            for g, (lo, hi, versions) in enumerate(part):
+                before, after = ids[max(0, lo - self.context) : lo], ids[hi : hi + self.context][::-1]
+                left[g, self.context - len(before) :] = before  # the stacks read up to lo and down to hi
+                right[g, self.context - len(after) :] = after
+                for r, row in enumerate(versions):
+                    rows[g, r, : len(row)], reversed_rows[g, r, : len(row)] = row, row[::-1]
+            totals = np.asarray(self._rescore(self.params, left, right, rows, reversed_rows))
+            sums.extend(totals[g, : len(versions)].tolist() for g, (_, _, versions) in enumerate(part))
         return sums
 
-    def _snippet_logprobs(self, params, ids, weights):
+    def _rescore_rows(self, params, left, right, rows, reversed_rows):
+        """[G, C] contexts and [G, E, N] rows (-1 past a row's end) -> [G, E] summed log-probabilities."""
         from charrnn.bidirectional import BiCharRNN
         from charrnn.model import initial_carry
 
-        after = jnp.full((ids.shape[0], 1), -1, jnp.int32)
-        carry = initial_carry(self.config, ids.shape[0])
-        logits, _ = BiCharRNN(self.config).apply({"params": params}, ids, after, carry, reset_id=self.reset_id)
+        model = BiCharRNN(self.config)
+
+        def read(tokens, carry, backward):
+            return model.apply(
+                {"params": params}, tokens, carry, backward=backward, reset_id=self.reset_id, method="read"
+            )
+
+        groups, per_group, width = rows.shape
+        zero = initial_carry(self.config, groups)
+
+        # The states the context leaves (zero where there is none), one copy per row.
+        def outer_state(context, backward):  # zero where there is no context
+            _, carry = read(context, zero, backward)
+            read_any = context[:, -1:] >= 0
+            return jax.tree.map(lambda c: jnp.repeat(c * read_any, per_group, axis=0), carry)
+
+        outer = [outer_state(left, False), outer_state(right, True)]
+        flat, flat_reversed = rows.reshape(-1, width), reversed_rows.reshape(-1, width)
+        forward, _ = read(flat, outer[0], False)  # [R, N, H]: after each character
+        backward, _ = read(flat_reversed, outer[1], True)  # after each character, from the right
+        # Character k of a row of length n: the forward state after k - 1, the backward state after
+        # k + 1, that is the backward read's step n - 2 - k; the outer states at the row's two ends.
+        left_states = jnp.concatenate([outer[0][-1][0][:, None], forward[:, :-1]], axis=1)
+        right_states = jnp.concatenate([outer[1][-1][0][:, None], backward[:, :-1]], axis=1)
+        length = jnp.sum(flat >= 0, axis=1, keepdims=True)
+        where = jnp.clip(length - 1 - jnp.arange(width)[None], 0, width - 1)
+        right_states = jnp.take_along_axis(right_states, where[..., None], axis=1)
+        logits = model.apply({"params": params}, jnp.concatenate([left_states, right_states], -1), method="head")
         logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        chosen = jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
-        return jnp.sum(chosen * weights, axis=-1)
+        chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
+        return jnp.sum(jnp.where(flat >= 0, chosen, 0.0), axis=-1).reshape(groups, per_group)

@@ -177,11 +177,10 @@ class TrainedModel:
         return list(self.score_iter(lines, context=context, unknown=unknown, details=details))
 
     def checker(self) -> "Checker":
-        """A `Checker` of texts with this model (a bidirectional one), reading as training did."""
+        """A `Checker` of texts with this model (a bidirectional one)."""
         from charrnn.checking import Checker
 
-        window = self.train_config.seq_len
-        return Checker(self.params, self.model_config, self.vocab, window=window, boundary=self.boundary)
+        return Checker(self.params, self.model_config, self.vocab, boundary=self.boundary)
 
     def check(self, text: str, threshold: float | None = None) -> "list[Finding]":
         """The characters of `text` that do not fit, with the edit that fits best (charrnn.checking)."""

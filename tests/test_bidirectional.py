@@ -167,6 +167,36 @@ def test_the_validation_loss_is_the_mean_cloze_loss_over_the_split():
     assert evaluate(make_eval_step(config), params, config, single) == pytest.approx(float(nats[1:].mean()), rel=1e-5)
 
 
+@pytest.mark.parametrize("boundary", [None, "\n"])
+def test_edits_are_judged_as_one_reading_of_the_edited_text_judges_them(boundary):
+    """The check compares edits by the summed cloze log-probability of the characters around them,
+    read between the states the text on either side leaves: with the whole text as that context,
+    exactly what reading the edited text from end to end gives."""
+    rng = np.random.default_rng(3)
+    text = "".join(rng.choice(list("abcde \n"), 30))
+    vocab = Vocabulary.from_text(text + "\n")
+    config = ModelConfig(vocab_size=len(vocab), cell="lstm", bidirectional=True, lookahead=4, **SMALL)
+    params = init_params(config, jax.random.key(1))
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    checker = Checker(params, config, vocab, boundary=boundary, context=64)
+    ids = checker.encode(text)  # 32 ids: the text between two newlines
+    groups = []
+    for lo, hi in [(0, 9), (5, 14), (20, 32), (0, 32)]:
+        here = ids[lo:hi]
+        replaced, inserted = here.copy(), np.insert(here, 4, (here[4] + 1) % len(vocab))
+        replaced[3] = (here[3] + 2) % len(vocab)
+        groups.append((lo, hi, [here, replaced, np.delete(here, 2), inserted]))
+    model, reset_id = BiCharRNN(config), checker.reset_id
+    for (lo, hi, rows), sums in zip(groups, checker.judge(ids, groups), strict=True):
+        for row, got in zip(rows, sums, strict=True):
+            edited = np.concatenate([ids[:lo], row, ids[hi:]])[None].astype(np.int32)
+            logits, _ = model.apply(
+                {"params": params}, edited, np.full((1, 4), -1, np.int32), initial_carry(config, 1), reset_id=reset_id
+            )
+            logprobs = np.asarray(jax.nn.log_softmax(logits[0]))[np.arange(edited.shape[1]), edited[0]]
+            assert got == pytest.approx(float(logprobs[lo : lo + len(row)].sum()), rel=1e-5, abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def periodic_checker():
     """A bidirectional model trained until it knows `periodic_text` by heart."""
