@@ -246,7 +246,16 @@ def test_prep_prints_statistics_to_stderr(tmp_path):
     assert "(cached)" in charrnn("prep", str(path), cwd=tmp_path).stderr
 
 
-def test_bench_reports_throughput_against_the_peak(tmp_path):
+@pytest.mark.parametrize(
+    "extras",
+    [
+        ["--breakdown", "--profile", "trace"],
+        # Two more models' programs, compiled cold: half a minute of the quick suite's two cores.
+        pytest.param(["--bidirectional", "--attention", "6"], marks=pytest.mark.slow),
+    ],
+    ids=["breakdown", "bidirectional-attention"],
+)
+def test_bench_reports_throughput_against_the_peak(tmp_path, extras):
     result = charrnn(
         "bench",
         "--cell",
@@ -277,12 +286,7 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         "8",
         "--peak-size",
         "128",
-        "--bidirectional",
-        "--attention",
-        "6",
-        "--breakdown",
-        "--profile",
-        "trace",
+        *extras,
         "--json",
         "--no-startup",  # timed in fresh processes: test_bench_times_the_first_character_of_a_fresh_process
         cwd=tmp_path,
@@ -304,6 +308,14 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     score = model["score"]
     assert score["rows"] == 4 and score["length"] == 8 and score["chars_per_second"] > 0
     assert score["fraction_of_peak"] == pytest.approx(score["gflops"] / report["peak_gflops"]["float32"])
+    assert "startup" not in report
+    if "--breakdown" in extras:
+        assert_breakdown(model, tmp_path)
+    if "--bidirectional" in extras:
+        assert_bidirectional_and_attention(model, matmul_weights)
+
+
+def assert_breakdown(model, tmp_path):
     parts = model["breakdown"]  # each part of the step run alone: every one timed, the rest is the difference
     assert set(parts["parts"]) == set(PARTS) and all(p["seconds"] > 0 for p in parts["parts"].values())
     total = sum(p["seconds"] for p in parts["parts"].values()) + parts["rest_seconds"]
@@ -311,6 +323,10 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
     for name in ("input projections", "forward loops", "weight gradients", "output and loss"):
         assert parts["parts"][name]["fraction_of_peak"] > 0, name
     assert list((tmp_path / "trace" / "lstm-ln-float32").rglob("*.xplane.pb"))  # XLA's profiler trace
+
+
+def assert_bidirectional_and_attention(model, matmul_weights):
+    train = model["train"]
     both = model["bidirectional"]  # two stacks, the head reads both: 2 × (input + recurrent) + 32×20 + 20
     assert both["parameters"] == 160 + 2 * (512 + 1024 + 4 * 64 + 2 * 16) + 640 + 20
     # Its training FLOPs count both stacks and the look-ahead (32 characters per window of 4, forward only).
@@ -330,7 +346,6 @@ def test_bench_reports_throughput_against_the_peak(tmp_path):
         assert attended[name]["of_without"] == pytest.approx(
             attended[name]["chars_per_second"] / model[name]["chars_per_second"]
         )
-    assert "startup" not in report
 
 
 @pytest.mark.slow  # three fresh processes of `charrnn sample` and one of `--help`: half a minute on 2 cores

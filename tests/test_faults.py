@@ -110,7 +110,6 @@ import sys, time
 from pathlib import Path
 from charrnn.errors import RunError
 from charrnn.runs import Run
-from charrnn.trained import load
 print("ready", flush=True)  # imported: a slow start on a busy machine must not make a late contender
 while not Path(sys.argv[2]).exists():  # a start line, so that every contender tries at once
     time.sleep(0.001)
