@@ -29,9 +29,9 @@ from charrnn import load
 ENGLISH = "abcdefghijklmnopqrstuvwxyz"
 
 
-def held_out(path: str, chars: int, fraction: float = 0.1) -> str:
+def held_out(path: str, chars: int, skip: int = 0, fraction: float = 0.1) -> str:
     text = open(path, encoding="utf-8").read()
-    return text[len(text) - int(len(text) * fraction) :][:chars]
+    return text[len(text) - int(len(text) * fraction) :][skip : skip + chars]
 
 
 def corrupt(text: str, rate: float, seed: int, language: str, vocabulary: list[str]):
@@ -130,11 +130,12 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--thresholds", default="1,2,3,4,5,6,8")
+    parser.add_argument("--skip", type=int, default=0, help="held-out characters before the test's (another slice)")
+    parser.add_argument("--thresholds", default="default,4,6,8", help="'default': check's own")
     parser.add_argument("--hunspell", action="store_true")
     args = parser.parse_args()
     bi, lr = load(args.bidirectional), load(args.left_to_right)
-    original = held_out(args.corpus, args.chars)
+    original = held_out(args.corpus, args.chars, args.skip)
     vocabulary = [c for c in bi.vocab.chars if "\u4e00" <= c <= "\u9fff"] or list(ENGLISH)
     corrupted, errors = corrupt(original, args.rate, args.seed, args.language, vocabulary)
     kinds = {k: sum(e[3] == k for e in errors) for k in ("substitute", "insert", "delete", "swap")}
@@ -146,12 +147,13 @@ def main() -> None:
     (left,) = lr.score([corrupted], context=True, details=True, unknown="skip")
     d = left.details
     known = [i for i, c in enumerate(corrupted) if c in lr.vocab] + [len(corrupted)]  # and the newline
+    known = known[: len(d.logprob)]  # no newline scored after a text that ends with one
     gap_lr = np.full(len(corrupted) + 1, 0.0)
     gap_lr[known] = np.maximum(np.log(d.top_probs[:, 0]) - d.logprob, 0.0)
     surprisal = np.full(len(corrupted) + 1, 0.0)
     surprisal[known] = -d.logprob
     rows = []
-    for threshold in [float(t) for t in args.thresholds.split(",")]:
+    for threshold in [checker.threshold if t == "default" else float(t) for t in args.thresholds.split(",")]:
         started = time.perf_counter()
         findings = checker.check(corrupted, threshold, judged=judged)
         seconds = cloze_seconds + time.perf_counter() - started

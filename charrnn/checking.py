@@ -5,7 +5,14 @@ read its windows (the forward state carried, the backward stack reading each win
 look-ahead), in many streams side by side, with a newline before and after the text as context.
 The windows are longer than training's (`WINDOW`), so the look-ahead, read once per window, is a
 smaller share of the work, and each stream starts after a shorter burn-in (`BURN_IN`).
-A place is reported when an edit there would make the text more likely by over `threshold` nats.
+A place is reported when an edit there would make the text more likely by over `threshold` nats,
+or when its character is so unlikely (surprisal over `threshold`) that it is taken for an error even
+though none of the edits tried fits better. The default threshold is ln(vocabulary size) + `PRIOR`:
+a noisy channel's reasoning, where a mistyped character is any of the vocabulary's and mistakes are
+rare, so that a model with 6,000 characters needs more evidence than one with 65. A place whose text
+(the edited characters and `REPEAT_CONTEXT` on each side) occurs again elsewhere in the text,
+unchanged, is left out by default: a writer's repeated string is meant (a name, a term the model
+never saw), a typo seldom repeats itself.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
 replacing it, deleting it, or inserting a character before it would gain. A run of adjacent
@@ -36,7 +43,8 @@ from charrnn.config import ModelConfig
 from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
-THRESHOLD = 8.0  # nats an edit must gain to be reported: the default, by measurement (docs/checking.md)
+PRIOR = 3.5  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
+REPEAT_CONTEXT = 2  # characters on each side of a place that must recur with it for it to count as meant
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
 TOP = 5  # likeliest characters kept per position
 CONTEXT = 32  # characters read on each side of an edit's neighbourhood when edits are compared
@@ -202,6 +210,18 @@ def cloze(
     return Cloze(*columns).sliced(slice(1, None))
 
 
+def _peaks(flagged: np.ndarray, values: np.ndarray) -> list[int]:
+    """The index of the largest value in each run of adjacent flagged places."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flagged.astype(np.int8), [0]])))
+    return [int(a + np.argmax(values[a:b])) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _recurs(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end], with REPEAT_CONTEXT characters on each side, occurs twice in `text`."""
+    piece = text[max(0, start - REPEAT_CONTEXT) : end + REPEAT_CONTEXT]
+    return text.find(piece, text.find(piece) + 1) >= 0
+
+
 def _edits(text: str, i: int, alternatives: list[str], inserted: list[str]) -> Iterator[tuple[str, str, int, int]]:
     """(edit, suggestion, start, end): the edits tried at text[i], replacing text[start:end]."""
     char = text[i]
@@ -239,6 +259,7 @@ class Checker:
         self.reset_id = vocab.index.get(boundary) if boundary else None
         self.newline = vocab.index.get("\n", 0)
         self.context = context
+        self.threshold = math.log(model_config.vocab_size) + PRIOR  # the default
         self._rescore = jax.jit(self._rescore_rows)
 
     def encode(self, text: str) -> np.ndarray:
@@ -259,11 +280,20 @@ class Checker:
         return full.sliced(slice(None, -1))  # the closing newline is context
 
     def check(
-        self, text: str, threshold: float = THRESHOLD, *, suggest: bool = True, judged: Cloze | None = None
+        self,
+        text: str,
+        threshold: float | None = None,
+        *,
+        suggest: bool = True,
+        repeated: bool = False,
+        judged: Cloze | None = None,
     ) -> list[Finding]:
         """The places in `text` where an edit would make it more likely by over `threshold` nats
-        (see the module's docstring), with that edit (left out if not `suggest`); characters the
-        model never saw are always reported. `judged`: the text's `cloze`, if the caller has it."""
+        (default `self.threshold`), or whose character's surprisal is over it (see the module's
+        docstring), with the edit that fits best (left out if not `suggest`); places whose text recurs
+        unchanged are left out unless `repeated`; characters the model never saw are always reported.
+        `judged`: the text's `cloze`, if the caller has it."""
+        threshold = self.threshold if threshold is None else threshold
         if not (threshold >= 0 and math.isfinite(threshold)):
             raise UsageError(f"{{threshold}} must be a number >= 0, not {threshold}", settings={"threshold": threshold})
         if not text:
@@ -272,23 +302,17 @@ class Checker:
         replace, delete, insert = judged.edit_estimates()
         unknown = np.array([c not in self.vocab for c in text])
         estimate = np.maximum(np.maximum(replace, delete), insert) + np.where(unknown, np.inf, 0.0)
-        flagged = estimate > threshold * CANDIDATE_FRACTION
-        spots = []  # the likeliest place of each run of flagged characters
-        i = 0
-        while i < len(text):
-            if flagged[i]:
-                j = i
-                while j + 1 < len(text) and flagged[j + 1]:
-                    j += 1
-                spots.append(i + int(np.argmax(estimate[i : j + 1])))
-                i = j + 1
-            else:
-                i += 1
+        spots = _peaks(estimate > threshold * CANDIDATE_FRACTION, estimate)
         chars = self.vocab.chars
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in spots}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in spots}
         edits = self._best_edits(text, spots, alternatives, inserted)  # confirms deletions and insertions
-        spots = [s for s in spots if unknown[s] or edits.get(s, ("", "", 0.0))[2] > threshold]
+        edited = [s for s in spots if unknown[s] or edits.get(s, ("", "", 0.0))[2] > threshold]
+        surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
+        near_edited = {s + k for s in edited for k in (-1, 0, 1)}
+        spots = sorted(edited + [s for s in _peaks(surprisal > threshold, surprisal) if s not in near_edited])
+        if not repeated:
+            spots = [s for s in spots if unknown[s] or not _recurs(text, *edits.get(s, (0, 0, 0, (s, s + 1)))[3])]
         edits = edits if suggest else {}
         line_starts = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10) + 1
         findings = []
@@ -303,7 +327,7 @@ class Checker:
                     column=column,
                     char=text[s],
                     prob=0.0 if unknown[s] else float(np.exp(judged.logprob[s])),
-                    best=alternatives[s][0],
+                    best=chars[judged.top_ids[s, 0]],
                     best_prob=float(judged.top_probs[s, 0]),
                     edit=edit,
                     suggestion=suggestion,

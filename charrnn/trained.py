@@ -182,11 +182,9 @@ class TrainedModel:
 
         return Checker(self.params, self.model_config, self.vocab, boundary=self.boundary)
 
-    def check(self, text: str, threshold: float | None = None) -> "list[Finding]":
+    def check(self, text: str, threshold: float | None = None, *, repeated: bool = False) -> "list[Finding]":
         """The characters of `text` that do not fit, with the edit that fits best (charrnn.checking)."""
-        from charrnn.checking import THRESHOLD
-
-        return self.checker().check(text, THRESHOLD if threshold is None else threshold)
+        return self.checker().check(text, threshold, repeated=repeated)
 
     def eval(self, text: str | None = None, *, streams: int = 1, unknown: str = "error") -> EvalResult:
         """The loss over `text` read with carried state (its first character predicted after a

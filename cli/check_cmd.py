@@ -48,11 +48,20 @@ def check(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Report a place when an edit there makes the text this many nats more likely (lower finds "
-            "more). [default: 8]",
+            help="Report a place when an edit there makes the text this many nats more likely, or its "
+            "character's surprisal is over this many nats (lower finds more). [default: ln(vocabulary size) + 3.5: "
+            "7.7 for 65 characters]",
             show_default=False,
         ),
     ] = None,
+    repeated: Annotated[
+        bool,
+        typer.Option(
+            "--repeated",
+            help="Also report places whose text occurs again elsewhere unchanged (by default taken to be meant: "
+            "a name, a term).",
+        ),
+    ] = False,
     output_format: Annotated[
         str | None,
         typer.Option(
@@ -84,10 +93,7 @@ def check(
 
     Example: charrnn train notes.txt --bidirectional && charrnn check draft.txt
     """
-    from charrnn.checking import THRESHOLD
-
-    threshold = THRESHOLD if threshold is None else threshold
-    if not (threshold >= 0 and threshold < float("inf")):
+    if threshold is not None and not (threshold >= 0 and threshold < float("inf")):
         raise UsageError(f"--threshold must be a number >= 0, not {threshold}")
     flags = [name for name, on in (("json", as_json), ("show", show)) if on]
     if len(flags) > 1:
@@ -106,7 +112,8 @@ def check(
     text = read_text(stream, label)
     label = "-" if label == "standard input" else label
     judged = checker.cloze(text)
-    findings = checker.check(text, threshold, judged=judged)
+    threshold = checker.threshold if threshold is None else threshold
+    findings = checker.check(text, threshold, repeated=repeated, judged=judged)
     WRITERS[output_format](sys.stdout, label, text, judged, findings)
     sys.stdout.flush()
     if html is not None:

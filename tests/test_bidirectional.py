@@ -6,6 +6,7 @@ stacks gives the same scores); and by use: a model trained on a periodic text fi
 into it, and every command that cannot use such a model says so in one line.
 """
 
+import dataclasses
 import json
 import re
 
@@ -232,6 +233,25 @@ def test_a_model_of_a_periodic_text_finds_an_error_put_into_it(periodic_checker,
     assert abs(finding.offset - where) <= 1 and (finding.line, finding.column) == (1, finding.offset + 1)
     assert (finding.edit, finding.suggestion) == edit
     assert periodic_checker.check(periodic_text(200), threshold=1.0) == []  # nothing in the text as it should be
+
+
+def test_an_error_the_text_repeats_is_taken_to_be_meant_unless_repeats_are_asked_for(periodic_checker):
+    text = "hello world, hello wdrld, hello world, hello wdrld, hello world, "
+    assert periodic_checker.check(text, threshold=1.0) == []  # " wdrl" twice: a name, say
+    findings = periodic_checker.check(text, threshold=1.0, repeated=True)
+    assert [(f.offset, f.edit, f.suggestion) for f in findings] == [(20, "replace", "o"), (46, "replace", "o")]
+
+
+def test_a_character_far_too_unlikely_is_reported_where_no_edit_fits_better(periodic_checker):
+    text = periodic_text(60)
+    judged = periodic_checker.cloze(text)
+    logprob = judged.logprob.copy()
+    logprob[30] = -20.0  # as if the reading found text[30] most unlikely; every edit of it reads worse
+    findings = periodic_checker.check(
+        text, threshold=5.0, repeated=True, judged=dataclasses.replace(judged, logprob=logprob)
+    )
+    assert [(f.offset, f.edit, f.char) for f in findings] == [(30, "", text[30])]
+    assert findings[0].prob == pytest.approx(np.exp(-20.0))
 
 
 # -- the commands ------------------------------------------------------------------------------------
