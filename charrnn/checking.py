@@ -16,9 +16,10 @@ never saw), a typo seldom repeats itself.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
 replacing it, deleting it, or inserting a character before it would gain. A run of adjacent
-characters whose best estimate passes `CANDIDATE_FRACTION` of the threshold is one candidate,
-and the edits near it are tried: the model's likeliest replacements, deleting the character,
-inserting the likeliest characters before it, swapping it with a neighbour. Each edit is judged by
+characters whose best estimate passes `CANDIDATE_FRACTION` of the threshold is one candidate;
+at its places where each kind of edit is estimated to gain most, the edits are tried: the model's
+likeliest replacements, deleting the character, inserting the likeliest characters before it,
+swapping it with a neighbour. Each edit is judged by
 how much it raises the summed cloze log-probability of the characters around it (a
 pseudo-log-likelihood of the candidate's neighbourhood, as it is and as each edit writes it). All
 of a candidate's versions are read between the same two states, those the `CONTEXT` characters on
@@ -210,10 +211,15 @@ def cloze(
     return Cloze(*columns).sliced(slice(1, None))
 
 
+def _runs(flagged: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of adjacent flagged places."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flagged.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
 def _peaks(flagged: np.ndarray, values: np.ndarray) -> list[int]:
     """The index of the largest value in each run of adjacent flagged places."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flagged.astype(np.int8), [0]])))
-    return [int(a + np.argmax(values[a:b])) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    return [a + int(np.argmax(values[a:b])) for a, b in _runs(flagged)]
 
 
 def _recurs(text: str, start: int, end: int) -> bool:
@@ -302,11 +308,18 @@ class Checker:
         replace, delete, insert = judged.edit_estimates()
         unknown = np.array([c not in self.vocab for c in text])
         estimate = np.maximum(np.maximum(replace, delete), insert) + np.where(unknown, np.inf, 0.0)
-        spots = _peaks(estimate > threshold * CANDIDATE_FRACTION, estimate)
+        runs = _runs(estimate > threshold * CANDIDATE_FRACTION)
         chars = self.vocab.chars
-        alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in spots}
-        inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in spots}
-        edits = self._best_edits(text, spots, alternatives, inserted)  # confirms deletions and insertions
+        # Each run's places where each kind of edit is estimated to gain most: the estimates are rough.
+        tried = sorted({a + int(np.argmax(kind[a:b])) for a, b in runs for kind in (replace, delete, insert, estimate)})
+        alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in tried}
+        inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
+        edits = self._best_edits(text, tried, alternatives, inserted)  # confirms deletions and insertions
+
+        def place(a: int, b: int) -> int:  # a run's place: its best edit's, or where the estimate is highest
+            return max(range(a, b), key=lambda p: (edits[p][2] if p in edits else -math.inf, estimate[p]))
+
+        spots = [place(a, b) for a, b in runs]
         edited = [s for s in spots if unknown[s] or edits.get(s, ("", "", 0.0))[2] > threshold]
         surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
         near_edited = {s + k for s in edited for k in (-1, 0, 1)}

@@ -122,7 +122,7 @@ def check(
         title = f"{label} checked by {model.run.directory} (checkpoint {model.step})"
         page = check_page(text, judged, findings, model.vocab, title)
         write_atomically(html, lambda target: target.write_text(page, encoding="utf-8"))
-    console.info(f"checked {len(text):,} characters: {len(findings):,} flagged (threshold {threshold:g} nats)")
+    console.info(f"checked {len(text):,} characters: {len(findings):,} flagged (threshold {threshold:.3g} nats)")
     if exit_code and findings:
         raise typer.Exit(1)
 
