@@ -13,9 +13,14 @@ os.environ.setdefault("CHARRNN_PLAIN", "1")
 
 
 def pytest_configure(config):
-    """One XLA compilation cache for the whole session, in-process and in every `charrnn` the tests
-    start: the same tiny models are compiled once, not once per test (each test's CHARRNN_CACHE is
-    its own, so the cache would otherwise start empty every time)."""
+    """Quick compiles, and one XLA compilation cache for the whole session, in-process and in every
+    `charrnn` the tests start: the same tiny models are compiled once, not once per test (each
+    test's CHARRNN_CACHE is its own, so the cache would otherwise start empty every time)."""
+    # The tests' models are tiny, so their time goes to compiling, not running: LLVM's optimisation
+    # passes are skipped (XLA's own graph optimisations still run). Results are compared with
+    # references and tolerances, never with bits an optimised build produced.
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         config.charrnn_xla_cache = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="charrnn-xla-")
 
