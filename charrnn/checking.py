@@ -261,6 +261,8 @@ class Checker:
                 "checking text needs a bidirectional model (train one with --bidirectional); "
                 "a left-to-right model's surprisal view is `charrnn score --show`"
             )
+        if context < 1:
+            raise UsageError("{context} must be at least 1", settings={"context": context})
         self.params, self.config, self.vocab, self.window = params, model_config, vocab, window
         self.reset_id = vocab.index.get(boundary) if boundary else None
         self.newline = vocab.index.get("\n", 0)

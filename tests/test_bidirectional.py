@@ -21,6 +21,7 @@ from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
 from charrnn.checking import Checker
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import UsageError
 from charrnn.kinds import kind_of
 from charrnn.model import init_params, initial_carry
 from charrnn.step import create_state, evaluate, make_eval_step, make_train_step
@@ -240,6 +241,11 @@ def test_an_error_the_text_repeats_is_taken_to_be_meant_unless_repeats_are_asked
     assert periodic_checker.check(text, threshold=1.0) == []  # " wdrl" twice: a name, say
     findings = periodic_checker.check(text, threshold=1.0, repeated=True)
     assert [(f.offset, f.edit, f.suggestion) for f in findings] == [(20, "replace", "o"), (46, "replace", "o")]
+
+
+def test_a_checker_reads_at_least_one_character_of_context(periodic_checker):
+    with pytest.raises(UsageError, match="^context=0 must be at least 1$"):
+        Checker(periodic_checker.params, periodic_checker.config, periodic_checker.vocab, context=0)
 
 
 def test_a_character_far_too_unlikely_is_reported_where_no_edit_fits_better(periodic_checker):
