@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from conftest import charrnn_in_process
+from conftest import charrnn_in_process, periodic_text
 from test_scoring import home  # noqa: F401 (a tiny run trained on lines of words: runs/words)
 
 import charrnn
@@ -23,10 +23,10 @@ openai = pytest.importorskip("openai")
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 
 
-def start_server(home, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`charrnn serve ARGS` on a free port; the process and its base URL, once it serves."""
+def start_server(home, *args: str, env: dict | None = None, run: str = "runs/words") -> tuple[subprocess.Popen, str]:
+    """`charrnn serve RUN ARGS` on a free port; the process and its base URL, once it serves."""
     process = subprocess.Popen(
-        [*CHARRNN, "serve", "runs/words", "--port", "0", *args],
+        [*CHARRNN, "serve", run, "--port", "0", *args],
         cwd=home,
         stderr=subprocess.PIPE,
         text=True,
@@ -121,6 +121,30 @@ def test_concurrent_requests_get_the_text_each_gets_alone(server):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # 4 slots: two wait in the queue
         together = list(pool.map(complete, asked))
     assert together == alone and len(set(alone)) == 6
+
+
+def test_a_model_with_attention_serves_each_request_the_text_it_gets_alone(tmp_path):
+    """Slots share one batch and are reused: each stream's attention memory must be its own and
+    start empty, as in `charrnn sample`."""
+    (tmp_path / "text.txt").write_text(periodic_text(2000))
+    tiny = ["--layers", "1", "--hidden", "16", "--embed", "8", "-b", "4", "-t", "8", "--steps", "30"]
+    charrnn_in_process("train", "text.txt", "--out", "runs/att", *tiny, "--attention", "12", cwd=tmp_path)
+    model = charrnn.load(tmp_path / "runs" / "att")
+    alone = [model.sample(60, prime="hel", temperature=1.5, seed=s) for s in range(4)]
+    process, url = start_server(tmp_path, "--max-streams", "2", "--queue", "4", run="runs/att")
+    try:
+
+        def complete(seed):
+            body = {"model": "att", "prompt": "hel", "max_tokens": 60, "temperature": 1.5, "seed": seed}
+            response = httpx.post(url + "/v1/completions", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["text"]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 2 slots: each serves two requests in turn
+            together = list(pool.map(complete, range(4)))
+    finally:
+        stop(process)
+    assert together == alone and len(set(alone)) == 4
 
 
 def gauges(server) -> tuple[int, int]:
