@@ -57,6 +57,7 @@ BURN_IN = 64  # characters of the text before each stream's first that the strea
 JUDGED_GROUPS = 64  # places whose edits are judged per compiled call
 EDITS_PER_PLACE = 9  # the text as it is and at most 8 edits (`_edits`)
 ROW_WIDTH = 2 * AROUND + 4  # the longest edited neighbourhood: text[s-1 : s+2] with an insertion, AROUND beyond
+Progress = Callable[[str, int, int], None]  # (stage: "reading" or "judging", done, total), as work completes
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def cloze(
     streams: int = STREAMS,
     reset_id: int | None = None,
     burn_in: int = BURN_IN,
+    progress: Progress | None = None,
 ) -> Cloze:
     """The cloze log-probability of every id of `ids` after the first (the first is context only),
     read as training reads: `streams` side by side (each after `burn_in` characters of the one
@@ -203,7 +205,9 @@ def cloze(
     for (chars, after, weights), (positions, _, _) in zip(windows, where, strict=True):
         carry, *out = step(params, carry, chars, after)  # dispatched ahead; fetched below
         outputs.append((out, positions, weights))
-    for out, positions, weights in outputs:
+    for done, (out, positions, weights) in enumerate(outputs, 1):
+        if progress is not None:
+            progress("reading", done, len(outputs))
         counted = weights > 0
         at = positions[counted]
         for column, values in zip(columns, out, strict=True):
@@ -279,12 +283,13 @@ class Checker:
         closing = self.newline if "\n" in self.vocab else -1
         return np.concatenate([[self.newline], body, [closing]]).astype(np.int32)
 
-    def cloze(self, text: str) -> Cloze:
+    def cloze(self, text: str, progress: Progress | None = None) -> Cloze:
         """Every character of `text`, judged given both sides."""
         if not text:
             return Cloze(np.zeros(0, np.float32), np.zeros((0, TOP), np.int32), np.zeros((0, TOP), np.float32))
 
-        full = cloze(self.params, self.config, self.encode(text), window=self.window, reset_id=self.reset_id)
+        ids = self.encode(text)
+        full = cloze(self.params, self.config, ids, window=self.window, reset_id=self.reset_id, progress=progress)
         return full.sliced(slice(None, -1))  # the closing newline is context
 
     def check(
@@ -295,18 +300,19 @@ class Checker:
         suggest: bool = True,
         repeated: bool = False,
         judged: Cloze | None = None,
+        progress: Progress | None = None,
     ) -> list[Finding]:
         """The places in `text` where an edit would make it more likely by over `threshold` nats
         (default `self.threshold`), or whose character's surprisal is over it (see the module's
         docstring), with the edit that fits best (left out if not `suggest`); places whose text recurs
         unchanged are left out unless `repeated`; characters the model never saw are always reported.
-        `judged`: the text's `cloze`, if the caller has it."""
+        `judged`: the text's `cloze`, if the caller has it; `progress` is told of the work done."""
         threshold = self.threshold if threshold is None else threshold
         if not (threshold >= 0 and math.isfinite(threshold)):
             raise UsageError(f"{{threshold}} must be a number >= 0, not {threshold}", settings={"threshold": threshold})
         if not text:
             return []
-        judged = self.cloze(text) if judged is None else judged
+        judged = self.cloze(text, progress) if judged is None else judged
         replace, delete, insert = judged.edit_estimates()
         unknown = np.array([c not in self.vocab for c in text])
         estimate = np.maximum(np.maximum(replace, delete), insert) + np.where(unknown, np.inf, 0.0)
@@ -316,7 +322,7 @@ class Checker:
         tried = sorted({a + int(np.argmax(kind[a:b])) for a, b in runs for kind in (replace, delete, insert, estimate)})
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in tried}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
-        edits = self._best_edits(text, tried, alternatives, inserted)  # confirms deletions and insertions
+        edits = self._best_edits(text, tried, alternatives, inserted, progress)  # confirms deletions and insertions
 
         def place(a: int, b: int) -> int:  # a run's place: its best edit's, or where the estimate is highest
             return max(range(a, b), key=lambda p: (edits[p][2] if p in edits else -math.inf, estimate[p]))
@@ -356,7 +362,9 @@ class Checker:
         return findings
 
     # -- which edit ----------------------------------------------------------------------------
-    def _best_edits(self, text: str, spots: list[int], alternatives: dict, inserted: dict) -> dict[int, tuple]:
+    def _best_edits(
+        self, text: str, spots: list[int], alternatives: dict, inserted: dict, progress: Progress | None = None
+    ) -> dict[int, tuple]:
         """Each spot's best edit (edit, suggestion, gain, span), if one gains over EDIT_MARGIN."""
         ids = self.encode(text)  # position p of `ids` is character p - 1 of the text
         groups, edits = [], []
@@ -368,7 +376,7 @@ class Checker:
             groups.append((lo, hi, rows))
             edits.append(tried)
         best: dict[int, tuple] = {}
-        for s, tried, sums in zip(spots, edits, self.judge(ids, groups), strict=True):
+        for s, tried, sums in zip(spots, edits, self.judge(ids, groups, progress), strict=True):
             for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
                 gain = total - sums[0]
                 if gain > EDIT_MARGIN and gain > best.get(s, ("", "", -math.inf))[2]:
@@ -379,7 +387,9 @@ class Checker:
         fallback = self.vocab.unknown_id if self.vocab.unknown_id is not None else self.newline
         return np.fromiter((self.vocab.index.get(c, fallback) for c in chars), np.int32, count=len(chars))
 
-    def judge(self, ids: np.ndarray, groups: list[tuple[int, int, list[np.ndarray]]]) -> list[list[float]]:
+    def judge(
+        self, ids: np.ndarray, groups: list[tuple[int, int, list[np.ndarray]]], progress: Progress | None = None
+    ) -> list[list[float]]:
         """For each group (lo, hi, rows), rows being versions of ids[lo:hi] (edited or not): the summed
         cloze log-probability of each row's characters, read between the model's states after the
         `context` characters before lo and after hi, so every row of a group has the same context."""
@@ -404,6 +414,8 @@ class Checker:
                     rows[g, r, : len(row)], reversed_rows[g, r, : len(row)] = row, row[::-1]
             totals = np.asarray(self._rescore(self.params, left, right, rows, reversed_rows))
             sums.extend(totals[g, : len(versions)].tolist() for g, (_, _, versions) in enumerate(part))
+            if progress is not None:
+                progress("judging", len(sums), len(groups))
         return sums
 
     def _rescore_rows(self, params, left, right, rows, reversed_rows):

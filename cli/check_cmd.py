@@ -111,9 +111,16 @@ def check(
     checker = model.checker()  # refuses a left-to-right model before reading the text
     text = read_text(stream, label)
     label = "-" if label == "standard input" else label
-    judged = checker.cloze(text)
+    ticker = console.PlainTicker()
+    ticker.due()  # the first progress line after ten seconds, not at once
+
+    def progress(stage: str, done: int, total: int) -> None:  # long work shows progress, on stderr
+        if ticker.due():
+            console.info(f"check: {stage} {done / total:.0%}")
+
+    judged = checker.cloze(text, progress)
     threshold = checker.threshold if threshold is None else threshold
-    findings = checker.check(text, threshold, repeated=repeated, judged=judged)
+    findings = checker.check(text, threshold, repeated=repeated, judged=judged, progress=progress)
     WRITERS[output_format](sys.stdout, label, text, judged, findings)
     sys.stdout.flush()
     if html is not None:

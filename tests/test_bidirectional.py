@@ -243,6 +243,20 @@ def test_an_error_the_text_repeats_is_taken_to_be_meant_unless_repeats_are_asked
     assert [(f.offset, f.edit, f.suggestion) for f in findings] == [(20, "replace", "o"), (46, "replace", "o")]
 
 
+def test_a_check_reports_its_progress_to_the_end(periodic_checker):
+    reports = []
+    text = periodic_text(300).replace("world", "wrold", 3)
+    findings = periodic_checker.check(
+        text, threshold=1.0, repeated=True, progress=lambda *report: reports.append(report)
+    )
+    assert len(findings) == 3
+    for stage in ("reading", "judging"):
+        done = [(d, t) for s, d, t in reports if s == stage]
+        assert done and done[-1][0] == done[-1][1] and [d for d, _ in done] == sorted(d for d, _ in done), reports
+    stages = [s for s, *_ in reports]
+    assert stages == sorted(stages, key=["reading", "judging"].index)
+
+
 def test_a_checker_reads_at_least_one_character_of_context(periodic_checker):
     with pytest.raises(UsageError, match="^context=0 must be at least 1$"):
         Checker(periodic_checker.params, periodic_checker.config, periodic_checker.vocab, context=0)
