@@ -324,8 +324,8 @@ class Checker:
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
         edits = self._best_edits(text, tried, alternatives, inserted, progress)  # confirms deletions and insertions
 
-        def place(a: int, b: int) -> int:  # a run's place: its best edit's, or where the estimate is highest
-            return max(range(a, b), key=lambda p: (edits[p][2] if p in edits else -math.inf, estimate[p]))
+        def place(a: int, b: int) -> int:  # a run's place: an unknown character, the best edit's, the top estimate
+            return max(range(a, b), key=lambda p: (unknown[p], edits[p][2] if p in edits else -math.inf, estimate[p]))
 
         spots = [place(a, b) for a, b in runs]
         edited = [s for s in spots if unknown[s] or edits.get(s, ("", "", 0.0))[2] > threshold]
