@@ -250,7 +250,7 @@ def test_prep_prints_statistics_to_stderr(tmp_path):
     "extras",
     [
         ["--breakdown", "--profile", "trace"],
-        # Two more models' programs, compiled cold: half a minute of the quick suite's two cores.
+        # Two more models' programs, compiled cold: the slowest part of this test, so kept out of the quick suite.
         pytest.param(["--bidirectional", "--attention", "6"], marks=pytest.mark.slow),
     ],
     ids=["breakdown", "bidirectional-attention"],
@@ -348,7 +348,7 @@ def assert_bidirectional_and_attention(model, matmul_weights):
         )
 
 
-@pytest.mark.slow  # three fresh processes of `charrnn sample` and one of `--help`: half a minute on 2 cores
+@pytest.mark.slow  # three fresh processes of `charrnn sample` and one of `--help`, each importing JAX
 def test_bench_times_the_first_character_of_a_fresh_process(tmp_path):
     tiny = ["--layers", "1", "--hidden", "16", "--embed", "8", "--vocab", "20", "-b", "2", "-t", "4", "--steps", "1"]
     args = [*tiny, "--streams", "1", "--chunk", "8", "--score-rows", "1", "--score-length", "8", "--peak-size", "64"]

@@ -58,7 +58,7 @@ def test_four_devices_give_the_losses_of_one(four_devices):
         np.testing.assert_allclose([four[kind][s] for s in steps], [one[kind][s] for s in steps], **TOLERANCE)
 
 
-@pytest.mark.slow  # half a minute more; the bidirectional model's sharding is the left-to-right one's, twice
+@pytest.mark.slow  # more programs to compile; the bidirectional model's sharding is the left-to-right one's, twice
 def test_a_bidirectional_model_trains_on_four_devices_as_on_one(tmp_path):
     runs = on_four_devices(tmp_path, "bidirectional")
     one, four = runs["one"], runs["four"]
