@@ -215,6 +215,12 @@ def cloze(
     return Cloze(*columns).sliced(slice(1, None))
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a threshold that is not a number >= 0, by name (callers check before loading a model)."""
+    if not (threshold >= 0 and math.isfinite(threshold)):
+        raise UsageError(f"{{threshold}} must be a number >= 0, not {threshold}", settings=["threshold"])
+
+
 def _runs(flagged: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) of each run of adjacent flagged places."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], flagged.astype(np.int8), [0]])))
@@ -308,8 +314,7 @@ class Checker:
         unchanged are left out unless `repeated`; characters the model never saw are always reported.
         `judged`: the text's `cloze`, if the caller has it; `progress` is told of the work done."""
         threshold = self.threshold if threshold is None else threshold
-        if not (threshold >= 0 and math.isfinite(threshold)):
-            raise UsageError(f"{{threshold}} must be a number >= 0, not {threshold}", settings={"threshold": threshold})
+        check_threshold(threshold)
         if not text:
             return []
         judged = self.cloze(text, progress) if judged is None else judged

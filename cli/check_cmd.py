@@ -93,8 +93,10 @@ def check(
 
     Example: charrnn train notes.txt --bidirectional && charrnn check draft.txt
     """
-    if threshold is not None and not (threshold >= 0 and threshold < float("inf")):
-        raise UsageError(f"--threshold must be a number >= 0, not {threshold}")
+    if threshold is not None:
+        from charrnn.checking import check_threshold
+
+        check_threshold(threshold)  # before a model loads
     flags = [name for name, on in (("json", as_json), ("show", show)) if on]
     if len(flags) > 1:
         raise UsageError("give --show or --json, not both")

@@ -8,6 +8,7 @@ into it, and every command that cannot use such a model says so in one line.
 
 import dataclasses
 import json
+import math
 import re
 
 import jax
@@ -260,6 +261,12 @@ def test_a_check_reports_its_progress_to_the_end(periodic_checker):
 def test_a_checker_reads_at_least_one_character_of_context(periodic_checker):
     with pytest.raises(UsageError, match="^context=0 must be at least 1$"):
         Checker(periodic_checker.params, periodic_checker.config, periodic_checker.vocab, context=0)
+
+
+@pytest.mark.parametrize("threshold", [-1.0, math.nan, math.inf])
+def test_a_threshold_that_is_not_a_number_at_least_0_is_refused_by_name(periodic_checker, threshold):
+    with pytest.raises(UsageError, match=f"^threshold must be a number >= 0, not {threshold}$"):
+        periodic_checker.check("abc", threshold)
 
 
 def test_a_character_far_too_unlikely_is_reported_where_no_edit_fits_better(periodic_checker):
