@@ -37,8 +37,8 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
-def load(path: str, val_fraction: float) -> tuple[np.ndarray, np.ndarray, int]:
-    text = Path(path).read_text(encoding="utf-8")
+def load(path: str, val_fraction: float, errors: str = "strict") -> tuple[np.ndarray, np.ndarray, int]:
+    text = Path(path).read_bytes().decode("utf-8", errors)  # every character, \r included, as charrnn reads it
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     ids = np.array([index[c] for c in text], dtype=np.int64)
@@ -118,11 +118,13 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="held out at the end, as charrnn's")
+    parser.add_argument("--errors", default="strict", help="undecodable bytes: strict or replace, as charrnn's")
     parser.add_argument("--val-burn-in", type=int, default=256, help="context read before each validation stream")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    train_ids, val_ids, vocab = load(args.text, 0.1)
+    train_ids, val_ids, vocab = load(args.text, args.val_fraction, args.errors)
     streams, windows = training_windows(train_ids, args.batch_size, args.seq_len)
     streams = torch.from_numpy(streams)
     val_windows = evaluation_windows(val_ids, args.batch_size, args.seq_len, args.val_burn_in)
