@@ -149,10 +149,15 @@ def _recurrence_backward(cell, residuals, cotangents):
         d_carry = (d_carry[0] + d_h_out, *d_carry[1:])
         grads = cell.step_backward(saved_t, prev_t, new_t, d_carry, params)
         d_hp = grads.d_xp if grads.d_hp is None else grads.d_hp
-        d_hw = d_hp if grads.d_hw is None else grads.d_hw
+        # Rounded to the compute dtype once, here: its only readers are matmuls that read it so (this
+        # step's and the weight gradient's), and the [T, B, G*H] array the loop writes is half the size.
+        d_hw = _operand(d_hp if grads.d_hw is None else grads.d_hw, cell.compute_dtype)
         d_prev = (grads.d_prev[0] + _masked(matmul(d_hw, w_t, cell.compute_dtype), mask), *grads.d_prev[1:])
         d_params = jax.tree.map(jnp.add, d_params, grads.d_params)
-        return (_reset(d_prev, keep_t), d_params), (grads.d_xp, grads.d_hp, grads.d_hw)
+        # Each distinct array stored once; None: d_hp is d_hw (rounded), d_xp is d_hp.
+        stored_hp = None if grads.d_hw is None else d_hp
+        stored_xp = None if grads.d_hp is None else grads.d_xp
+        return (_reset(d_prev, keep_t), d_params), (stored_xp, stored_hp, d_hw)
 
     (d_carry0, d_params), (d_xp, d_hp, d_hw) = jax.lax.scan(
         body,
@@ -161,8 +166,8 @@ def _recurrence_backward(cell, residuals, cotangents):
         reverse=True,
         unroll=cell.unroll,
     )
-    d_hp = d_xp if d_hp is None else d_hp
-    d_hw = d_hp if d_hw is None else d_hw
+    d_hp = d_hw.astype(jnp.float32) if d_hp is None else d_hp
+    d_xp = d_hp if d_xp is None else d_xp
     # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
     d_w = weight_gradient(_masked(prevs[0], mask), d_hw, cell.compute_dtype)
     d_b = d_hp.sum(axis=(0, 1))
