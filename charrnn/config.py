@@ -47,10 +47,29 @@ MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for 
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
-# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.loop).
-LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need dropout and a moving average
-LONG_RUN_DROPOUT = 0.25
+# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.start).
+LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need a moving average of the weights
 LONG_RUN_EMA = 0.999  # the weights' moving average's decay for such runs
+DROPOUT_FREE_EPOCHS = 3.0  # up to this, no dropout: it would only slow learning
+DROPOUT_PER_DOUBLING = 0.125  # then this much more for each doubling of the planned epochs...
+MAX_AUTO_DROPOUT = 0.25  # ...up to this: more was worse at 12 and at 20 epochs (docs/measurements.md)
+
+
+def auto_dropout(epochs: float) -> float:
+    """The dropout a run of `epochs` planned epochs gets when none is given: it grows with the log of
+    the epochs, as the memorising it must hold back does (docs/measurements.md, Text quality)."""
+    if not epochs > DROPOUT_FREE_EPOCHS:
+        return 0.0
+    if math.isinf(epochs):
+        return MAX_AUTO_DROPOUT
+    return round(min(MAX_AUTO_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(epochs / DROPOUT_FREE_EPOCHS)) * 20) / 20
+
+
+AUTO_DROPOUT_RULE = (
+    f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs, then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
+    f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
+    f"at most {MAX_AUTO_DROPOUT:g}"
+)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from charrnn.config import DEFAULT_EPOCHS, LONG_RUN_DROPOUT, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig
+from charrnn.config import DEFAULT_EPOCHS, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig, auto_dropout
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
 from charrnn.errors import ConfigError, CorpusError, RunError, Warn
 from charrnn.paths import check_new_run_dir
@@ -93,10 +93,11 @@ def new_run(
     in `directory` (default: ``runs/<corpus name>``, numbered if taken), locked while the block runs.
 
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
-    are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, and, for
-    runs over `LONG_RUN_EPOCHS` epochs, dropout (unless given, or taken from a parent) and a moving
-    average of the weights (unless `ema` is given). `parent` is a run to start from (its best
-    weights; a vocabulary its characters keep their ids in; its model unless given otherwise).
+    are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, dropout by
+    the planned epochs (`auto_dropout`; unless given, or taken from a parent) and, for runs over
+    `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). `parent` is a
+    run to start from (its best weights; a vocabulary its characters keep their ids in; its model
+    unless given otherwise).
     """
     import jax
 
@@ -270,14 +271,6 @@ def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_c
         rate = bench_train(model_config, train_config, steps=3, repeats=1)["chars_per_second"]
         estimates.append(train_config.time_seconds * rate / chars_per_epoch)
     return min(estimates) if estimates else math.inf
-
-
-def auto_dropout(epochs: float) -> float:
-    """The dropout used when none is given: none for runs that see the text only a few times (it
-    would only slow learning), some for longer runs, where the default model starts to memorise a
-    small corpus; more was not better within the budgets measured (docs/measurements.md, Text
-    quality)."""
-    return LONG_RUN_DROPOUT if epochs > LONG_RUN_EPOCHS else 0.0
 
 
 def auto_ema(epochs: float) -> float:

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from charrnn.config import (
+    AUTO_DROPOUT_RULE,
     CELLS,
     DEFAULT_EPOCHS,
     DTYPES,
-    LONG_RUN_DROPOUT,
     LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
     ModelConfig,
@@ -90,7 +90,7 @@ def train(
         typer.Option(
             help=with_default(
                 "Dropout after each layer.",
-                f"0, or {LONG_RUN_DROPOUT:g} when the budget covers over {LONG_RUN_EPOCHS:g} epochs",
+                AUTO_DROPOUT_RULE,
             )
         ),
     ] = None,

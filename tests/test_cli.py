@@ -402,7 +402,7 @@ def test_shell_completion_completes_commands_and_options_without_jax():
     assert "_CHARRNN_COMPLETE=complete_bash" in script
 
 
-@pytest.mark.parametrize(("epochs", "dropout", "ema"), [("2", 0.0, 0.0), ("4.5", 0.25, 0.999)])
+@pytest.mark.parametrize(("epochs", "dropout", "ema"), [("2", 0.0, 0.0), ("4.5", 0.05, 0.999), ("12", 0.25, 0.999)])
 def test_dropout_and_the_average_follow_the_budget_unless_given(tmp_path, epochs, dropout, ema):
     (tmp_path / "text.txt").write_text(periodic_text(1200))
     small = ["--layers", "1", "--hidden", "16", "--embed", "4", "-b", "4", "--eval-every", "1000"]

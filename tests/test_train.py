@@ -8,7 +8,7 @@ from conftest import periodic_text
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import VAL_BURN_IN, ModelConfig, TrainConfig
+from charrnn.config import MAX_AUTO_DROPOUT, VAL_BURN_IN, ModelConfig, TrainConfig, auto_dropout
 from charrnn.corpus import prepare
 from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit
 from charrnn.runs import Run
@@ -37,6 +37,15 @@ def test_small_model_learns_a_periodic_text(cell):
     assert first > 2.0  # ~log(9) at the start
     assert float(metrics["loss"]) < 0.05
     assert step._cache_size() == 1  # compiled once, never retraced
+
+
+def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
+    """None for short runs; the same step for every doubling beyond; capped; no budget known: the cap."""
+    assert [auto_dropout(e) for e in (0.5, 3.0, 6.0, 12.0, 24.0)] == [0.0, 0.0, 0.1, 0.25, 0.25]
+    assert auto_dropout(1e6) == auto_dropout(math.inf) == MAX_AUTO_DROPOUT
+    epochs = np.geomspace(3.0, 100.0, 50)  # never less for a longer run
+    chosen = [auto_dropout(e) for e in epochs]
+    assert chosen == sorted(chosen)
 
 
 def test_learning_rate_schedule_warms_up_then_decays():
