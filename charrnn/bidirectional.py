@@ -102,11 +102,7 @@ class BiCharRNN(nn.Module):
 
         # Left to right over the window: the state before each character is the carry, then the outputs.
         keep = None if boundary is None else _keep(~boundary[:length])
-        h, new_carry = x[:length], []
-        for i, (layer, layer_carry) in enumerate(zip(self.layers, carry, strict=True)):
-            h, layer_carry = layer(h, layer_carry, keep, recurrent_mask(self, h.shape[1], train))
-            h = h if i == len(self.layers) - 1 else self.dropout(h, deterministic=not train)
-            new_carry.append(layer_carry)
+        h, new_carry = self._stack(self.layers, x[:length], carry, keep, train)
         left = jnp.concatenate([carry[-1][0][None].astype(h.dtype), h[:-1]], axis=0)  # [T, B, H]
 
         # Right to left over what follows each character: the look-ahead (frozen), then the window.
@@ -116,7 +112,19 @@ class BiCharRNN(nn.Module):
         if padded:
             follows = jnp.concatenate([present[1:], jnp.zeros_like(present[:1])], axis=0)[:length]
             right = right * follows[:, :, None]  # nothing after the text: no right context
-        return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1), tuple(new_carry)
+        return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1), new_carry
+
+    def _stack(
+        self, layers: list[RecurrentLayer], h: jax.Array, carry: ModelCarry, keep: jax.Array | None, train: bool
+    ) -> tuple[jax.Array, ModelCarry]:
+        """`layers` read h [T, B, E] on from `carry`, dropout between them when training -> (the top
+        layer's states [T, B, H], the carry after the last step)."""
+        new_carry = []
+        for i, (layer, layer_carry) in enumerate(zip(layers, carry, strict=True)):
+            h, layer_carry = layer(h, layer_carry, keep, recurrent_mask(self, h.shape[1], train))
+            h = h if i == len(layers) - 1 else self.dropout(h, deterministic=not train)
+            new_carry.append(layer_carry)
+        return h, tuple(new_carry)
 
     def read(
         self, tokens: jax.Array, carry: ModelCarry, *, backward: bool = False, reset_id: int | None = None
@@ -131,11 +139,8 @@ class BiCharRNN(nn.Module):
             reset = reset | (tokens == reset_id)
         keep = _keep(~reset.T)
         h = self.embed(jnp.maximum(tokens, 0).T)  # [T, B, E]
-        new_carry = []
-        for layer, layer_carry in zip(self.backward_layers if backward else self.layers, carry, strict=True):
-            h, layer_carry = layer(h, layer_carry, keep)
-            new_carry.append(layer_carry)
-        return jnp.swapaxes(h, 0, 1), tuple(new_carry)
+        h, new_carry = self._stack(self.backward_layers if backward else self.layers, h, carry, keep, train=False)
+        return jnp.swapaxes(h, 0, 1), new_carry
 
     def _backward(
         self, x: jax.Array, present: jax.Array | None, boundary: jax.Array | None, lookahead: int, train: bool

@@ -190,10 +190,11 @@ def cloze(
     from charrnn.model import initial_carry
 
     lookahead = model_config.lookahead
-    windows = cloze_windows(ids, streams, window, lookahead, burn_in=burn_in)
-    where = cloze_windows(np.arange(len(ids)), streams, window, lookahead, burn_in=burn_in)  # positions
+    # The windows of the positions, -1 past the text's end: the ids are looked up, the results put back.
+    where = cloze_windows(np.arange(len(ids)), streams, window, lookahead, burn_in=burn_in)
+    padded_ids = np.append(ids, -1).astype(np.int32)  # position -1 reads -1
     step = make_cloze_chunk(model_config, reset_id)
-    carry = initial_carry(model_config, windows[0][0].shape[0])
+    carry = initial_carry(model_config, where[0][0].shape[0])
     n = len(ids)
     columns = [np.zeros(n, np.float32), np.zeros((n, min(TOP, model_config.vocab_size)), np.int32)]
     columns += [
@@ -202,8 +203,8 @@ def cloze(
         np.zeros(n, np.int32),
     ]
     outputs = []
-    for (chars, after, weights), (positions, _, _) in zip(windows, where, strict=True):
-        carry, *out = step(params, carry, chars, after)  # dispatched ahead; fetched below
+    for positions, after, weights in where:
+        carry, *out = step(params, carry, padded_ids[positions], padded_ids[after])  # dispatched ahead; fetched below
         outputs.append((out, positions, weights))
     for done, (out, positions, weights) in enumerate(outputs, 1):
         if progress is not None:
@@ -294,7 +295,10 @@ class Checker:
         if not text:
             return Cloze(np.zeros(0, np.float32), np.zeros((0, TOP), np.int32), np.zeros((0, TOP), np.float32))
 
-        ids = self.encode(text)
+        return self._cloze(self.encode(text), progress)
+
+    def _cloze(self, ids: np.ndarray, progress: Progress | None = None) -> Cloze:
+        """`cloze` of the text `ids` encodes (`encode`)."""
         full = cloze(self.params, self.config, ids, window=self.window, reset_id=self.reset_id, progress=progress)
         return full.sliced(slice(None, -1))  # the closing newline is context
 
@@ -317,7 +321,8 @@ class Checker:
         check_threshold(threshold)
         if not text:
             return []
-        judged = self.cloze(text, progress) if judged is None else judged
+        ids = self.encode(text)
+        judged = self._cloze(ids, progress) if judged is None else judged
         replace, delete, insert = judged.edit_estimates()
         unknown = np.array([c not in self.vocab for c in text])
         estimate = np.maximum(np.maximum(replace, delete), insert) + np.where(unknown, np.inf, 0.0)
@@ -327,7 +332,8 @@ class Checker:
         tried = sorted({a + int(np.argmax(kind[a:b])) for a, b in runs for kind in (replace, delete, insert, estimate)})
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in tried}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
-        edits = self._best_edits(text, tried, alternatives, inserted, progress)  # confirms deletions and insertions
+        # The edits confirm (or not) the estimated deletions and insertions.
+        edits = self._best_edits(text, ids, tried, alternatives, inserted, progress)
 
         def place(a: int, b: int) -> int:  # a run's place: an unknown character, the best edit's, the top estimate
             return max(range(a, b), key=lambda p: (unknown[p], edits[p][2] if p in edits else -math.inf, estimate[p]))
@@ -368,10 +374,16 @@ class Checker:
 
     # -- which edit ----------------------------------------------------------------------------
     def _best_edits(
-        self, text: str, spots: list[int], alternatives: dict, inserted: dict, progress: Progress | None = None
+        self,
+        text: str,
+        ids: np.ndarray,
+        spots: list[int],
+        alternatives: dict,
+        inserted: dict,
+        progress: Progress | None = None,
     ) -> dict[int, tuple]:
-        """Each spot's best edit (edit, suggestion, gain, span), if one gains over EDIT_MARGIN."""
-        ids = self.encode(text)  # position p of `ids` is character p - 1 of the text
+        """Each spot's best edit (edit, suggestion, gain, span), if one gains over EDIT_MARGIN. `ids`:
+        the text encoded (`encode`): position p of it is character p - 1 of the text."""
         groups, edits = [], []
         for s in spots:
             lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)  # text[s-1 : s+2], AROUND beyond
