@@ -175,7 +175,7 @@ def test_sample_without_any_run_says_where_it_looked(tmp_path):
 def test_help_shows_the_defaults_it_writes_out():
     """Help texts spell some defaults out ("[default: …]"), which typer cannot show for options that default to None."""
     train = " ".join(charrnn("train", "--help").stdout.split())  # as one line: wrapped at the terminal's width
-    shown_defaults = ("[default: 32]", "[default: 0.1]", "[default: 0, or 0.25 when", "[default: 10 if no")
+    shown_defaults = ("[default: 32]", "[default: 0.1]", "[default: 0 up to 3 planned epochs", "[default: 10 if no")
     for shown in shown_defaults:
         assert shown in train
     assert "[default: a new one each call]" in charrnn("sample", "--help").stdout
