@@ -60,8 +60,6 @@ def auto_dropout(epochs: float) -> float:
     the epochs, as the memorising it must hold back does (docs/measurements.md, Text quality)."""
     if not epochs > DROPOUT_FREE_EPOCHS:
         return 0.0
-    if math.isinf(epochs):
-        return MAX_AUTO_DROPOUT
     return round(min(MAX_AUTO_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(epochs / DROPOUT_FREE_EPOCHS)) * 20) / 20
 
 
