@@ -143,10 +143,10 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
 
     def chunk(params, carry, chars, after):
         left, right, carry = model.apply({"params": params}, chars, after, carry, reset_id=reset_id, method="sides")
+        from_left, from_right = model.apply({"params": params}, left, right, method="head_halves")
 
-        def log_probs(left, right):
-            logits = model.apply({"params": params}, jnp.concatenate([left, right], axis=-1), method="head")
-            return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        def log_probs(from_left, from_right):  # the character between a left state and a right state
+            return jax.nn.log_softmax(from_left + from_right, axis=-1)
 
         def pick(logprobs, ids):
             return jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
@@ -155,10 +155,10 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
             edge = jnp.full(values[:, :1].shape, -jnp.inf, values.dtype)
             return jnp.concatenate([values, edge] if where == "end" else [edge, values], axis=1)
 
-        logprobs = log_probs(left, right)
+        logprobs = log_probs(from_left, from_right)
         top_logprobs, top_ids = jax.lax.top_k(logprobs, min(TOP, logprobs.shape[-1]))
-        hole = log_probs(left[:, :-1], right[:, 1:])  # x_k and x_k+1 taken out
-        gap = log_probs(left[:, 1:], right[:, :-1])  # nothing taken out: between x_t-1 and x_t
+        hole = log_probs(from_left[:, :-1], from_right[:, 1:])  # x_k and x_k+1 taken out
+        gap = log_probs(from_left[:, 1:], from_right[:, :-1])  # nothing taken out: between x_t-1 and x_t
         return (
             carry,
             pick(logprobs, chars),
@@ -467,7 +467,7 @@ class Checker:
         length = jnp.sum(flat >= 0, axis=1, keepdims=True)
         where = jnp.clip(length - 1 - jnp.arange(width)[None], 0, width - 1)
         right_states = jnp.take_along_axis(right_states, where[..., None], axis=1)
-        logits = model.apply({"params": params}, jnp.concatenate([left_states, right_states], -1), method="head")
-        logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        from_left, from_right = model.apply({"params": params}, left_states, right_states, method="head_halves")
+        logprobs = jax.nn.log_softmax(from_left + from_right, axis=-1)
         chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
         return jnp.sum(jnp.where(flat >= 0, chosen, 0.0), axis=-1).reshape(groups, per_group)

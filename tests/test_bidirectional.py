@@ -20,7 +20,7 @@ from test_cells import TEXTBOOK, textbook_layer
 
 from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
-from charrnn.checking import Checker
+from charrnn.checking import Checker, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.kinds import kind_of
@@ -135,6 +135,37 @@ def test_reversing_the_text_and_swapping_the_stacks_gives_the_same_scores():
     forward, _ = model.apply({"params": params}, chars, nothing_after, carry)
     backward, _ = model.apply({"params": swapped}, chars[:, ::-1], nothing_after, carry)
     np.testing.assert_allclose(forward, backward[:, ::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_checks_reading_pairs_the_states_as_the_joined_output_layer_does():
+    """The check reads each text once and pairs its states three ways through the output layer's
+    two halves (`head_halves`): each pairing must be the joined output layer of those two states."""
+    config = ModelConfig(vocab_size=9, cell="lstm", bidirectional=True, lookahead=3, **SMALL)
+    params = init_params(config, jax.random.key(7))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(8), p.shape), params)  # biases too
+    chars, after = random_inputs(9)
+    carry, model = initial_carry(config, 3), BiCharRNN(config)
+    left, right, _ = model.apply({"params": params}, chars, after, carry, method="sides")
+
+    def joined(left, right):
+        logits = model.apply({"params": params}, jnp.concatenate([left, right], axis=-1), method="head")
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    def pick(logprobs, ids):
+        return np.take_along_axis(np.asarray(logprobs), np.asarray(ids)[..., None], axis=-1)[..., 0]
+
+    _, logprob, _, top_probs, hole_first, hole_second, gap, gap_ids = make_cloze_chunk(config, None)(
+        params, carry, chars, after
+    )
+    whole = joined(left, right)
+    np.testing.assert_allclose(logprob, pick(whole, chars), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(top_probs[..., 0], np.exp(np.max(whole, axis=-1)), rtol=1e-5, atol=1e-6)
+    hole = joined(left[:, :-1], right[:, 1:])  # x_t and x_t+1 taken out
+    np.testing.assert_allclose(hole_first[:, :-1], pick(hole, chars[:, :-1]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hole_second[:, :-1], pick(hole, chars[:, 1:]), rtol=1e-5, atol=1e-5)
+    between = joined(left[:, 1:], right[:, :-1])  # a character between x_t-1 and x_t
+    np.testing.assert_allclose(gap[:, 1:], np.max(between, axis=-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(gap_ids[:, 1:], np.argmax(between, axis=-1))
 
 
 def test_cloze_windows_read_every_character_once_and_look_ahead_into_the_text():
