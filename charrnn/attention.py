@@ -104,8 +104,9 @@ def _written(memory: Memory, new: jax.Array, segment: jax.Array) -> Memory:
     valid = valid * (last == 0)
     rows = jnp.arange(entries.shape[0])[:, None]
     slots = (slot[:, None] + length - kept + jnp.arange(kept)[None, :]) % size  # [B, kept]
-    entries = entries.at[rows, slots].set(new[:, -kept:])
-    valid = valid.at[rows, slots].set((segment[:, -kept:] == last).astype(jnp.float32))
+    # The slots are distinct (kept <= size): saying so spares XLA the pass that orders duplicate writes.
+    entries = entries.at[rows, slots].set(new[:, -kept:], unique_indices=True)
+    valid = valid.at[rows, slots].set((segment[:, -kept:] == last).astype(jnp.float32), unique_indices=True)
     return entries, valid, (slot + length) % size
 
 
