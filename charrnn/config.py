@@ -52,7 +52,7 @@ LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need a moving aver
 LONG_RUN_EMA = 0.999  # the weights' moving average's decay for such runs
 DROPOUT_FREE_EPOCHS = 3.0  # up to this, no dropout: it would only slow learning
 DROPOUT_PER_DOUBLING = 0.125  # then this much more for each doubling of the planned epochs...
-MAX_AUTO_DROPOUT = 0.25  # ...up to this: more was worse at 12 and at 20 epochs (docs/measurements.md)
+MAX_AUTO_DROPOUT = 0.25  # ...up to this: more measured worse (docs/measurements.md, Text quality)
 
 
 def auto_dropout(epochs: float) -> float:
