@@ -36,10 +36,12 @@ from charrnn.recurrence import project
 Memory = tuple[jax.Array, jax.Array, jax.Array]  # entries [B, M, H], valid [B, M] (0.0 / 1.0), next slot [B]
 
 
-def empty_memory(batch: int, size: int, hidden: int) -> Memory:
-    """A memory of `size` slots, none valid yet."""
+def empty_memory(batch: int, size: int, hidden: int, dtype: str = "float32") -> Memory:
+    """A memory of `size` slots, none valid yet. Its entries are kept in the compute `dtype`: the
+    attention's matmuls read them in it anyway, so a bf16 model's numbers are the same with half
+    the memory to copy and read each window (and each sampled character)."""
     return (
-        jnp.zeros((batch, size, hidden), jnp.float32),
+        jnp.zeros((batch, size, hidden), jnp.dtype(dtype)),
         jnp.zeros((batch, size), jnp.float32),
         jnp.zeros((batch,), jnp.int32),
     )
@@ -105,7 +107,7 @@ def _written(memory: Memory, new: jax.Array, segment: jax.Array) -> Memory:
     rows = jnp.arange(entries.shape[0])[:, None]
     slots = (slot[:, None] + length - kept + jnp.arange(kept)[None, :]) % size  # [B, kept]
     # The slots are distinct (kept <= size): saying so spares XLA the pass that orders duplicate writes.
-    entries = entries.at[rows, slots].set(new[:, -kept:], unique_indices=True)
+    entries = entries.at[rows, slots].set(new[:, -kept:].astype(entries.dtype), unique_indices=True)
     valid = valid.at[rows, slots].set((segment[:, -kept:] == last).astype(jnp.float32), unique_indices=True)
     return entries, valid, (slot + length) % size
 

@@ -161,7 +161,7 @@ def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
     cell = make_cell(config.cell)
     carry = tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
     if config.attention:
-        carry += (empty_memory(batch_size, config.attention, config.hidden_size),)
+        carry += (empty_memory(batch_size, config.attention, config.hidden_size, config.dtype),)
     return carry
 
 

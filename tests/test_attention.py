@@ -7,6 +7,7 @@ by causality; and by use: a model with attention learns to copy a random string 
 than the same LSTM without it can hold, and every command takes such a run.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -140,6 +141,21 @@ def test_windows_one_after_another_and_single_steps_give_one_pass():
         return jax.lax.scan(one, carry, jnp.arange(tokens.shape[1]))[1]
 
     np.testing.assert_allclose(jnp.swapaxes(steps(tokens, carry), 0, 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bfloat16_model_keeps_its_memory_in_bfloat16_with_the_same_numbers():
+    """The attention's matmuls read the memory in the compute dtype: keeping it so changes nothing."""
+    config, params, (*layers, memory) = random_model(size=4, batch=2, seed=2)
+    config = dataclasses.replace(config, dtype="bfloat16")
+    entries, valid, slot = memory
+    entries = entries.astype(jnp.bfloat16)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 7, (2, 6)), jnp.int32)
+    read = jax.jit(lambda carry: CharRNN(config).apply({"params": params}, tokens, carry))
+    kept, kept_carry = read((*layers, (entries, valid, slot)))
+    wide, wide_carry = read((*layers, (entries.astype(jnp.float32), valid, slot)))
+    assert initial_carry(config, 2)[-1][0].dtype == kept_carry[-1][0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(kept, wide)
+    np.testing.assert_array_equal(kept_carry[-1][0], wide_carry[-1][0].astype(jnp.bfloat16))
 
 
 def test_a_later_character_never_changes_an_earlier_probability():

@@ -1,6 +1,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import periodic_text
@@ -74,6 +75,32 @@ def test_save_restore_gives_identical_params_and_next_loss(tmp_path, attention):
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     original_state, original = step(state, *batcher.batch(3), np.float32(1e-3))
+    _, again = step(restored, *batcher.batch(3), np.float32(1e-3))
+    assert float(original["loss"]) == float(again["loss"])
+
+
+def test_a_memory_saved_in_float32_resumes_into_a_bfloat16_model_unchanged(tmp_path):
+    """Runs saved before the memory's entries were kept in the compute dtype hold them in float32:
+    they restore into today's bf16 memory (the values the attention read from them all along)."""
+    vocab, batcher = batches(periodic_text(), 4, 8)
+    model_config = ModelConfig(vocab_size=len(vocab), attention=5, dtype="bfloat16", **SMALL)
+    train_config = TrainConfig(batch_size=4, seq_len=8)
+    step = make_train_step(model_config, train_config)
+    state = create_state(model_config, train_config)
+    for i in range(3):
+        state, _ = step(state, *batcher.batch(i), np.float32(1e-3))
+    entries, valid, slot = state.carry[-1]
+    assert entries.dtype == jnp.bfloat16
+    older = state.replace(carry=(*state.carry[:-1], (entries.astype(jnp.float32), valid, slot)))
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.save(3, older, {"step": 3}, val_loss=1.0)
+    store.wait()
+    restored, _ = store.restore(3, jax.eval_shape(lambda: create_state(model_config, train_config)))
+    store.close()
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, original = step(state, *batcher.batch(3), np.float32(1e-3))
     _, again = step(restored, *batcher.batch(3), np.float32(1e-3))
     assert float(original["loss"]) == float(again["loss"])
 
