@@ -27,6 +27,8 @@ concatenation gives, whatever their lengths, and sampling runs the same code wit
 character.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -117,4 +119,29 @@ def _dot(a: jax.Array, b: jax.Array, spec: str, dtype: str) -> jax.Array:
     if dtype == "float32":
         return jnp.einsum(spec, a, b)
     compute = jnp.dtype(dtype)
-    return jnp.einsum(spec, a.astype(compute), b.astype(compute), preferred_element_type=jnp.float32)
+    return _low_dot(a.astype(compute), b.astype(compute), spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
+    """`_dot` of operands already in a low precision, with a backward pass in that precision too:
+    autodiff would contract the float32 cotangent with an operand cast back up, running both of
+    the backward's matmuls at float32 speed. The cotangent is rounded once, as the operands were."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _low_dot_forward(a, b, spec):
+    return _low_dot(a, b, spec), (a, b)
+
+
+def _low_dot_backward(spec, operands, d_out):
+    a, b = operands
+    a_axes, rest = spec.split(",")
+    b_axes, out_axes = rest.split("->")  # every axis is in two of the three: each is the others' contraction
+    d_out = d_out.astype(a.dtype)
+    d_a = jnp.einsum(f"{out_axes},{b_axes}->{a_axes}", d_out, b, preferred_element_type=jnp.float32)
+    d_b = jnp.einsum(f"{a_axes},{out_axes}->{b_axes}", a, d_out, preferred_element_type=jnp.float32)
+    return d_a.astype(a.dtype), d_b.astype(b.dtype)
+
+
+_low_dot.defvjp(_low_dot_forward, _low_dot_backward)

@@ -158,6 +158,25 @@ def test_a_bfloat16_model_keeps_its_memory_in_bfloat16_with_the_same_numbers():
     np.testing.assert_array_equal(kept_carry[-1][0], wide_carry[-1][0].astype(jnp.bfloat16))
 
 
+def test_a_bfloat16_head_has_the_float32_heads_gradients_to_bfloat16_precision():
+    """The attention's bf16 matmuls have a hand-written backward pass (`attention._low_dot`)."""
+    config = ModelConfig(vocab_size=7, attention=5, layers=1, hidden_size=32, embed_size=8)
+    params = init_params(config, jax.random.key(3))
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda p: p + 0.3 * rng.standard_normal(p.shape).astype(np.float32), params)
+    tokens = jnp.asarray(rng.integers(0, 7, (3, 12)), jnp.int32)
+    weights = jnp.asarray(rng.standard_normal((3, 12, 7)), jnp.float32)
+
+    def gradient(dtype):
+        model = CharRNN(dataclasses.replace(config, dtype=dtype))
+        carry = initial_carry(model.config, 3)
+        return jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens, carry)[0] * weights))(params)
+
+    want, got = gradient("float32")["attention"], gradient("bfloat16")["attention"]
+    for name in ("query_kernel", "gates"):
+        assert jnp.linalg.norm(got[name] - want[name]) < 0.02 * jnp.linalg.norm(want[name]), name
+
+
 def test_a_later_character_never_changes_an_earlier_probability():
     config, params, carry = random_model(size=5, batch=1, seed=2)
     tokens = jnp.asarray([[1, 4, 2, 6, 0, 3, 5, 1, 2]], jnp.int32)
