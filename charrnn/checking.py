@@ -9,10 +9,12 @@ A place is reported when an edit there would make the text more likely by over `
 or when its character is so unlikely (surprisal over `threshold`) that it is taken for an error even
 though none of the edits tried fits better. The default threshold is ln(vocabulary size) + `PRIOR`:
 a noisy channel's reasoning, where a mistyped character is any of the vocabulary's and mistakes are
-rare, so that a model with 6,000 characters needs more evidence than one with 65. A place whose text
-(the edited characters and `REPEAT_CONTEXT` on each side) occurs again elsewhere in the text,
-unchanged, is left out by default: a writer's repeated string is meant (a name, a term the model
-never saw), a typo seldom repeats itself.
+rare, so that a model with 6,000 characters needs more evidence than one with 65. The same channel
+prices a dropped character or two swapped ones lower: no character was chosen to make them, so the
+edits that undo them (inserting, swapping) are credited part of ln(vocabulary size) (`Checker.credit`).
+A place whose text (the edited characters and `REPEAT_CONTEXT` on each side) occurs again elsewhere
+in the text, unchanged, is left out by default: a writer's repeated string is meant (a name, a term
+the model never saw), a typo seldom repeats itself.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
 replacing it, deleting it, or inserting a character before it would gain. A run of adjacent
@@ -33,7 +35,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,8 @@ from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
 PRIOR = 3.5  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
+UNPRICED_EDITS = ("insert", "swap")  # edits that undo a mistake which chose no character (see `Checker.credit`)
+UNPRICED_SHARE = 0.5  # of ln(vocabulary size) credited to them, by measurement (docs/checking.md)
 REPEAT_CONTEXT = 2  # characters on each side of a place that must recur with it for it to count as meant
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
 TOP = 5  # likeliest characters kept per position
@@ -254,6 +258,14 @@ def _edits(text: str, i: int, alternatives: list[str], inserted: list[str]) -> I
         yield "swap", char + text[i - 1], i - 1, i + 1
 
 
+class _Edit(NamedTuple):
+    name: str  # as `Finding.edit`
+    suggestion: str
+    gain: float  # nats of cloze log-probability around the place
+    span: tuple[int, int]
+    score: float  # the gain with the edit's credit (`Checker.credit`): what the threshold is held against
+
+
 class Checker:
     """A bidirectional model's check of texts (`check`): the compiled programs are kept between texts."""
 
@@ -279,6 +291,13 @@ class Checker:
         self.newline = vocab.index.get("\n", 0)
         self.context = context
         self.threshold = math.log(model_config.vocab_size) + PRIOR  # the default
+        # Nats added to an edit's gain before it meets the threshold. The threshold's ln V prices the
+        # character a mistyped or an extra one is (any of the vocabulary's); a character dropped, or
+        # two swapped, chose none. Half of ln V measured better than all of it: substitutions draw on
+        # fewer characters than the vocabulary holds (keys nearby, letters of the same case). The
+        # credit decides whether a place is reported, not which of its edits is suggested.
+        unpriced = UNPRICED_SHARE * math.log(model_config.vocab_size)
+        self.credit = dict.fromkeys(UNPRICED_EDITS, unpriced)
         self._rescore = jax.jit(self._rescore_rows)
 
     def encode(self, text: str) -> np.ndarray:
@@ -324,6 +343,7 @@ class Checker:
         ids = self.encode(text)
         judged = self._cloze(ids, progress) if judged is None else judged
         replace, delete, insert = judged.edit_estimates()
+        insert = insert + self.credit.get("insert", 0.0)
         unknown = np.array([c not in self.vocab for c in text])
         estimate = np.maximum(np.maximum(replace, delete), insert) + np.where(unknown, np.inf, 0.0)
         runs = _runs(estimate > threshold * CANDIDATE_FRACTION)
@@ -336,22 +356,26 @@ class Checker:
         edits = self._best_edits(text, ids, tried, alternatives, inserted, progress)
 
         def place(a: int, b: int) -> int:  # a run's place: an unknown character, the best edit's, the top estimate
-            return max(range(a, b), key=lambda p: (unknown[p], edits[p][2] if p in edits else -math.inf, estimate[p]))
+            return max(
+                range(a, b), key=lambda p: (unknown[p], edits[p].score if p in edits else -math.inf, estimate[p])
+            )
 
         spots = [place(a, b) for a, b in runs]
-        edited = [s for s in spots if unknown[s] or edits.get(s, ("", "", 0.0))[2] > threshold]
+        edited = [s for s in spots if unknown[s] or (s in edits and edits[s].score > threshold)]
         surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
         near_edited = {s + k for s in edited for k in (-1, 0, 1)}
         spots = sorted(edited + [s for s in _peaks(surprisal > threshold, surprisal) if s not in near_edited])
         if not repeated:
-            spots = [s for s in spots if unknown[s] or not _recurs(text, *edits.get(s, (0, 0, 0, (s, s + 1)))[3])]
+            spots = [
+                s for s in spots if unknown[s] or not _recurs(text, *(edits[s].span if s in edits else (s, s + 1)))
+            ]
         edits = edits if suggest else {}
         line_starts = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10) + 1
         findings = []
         for s in spots:
             line = int(np.searchsorted(line_starts, s, side="right"))
             column = s - (int(line_starts[line - 1]) if line else 0) + 1
-            edit, suggestion, gain, span = edits.get(s, ("", "", 0.0, (s, s + 1)))
+            edit, suggestion, gain, span, _ = edits.get(s, _Edit("", "", 0.0, (s, s + 1), 0.0))
             findings.append(
                 Finding(
                     offset=s,
@@ -381,9 +405,10 @@ class Checker:
         alternatives: dict,
         inserted: dict,
         progress: Progress | None = None,
-    ) -> dict[int, tuple]:
-        """Each spot's best edit (edit, suggestion, gain, span), if one gains over EDIT_MARGIN. `ids`:
-        the text encoded (`encode`): position p of it is character p - 1 of the text."""
+    ) -> dict[int, "_Edit"]:
+        """Each spot's best edit, if one gains over EDIT_MARGIN: the model's evidence picks it, and its
+        credit (`credit`) only decides whether it is reported. `ids`: the text encoded (`encode`):
+        position p of it is character p - 1 of the text."""
         groups, edits = [], []
         for s in spots:
             lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)  # text[s-1 : s+2], AROUND beyond
@@ -392,12 +417,13 @@ class Checker:
             rows += [np.concatenate([ids[lo : a + 1], self._ids(new), ids[b + 1 : hi]]) for _, new, a, b in tried]
             groups.append((lo, hi, rows))
             edits.append(tried)
-        best: dict[int, tuple] = {}
+        best: dict[int, _Edit] = {}
         for s, tried, sums in zip(spots, edits, self.judge(ids, groups, progress), strict=True):
             for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
-                gain = total - sums[0]
-                if gain > EDIT_MARGIN and gain > best.get(s, ("", "", -math.inf))[2]:
-                    best[s] = (edit, suggestion, float(gain), (start, end))
+                gain = float(total - sums[0])
+                score = gain + self.credit.get(edit, 0.0)
+                if gain > EDIT_MARGIN and (s not in best or gain > best[s].gain):
+                    best[s] = _Edit(edit, suggestion, gain, (start, end), score)
         return best
 
     def _ids(self, chars: str) -> np.ndarray:

@@ -6,6 +6,7 @@ stacks gives the same scores); and by use: a model trained on a periodic text fi
 into it, and every command that cannot use such a model says so in one line.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -266,6 +267,24 @@ def test_a_model_of_a_periodic_text_finds_an_error_put_into_it(periodic_checker,
     assert abs(finding.offset - where) <= 1 and (finding.line, finding.column) == (1, finding.offset + 1)
     assert (finding.edit, finding.suggestion) == edit
     assert periodic_checker.check(periodic_text(200), threshold=1.0) == []  # nothing in the text as it should be
+
+
+def test_an_insertion_or_a_swap_is_credited_what_choosing_a_character_costs(periodic_checker):
+    """A dropped character or two swapped ones chose no character of the vocabulary: the edits that
+    undo them meet the threshold with half of ln V added to their gain."""
+    credit = 0.5 * math.log(len(periodic_checker.vocab))
+    assert periodic_checker.credit == {"insert": pytest.approx(credit), "swap": pytest.approx(credit)}
+    uncredited = copy.copy(periodic_checker)
+    uncredited.credit = {}
+    for text, edit in [
+        ("hello world, hello wold, hello world, ", "insert"),
+        ("hello world, hello wrold, hello world, ", "swap"),
+    ]:
+        (found,) = periodic_checker.check(text, threshold=1.0)
+        assert found.edit == edit
+        just_over = found.gain + 0.5 * credit  # met with the credit, not without
+        assert [f.edit for f in periodic_checker.check(text, threshold=just_over)] == [edit]
+        assert uncredited.check(text, threshold=just_over) == []
 
 
 def test_an_error_the_text_repeats_is_taken_to_be_meant_unless_repeats_are_asked_for(periodic_checker):
