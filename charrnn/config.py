@@ -63,6 +63,22 @@ def auto_dropout(epochs: float) -> float:
     return round(min(MAX_AUTO_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(epochs / DROPOUT_FREE_EPOCHS)) * 20) / 20
 
 
+FLAT_DECAY_EPOCHS = 6.0  # up to this, the weight decay TrainConfig defaults to (0.1)...
+DECAY_PER_DOUBLING = 0.1  # ...then this much more for each doubling of the planned epochs...
+MAX_AUTO_WEIGHT_DECAY = 0.3  # ...up to the largest measured better (docs/measurements.md, Text quality)
+
+
+def auto_weight_decay(epochs: float) -> float:
+    """The weight decay a run of `epochs` planned epochs gets when none is given: the default, then
+    growing with the log of the epochs as `auto_dropout` does, to hold back memorising for longer."""
+    base = TrainConfig.weight_decay
+    if not epochs > FLAT_DECAY_EPOCHS:
+        return base
+    return (
+        round(min(MAX_AUTO_WEIGHT_DECAY, base + DECAY_PER_DOUBLING * math.log2(epochs / FLAT_DECAY_EPOCHS)) * 20) / 20
+    )
+
+
 AUTO_DROPOUT_RULE = (
     f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs, then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
     f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
@@ -369,3 +385,10 @@ def _from_dict(cls: type, data: Any) -> Any:
     except TypeError as error:  # a field without default is missing
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING]
         raise ConfigError(missing[0] if missing else None, "is missing") from error
+
+
+AUTO_WEIGHT_DECAY_RULE = (
+    f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs, then {DECAY_PER_DOUBLING:g} more "
+    f"per doubling of them, to the nearest 0.05 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
+    f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
+)

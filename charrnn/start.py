@@ -23,7 +23,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from charrnn.config import DEFAULT_EPOCHS, LONG_RUN_EMA, LONG_RUN_EPOCHS, ModelConfig, TrainConfig, auto_dropout
+from charrnn.config import (
+    DEFAULT_EPOCHS,
+    LONG_RUN_EMA,
+    LONG_RUN_EPOCHS,
+    ModelConfig,
+    TrainConfig,
+    auto_dropout,
+    auto_weight_decay,
+)
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
 from charrnn.errors import ConfigError, CorpusError, RunError, Warn
 from charrnn.paths import check_new_run_dir
@@ -94,7 +102,8 @@ def new_run(
 
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
     are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, dropout by
-    the planned epochs (`auto_dropout`; unless given, or taken from a parent) and, for runs over
+    the planned epochs (`auto_dropout`; unless given, or taken from a parent), weight decay by them
+    (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). `parent` is a
     run to start from (its best weights; a vocabulary its characters keep their ids in; its model
     unless given otherwise).
@@ -135,7 +144,12 @@ def new_run(
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model)
     check_memory(model_config, train_config)
     model_config, train_config, chosen = _choose_for_the_budget(
-        model_config, train_config, len(prepared.train), dropout=choose_dropout, ema="ema" not in train
+        model_config,
+        train_config,
+        len(prepared.train),
+        dropout=choose_dropout,
+        ema="ema" not in train,
+        weight_decay="weight_decay" not in train,
     )
     notes = list(chosen)
     with contextlib.ExitStack() as held:
@@ -237,17 +251,26 @@ def check_memory(model: ModelConfig, train: TrainConfig) -> None:
 
 
 def _choose_for_the_budget(
-    model: ModelConfig, train: TrainConfig, train_characters: int, *, dropout: bool, ema: bool
+    model: ModelConfig,
+    train: TrainConfig,
+    train_characters: int,
+    *,
+    dropout: bool,
+    ema: bool,
+    weight_decay: bool = False,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
-    """Dropout and the weights' average for runs long enough to memorise the text (see
-    `auto_dropout`, `auto_ema` below), when not given; and what was chosen, in words."""
-    if not (dropout or ema):
+    """Dropout, weight decay and the weights' average for runs long enough to memorise the text (see
+    `auto_dropout`, `auto_weight_decay`, `auto_ema` below), when not given; and what was chosen, in words."""
+    if not (dropout or ema or weight_decay):
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     chosen = []
     if dropout:
         model = dataclasses.replace(model, dropout=auto_dropout(epochs))
         chosen.append(f"dropout {model.dropout:g}")
+    if weight_decay and (decay := auto_weight_decay(epochs)) != train.weight_decay:
+        train = dataclasses.replace(train, weight_decay=decay)
+        chosen.append(f"weight decay {decay:g}")
     if ema and (decay := auto_ema(epochs)):
         train = dataclasses.replace(train, ema=decay)
         chosen.append(f"weights averaged with decay {decay:g}")

@@ -10,6 +10,7 @@ import typer
 
 from charrnn.config import (
     AUTO_DROPOUT_RULE,
+    AUTO_WEIGHT_DECAY_RULE,
     CELLS,
     DEFAULT_EPOCHS,
     DTYPES,
@@ -166,10 +167,9 @@ def train(
     weight_decay: Annotated[
         float | None,
         typer.Option(
-            help=config_help(
+            help=with_default(
                 "Decoupled weight decay (AdamW) of the weight matrices, times the learning rate.",
-                TrainConfig,
-                "weight_decay",
+                AUTO_WEIGHT_DECAY_RULE,
             )
         ),
     ] = None,

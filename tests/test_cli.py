@@ -402,23 +402,29 @@ def test_shell_completion_completes_commands_and_options_without_jax():
     assert "_CHARRNN_COMPLETE=complete_bash" in script
 
 
-@pytest.mark.parametrize(("epochs", "dropout", "ema"), [("2", 0.0, 0.0), ("4.5", 0.05, 0.999), ("12", 0.25, 0.999)])
-def test_dropout_and_the_average_follow_the_budget_unless_given(tmp_path, epochs, dropout, ema):
+@pytest.mark.parametrize(
+    ("epochs", "dropout", "decay", "ema"), [("2", 0.0, 0.1, 0.0), ("4.5", 0.05, 0.1, 0.999), ("12", 0.25, 0.2, 0.999)]
+)
+def test_dropout_decay_and_the_average_follow_the_budget_unless_given(tmp_path, epochs, dropout, decay, ema):
     (tmp_path / "text.txt").write_text(periodic_text(1200))
     small = ["--layers", "1", "--hidden", "16", "--embed", "4", "-b", "4", "--eval-every", "1000"]
     result = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, cwd=tmp_path)
-    chosen = f"dropout {dropout:g}" + (f", weights averaged with decay {ema:g}" if ema else "")
+    regularised = f"dropout {dropout:g}" + (f", weight decay {decay:g}" if decay != 0.1 else "")
+    chosen = regularised + (f", weights averaged with decay {ema:g}" if ema else "")
     assert f"{chosen} (the budget covers about {float(epochs):.1f} epochs)" in result.stderr
     config = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
-    assert (config["model"]["dropout"], config["train"]["ema"]) == (dropout, ema)
-    given = charrnn_in_process(
-        "train", "text.txt", *small, "--epochs", epochs, "--dropout", "0.1", "--ema", "0.5", cwd=tmp_path
+    assert (config["model"]["dropout"], config["train"]["weight_decay"], config["train"]["ema"]) == (
+        dropout,
+        decay,
+        ema,
     )
+    options = ["--dropout", "0.1", "--weight-decay", "0.15", "--ema", "0.5"]
+    given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, *options, cwd=tmp_path)
     assert "budget covers" not in given.stderr
     config = json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())
-    assert (config["model"]["dropout"], config["train"]["ema"]) == (0.1, 0.5)
+    assert (config["model"]["dropout"], config["train"]["weight_decay"], config["train"]["ema"]) == (0.1, 0.15, 0.5)
     ema_given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
-    assert f"dropout {dropout:g} (the budget covers" in ema_given.stderr
+    assert f"{regularised} (the budget covers" in ema_given.stderr
     assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["train"]["ema"] == 0.0
 
 

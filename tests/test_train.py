@@ -9,7 +9,15 @@ from conftest import periodic_text
 from charrnn.batching import StreamBatcher, evaluation_windows
 from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
-from charrnn.config import MAX_AUTO_DROPOUT, VAL_BURN_IN, ModelConfig, TrainConfig, auto_dropout
+from charrnn.config import (
+    MAX_AUTO_DROPOUT,
+    MAX_AUTO_WEIGHT_DECAY,
+    VAL_BURN_IN,
+    ModelConfig,
+    TrainConfig,
+    auto_dropout,
+    auto_weight_decay,
+)
 from charrnn.corpus import prepare
 from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit
 from charrnn.runs import Run
@@ -46,6 +54,14 @@ def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
     assert auto_dropout(1e6) == auto_dropout(math.inf) == MAX_AUTO_DROPOUT
     epochs = np.geomspace(3.0, 100.0, 50)  # never less for a longer run
     chosen = [auto_dropout(e) for e in epochs]
+    assert chosen == sorted(chosen)
+
+
+def test_the_chosen_weight_decay_grows_with_the_log_of_the_planned_epochs():
+    """The default for short runs; the same step for every doubling beyond; capped; never less for a longer run."""
+    assert [auto_weight_decay(e) for e in (0.5, 6.0, 12.0, 24.0, 96.0)] == [0.1, 0.1, 0.2, 0.3, 0.3]
+    assert auto_weight_decay(math.inf) == MAX_AUTO_WEIGHT_DECAY
+    chosen = [auto_weight_decay(e) for e in np.geomspace(1.0, 100.0, 50)]
     assert chosen == sorted(chosen)
 
 
