@@ -55,12 +55,18 @@ DROPOUT_PER_DOUBLING = 0.125  # then this much more for each doubling of the pla
 MAX_AUTO_DROPOUT = 0.25  # ...up to this: more measured worse (docs/measurements.md, Text quality)
 
 
+def _per_doubling(epochs: float, flat: float, start: float, step: float, most: float) -> float:
+    """`start` up to `flat` planned epochs, then `step` more per doubling of them, to the nearest
+    0.05, at most `most`: the shape of every regulariser chosen by the budget."""
+    if not epochs > flat:
+        return start
+    return round(min(most, start + step * math.log2(epochs / flat)) * 20) / 20
+
+
 def auto_dropout(epochs: float) -> float:
     """The dropout a run of `epochs` planned epochs gets when none is given: it grows with the log of
     the epochs, as the memorising it must hold back does (docs/measurements.md, Text quality)."""
-    if not epochs > DROPOUT_FREE_EPOCHS:
-        return 0.0
-    return round(min(MAX_AUTO_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(epochs / DROPOUT_FREE_EPOCHS)) * 20) / 20
+    return _per_doubling(epochs, DROPOUT_FREE_EPOCHS, 0.0, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
 
 
 FLAT_DECAY_EPOCHS = 6.0  # up to this, the weight decay TrainConfig defaults to (0.1)...
@@ -71,12 +77,7 @@ MAX_AUTO_WEIGHT_DECAY = 0.3  # ...up to the largest measured better (docs/measur
 def auto_weight_decay(epochs: float) -> float:
     """The weight decay a run of `epochs` planned epochs gets when none is given: the default, then
     growing with the log of the epochs as `auto_dropout` does, to hold back memorising for longer."""
-    base = TrainConfig.weight_decay
-    if not epochs > FLAT_DECAY_EPOCHS:
-        return base
-    return (
-        round(min(MAX_AUTO_WEIGHT_DECAY, base + DECAY_PER_DOUBLING * math.log2(epochs / FLAT_DECAY_EPOCHS)) * 20) / 20
-    )
+    return _per_doubling(epochs, FLAT_DECAY_EPOCHS, TrainConfig.weight_decay, DECAY_PER_DOUBLING, MAX_AUTO_WEIGHT_DECAY)
 
 
 AUTO_DROPOUT_RULE = (

@@ -257,7 +257,7 @@ def _choose_for_the_budget(
     *,
     dropout: bool,
     ema: bool,
-    weight_decay: bool = False,
+    weight_decay: bool,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout, weight decay and the weights' average for runs long enough to memorise the text (see
     `auto_dropout`, `auto_weight_decay`, `auto_ema` below), when not given; and what was chosen, in words."""
