@@ -80,6 +80,21 @@ def auto_weight_decay(epochs: float) -> float:
     return _per_doubling(epochs, FLAT_DECAY_EPOCHS, TrainConfig.weight_decay, DECAY_PER_DOUBLING, MAX_AUTO_WEIGHT_DECAY)
 
 
+SMALL_VOCABULARY = 512  # characters: up to this (alphabets, code), the embedding is ModelConfig's default...
+EMBED_PER_DOUBLING = 2  # ...then this many times wider per doubling of the vocabulary, at most the hidden size
+
+
+def auto_embed_size(vocab_size: int, hidden_size: int) -> int:
+    """The embedding width a new run gets when none is given. Each character of a logographic script
+    stands for a word's worth of meaning, and 64 numbers per character were the quatrains' bottleneck:
+    their loss fell with every doubling up to the hidden size (docs/measurements.md, Chinese quatrains)."""
+    default = ModelConfig.embed_size
+    if vocab_size <= SMALL_VOCABULARY:
+        return default
+    doublings = round(math.log2(vocab_size / SMALL_VOCABULARY))
+    return max(default, min(hidden_size, default * EMBED_PER_DOUBLING**doublings))
+
+
 AUTO_DROPOUT_RULE = (
     f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs, then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
     f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
@@ -392,4 +407,8 @@ AUTO_WEIGHT_DECAY_RULE = (
     f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs, then {DECAY_PER_DOUBLING:g} more "
     f"per doubling of them, to the nearest 0.05 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
     f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
+)
+AUTO_EMBED_RULE = (
+    f"{ModelConfig.embed_size} up to {SMALL_VOCABULARY} distinct characters, then {EMBED_PER_DOUBLING}× per doubling "
+    "of them, at most the hidden size (512 for the 6,257 of Chinese quatrains)"
 )

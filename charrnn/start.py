@@ -30,6 +30,7 @@ from charrnn.config import (
     ModelConfig,
     TrainConfig,
     auto_dropout,
+    auto_embed_size,
     auto_weight_decay,
 )
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
@@ -101,7 +102,8 @@ def new_run(
     in `directory` (default: ``runs/<corpus name>``, numbered if taken), locked while the block runs.
 
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
-    are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, dropout by
+    are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, the
+    embedding's width by the vocabulary's size (`auto_embed_size`), dropout by
     the planned epochs (`auto_dropout`; unless given, or taken from a parent), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). `parent` is a
@@ -141,6 +143,8 @@ def new_run(
         from charrnn.precision import default_dtype
 
         model["dtype"] = default_dtype()
+    if "embed_size" not in model:  # a parent's is in `model` already
+        model["embed_size"] = auto_embed_size(len(prepared.vocab), model.get("hidden_size", ModelConfig.hidden_size))
     model_config = ModelConfig(vocab_size=len(prepared.vocab), **model)
     check_memory(model_config, train_config)
     model_config, train_config, chosen = _choose_for_the_budget(

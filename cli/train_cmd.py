@@ -10,6 +10,7 @@ import typer
 
 from charrnn.config import (
     AUTO_DROPOUT_RULE,
+    AUTO_EMBED_RULE,
     AUTO_WEIGHT_DECAY_RULE,
     CELLS,
     DEFAULT_EPOCHS,
@@ -83,9 +84,7 @@ def train(
     hidden: Annotated[
         int | None, typer.Option("--hidden", help=config_help("Units per layer.", ModelConfig, "hidden_size"))
     ] = None,
-    embed: Annotated[
-        int | None, typer.Option("--embed", help=config_help("Embedding size.", ModelConfig, "embed_size"))
-    ] = None,
+    embed: Annotated[int | None, typer.Option("--embed", help=with_default("Embedding size.", AUTO_EMBED_RULE))] = None,
     dropout: Annotated[
         float | None,
         typer.Option(

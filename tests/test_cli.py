@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
+from charrnn.config import ModelConfig, auto_embed_size
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -426,6 +428,23 @@ def test_dropout_decay_and_the_average_follow_the_budget_unless_given(tmp_path, 
     ema_given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
     assert f"{regularised} (the budget covers" in ema_given.stderr
     assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["train"]["ema"] == 0.0
+
+
+def test_the_embedding_widens_with_the_vocabulary_unless_given(tmp_path):
+    """An alphabet keeps ModelConfig's 64; a logographic script's thousand characters get wider rows."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "latin.txt").write_text(periodic_text(400))
+    (tmp_path / "hanzi.txt").write_text("".join(chr(0x4E00 + i) for i in rng.permutation(1100).repeat(2)))
+    small = ["--layers", "1", "--hidden", "128", "-b", "2", "-t", "4", "--steps", "1", "--eval-every", "1000"]
+
+    def embed(name, *options):
+        charrnn_in_process("train", f"{name}.txt", "--out", name, *small, *options, cwd=tmp_path)
+        return json.loads((tmp_path / name / "config.json").read_text())["model"]["embed_size"]
+
+    assert embed("latin") == ModelConfig.embed_size == 64
+    assert embed("hanzi") == auto_embed_size(1100, 128) == 128
+    (tmp_path / "given.txt").write_text((tmp_path / "hanzi.txt").read_text())
+    assert embed("given", "--embed", "8") == 8
 
 
 def test_train_on_process_substitution_and_resume_from_the_cache(tmp_path):

@@ -16,6 +16,7 @@ from charrnn.config import (
     ModelConfig,
     TrainConfig,
     auto_dropout,
+    auto_embed_size,
     auto_weight_decay,
 )
 from charrnn.corpus import prepare
@@ -55,6 +56,13 @@ def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
     epochs = np.geomspace(3.0, 100.0, 50)  # never less for a longer run
     chosen = [auto_dropout(e) for e in epochs]
     assert chosen == sorted(chosen)
+
+
+def test_the_chosen_embedding_grows_with_the_log_of_the_vocabulary_up_to_the_hidden_size():
+    sizes = [65, 512, 700, 1000, 2048, 6257, 100_000]
+    assert [auto_embed_size(v, 512) for v in sizes] == [64, 64, 64, 128, 256, 512, 512]
+    assert [auto_embed_size(v, 256) for v in sizes] == [64, 64, 64, 128, 256, 256, 256]
+    assert auto_embed_size(6257, 16) == 64  # never narrower than the default
 
 
 def test_the_chosen_weight_decay_grows_with_the_log_of_the_planned_epochs():
