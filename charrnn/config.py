@@ -86,8 +86,8 @@ EMBED_PER_DOUBLING = 2  # ...then this many times wider per doubling of the voca
 
 def auto_embed_size(vocab_size: int, hidden_size: int) -> int:
     """The embedding width a new run gets when none is given. Each character of a logographic script
-    stands for a word's worth of meaning, and 64 numbers per character were the quatrains' bottleneck:
-    their loss fell with every doubling up to the hidden size (docs/measurements.md, Chinese quatrains)."""
+    stands for a word's worth of meaning, and an alphabet's width was the quatrains' bottleneck: their
+    loss fell with every doubling up to the hidden size (docs/measurements.md, Chinese quatrains)."""
     default = ModelConfig.embed_size
     if vocab_size <= SMALL_VOCABULARY:
         return default
@@ -410,5 +410,6 @@ AUTO_WEIGHT_DECAY_RULE = (
 )
 AUTO_EMBED_RULE = (
     f"{ModelConfig.embed_size} up to {SMALL_VOCABULARY} distinct characters, then {EMBED_PER_DOUBLING}× per doubling "
-    "of them, at most the hidden size (512 for the 6,257 of Chinese quatrains)"
+    f"of them, at most the hidden size ({auto_embed_size(6257, ModelConfig.hidden_size)} for the 6,257 of "
+    "Chinese quatrains)"
 )
