@@ -12,22 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from . import console
-from .options import budget_text, nonempty_path, regularisation_text, with_default
+from .options import RunArgument, budget_text, nonempty_path, regularisation_text, with_default
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 UNKNOWN = "unknown"
 
 
 def info(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            parser=nonempty_path("RUN"),
-            metavar="RUN",
-            help=with_default("Run directory.", "the run trained most recently under ./runs"),
-            show_default=False,
-        ),
-    ] = None,
+    run_dir: RunArgument = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a run's model, training, losses, device and checkpoints."""

@@ -118,6 +118,17 @@ def paragraphs(text: str) -> str:
     return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(text).split("\n\n"))
 
 
+# The RUN argument of the commands that read one run (`info`, `sample`).
+RunArgument = Annotated[
+    Path | None,
+    typer.Argument(
+        parser=nonempty_path("RUN"),
+        metavar="RUN",
+        help=with_default("Run directory.", "the run trained most recently under ./runs"),
+        show_default=False,
+    ),
+]
+
 # Options that `prep` and `train` share.
 CorpusArgument = Annotated[
     list[str] | None,

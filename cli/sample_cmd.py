@@ -12,21 +12,13 @@ from charrnn.config import check_seed
 from charrnn.errors import UsageError
 from charrnn.paths import why_unreadable
 
-from .options import nonempty_path, with_default
+from .options import RunArgument, nonempty_path, with_default
 from .reading import load_trained
 
 
 # Typer reads the options from this signature: most of this function's lines declare them.
 def sample(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            parser=nonempty_path("RUN"),
-            metavar="RUN",
-            help=with_default("Run directory.", "the run trained most recently under ./runs"),
-            show_default=False,
-        ),
-    ] = None,
+    run_dir: RunArgument = None,
     temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 picks the most likely character.")] = 0.8,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate (after the prime).")] = 1000,
     prime: Annotated[str | None, typer.Option(help="Text to warm the state on; printed first.")] = None,
