@@ -77,6 +77,18 @@ class Finished:
     best_val_loss: float
     best_step: int
     signal: int = 0  # the signal that interrupted the run, if any
+    evals_since_best: int = 0  # validations after the best that did not beat it
+
+    @property
+    def peaked_early(self) -> bool:
+        """Whether a run that used its whole budget was best before its last quarter and not again
+        after: it memorised the training text for the rest, and stronger regularisation (or a
+        shorter budget) would have used the time better. The best checkpoint is kept either way."""
+        used_budget = self.reason in ("steps", "epochs", "time")
+        return used_budget and self.best_step < 0.75 * self.step and self.evals_since_best >= EVALS_TO_CALL_A_PEAK
+
+
+EVALS_TO_CALL_A_PEAK = 2  # one worse validation may be noise; two in a row past the best, a trend
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
             )
             if report:
                 yield report
-    yield Finished(reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal)
+    yield Finished(
+        reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal, progress["bad_evals"]
+    )
 
 
 class _Budget:

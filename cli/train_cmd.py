@@ -329,6 +329,12 @@ def train(
                 else f"sample with: charrnn sample {run.directory}"
             )
         )
+        if finished.peaked_early:
+            console.info(
+                f"validation was best at step {finished.best_step} of {finished.step} and not again after it: the "
+                f"model memorised the training text for the rest of the budget; more {flag('dropout')} or "
+                f"{flag('weight_decay')}, or a shorter budget, would use it better (the best checkpoint is kept)"
+            )
         if finished.reason == "interrupted":
             console.info(f"resume with: charrnn train --resume {run.directory}")
             raise typer.Exit(128 + (finished.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM

@@ -168,6 +168,16 @@ def test_resume_refuses_other_options_and_a_changed_corpus_and_touches_nothing(t
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
 
 
+def test_a_run_whose_validation_peaked_early_says_so_and_what_would_help(tmp_path):
+    # Training alternates a and b; the held-out end repeats a: the surer the model grows of the
+    # alternation, the worse it predicts the held-out text, so validation is best near the start.
+    (tmp_path / "text.txt").write_text("ab" * 1800 + "a" * 400)
+    args = ("train", "text.txt", *TINY, "--steps", "160", "--lr", "0.01", "--eval-every", "20")
+    result = charrnn_in_process(*args, cwd=tmp_path)
+    assert "model memorised the training text" in result.stderr, result.stderr
+    assert "more --dropout or --weight-decay" in result.stderr and result.stdout == ""
+
+
 def test_sample_without_any_run_says_where_it_looked(tmp_path):
     result = charrnn("sample", check=False, cwd=tmp_path)
     assert result.returncode == 1

@@ -313,3 +313,19 @@ def test_the_library_changes_nothing_process_wide(tmp_path):
     store.save(1, state, {"step": 1}, 1.0)
     store.close()
     assert sys.unraisablehook is hook and logging.getLogger("asyncio").level == level
+
+
+@pytest.mark.parametrize(
+    "reason, best_step, since_best, peaked",
+    [
+        ("time", 5500, 7, True),  # the quatrains' 30 minutes: best at step 5,500 of 9,490, worse after
+        ("time", 8000, 3, False),  # best in the last quarter: the budget was used
+        ("steps", 5500, 1, False),  # one worse validation is not yet a trend
+        ("patience", 5500, 7, False),  # stopped early already, and said why
+        ("interrupted", 5500, 7, False),  # the budget was not used up
+    ],
+)
+def test_a_run_is_said_to_have_peaked_early_only_when_it_used_its_budget_memorising(
+    reason, best_step, since_best, peaked
+):
+    assert Finished(reason, 9490, 4.767, best_step, evals_since_best=since_best).peaked_early is peaked
