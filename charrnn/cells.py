@@ -37,6 +37,13 @@ Initializer = Callable[..., jax.Array]  # (key, shape, dtype) -> array, as in ja
 LAYER_NORM_EPSILON = 1e-5
 
 
+def materialised(x: jax.Array) -> jax.Array:
+    """`x`, computed once and stored. XLA otherwise recomputes a cheap value inside every fusion that
+    reads it: the LSTMs' d(c) fed four gate blocks, so each backward step computed it four times
+    (docs/measurements.md, Speed)."""
+    return jax.lax.optimization_barrier(x)
+
+
 class StepGradients(NamedTuple):
     """What one backward step returns, given d(new carry).
 
@@ -158,7 +165,7 @@ class LSTM(Cell):
         g = 2.0 * g - 1.0
         dh, dc = d_carry
         tanh_c = jnp.tanh(new[1])
-        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dc = materialised(dc + dh * o * (1.0 - tanh_c * tanh_c))
         d_activations = jnp.concatenate([dc * g, dc * prev[1], 2.0 * dc * i, dh * tanh_c], axis=-1)
         d_gates = d_activations * gate_scale(LSTM_SCALE, dh.shape[-1]) * activations * (1.0 - activations)
         return StepGradients(d_gates, None, None, (jnp.zeros_like(dh), dc * f))
@@ -234,7 +241,7 @@ class CoupledLSTM(Cell):
         g = 2.0 * g - 1.0
         dh, dc = d_carry
         tanh_c = jnp.tanh(new[1])
-        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dc = materialised(dc + dh * o * (1.0 - tanh_c * tanh_c))
         d_activations = jnp.concatenate([dc * (prev[1] - g), 2.0 * dc * (1.0 - f), dh * tanh_c], axis=-1)
         d_gates = d_activations * gate_scale(COUPLED_SCALE, dh.shape[-1]) * activations * (1.0 - activations)
         return StepGradients(d_gates, None, None, (jnp.zeros_like(dh), dc * f))
