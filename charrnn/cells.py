@@ -206,7 +206,7 @@ class PeepholeLSTM(Cell):
         dh, dc = d_carry
         tanh_c = jnp.tanh(c)
         dz_o = dh * tanh_c * o * (1.0 - o)
-        dc = dc + dh * o * (1.0 - tanh_c * tanh_c) + dz_o * peephole[2]
+        dc = materialised(dc + dh * o * (1.0 - tanh_c * tanh_c) + dz_o * peephole[2])
         dz_i = dc * g * i * (1.0 - i)
         dz_f = dc * c_prev * f * (1.0 - f)
         dz_g = dc * i * (1.0 - g * g)
