@@ -47,12 +47,21 @@ MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for 
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
-# Defaults that `charrnn train` chooses by the budget's length, in epochs (charrnn.start).
+# Defaults that `charrnn train` chooses by the budget's length (charrnn.start), in planned epochs
+# weighed by the model's size against the text's (`memorising_load`).
+REFERENCE_PARAMETERS_PER_CHARACTER = 2.5  # tiny Shakespeare's default model, where the rules were measured
 LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need a moving average of the weights
 LONG_RUN_EMA = 0.999  # the weights' moving average's decay for such runs
 DROPOUT_FREE_EPOCHS = 3.0  # up to this, no dropout: it would only slow learning
-DROPOUT_PER_DOUBLING = 0.125  # then this much more for each doubling of the planned epochs...
-MAX_AUTO_DROPOUT = 0.25  # ...up to this: more measured worse (docs/measurements.md, Text quality)
+DROPOUT_PER_DOUBLING = 0.09  # then this much more for each doubling of the planned epochs...
+MAX_AUTO_DROPOUT = 0.5  # ...up to this, a guard beyond the largest measured better (0.45)
+
+
+def memorising_load(epochs: float, parameters: int, train_characters: int) -> float:
+    """`epochs` planned epochs as the rules below count them: weighed by the model's parameters per
+    training character against `REFERENCE_PARAMETERS_PER_CHARACTER`. A model with more parameters
+    per character of its text memorises it in fewer epochs (docs/text-quality.md, The budget used)."""
+    return epochs * parameters / max(1, train_characters) / REFERENCE_PARAMETERS_PER_CHARACTER
 
 
 def _per_doubling(epochs: float, flat: float, start: float, step: float, most: float) -> float:
@@ -64,19 +73,19 @@ def _per_doubling(epochs: float, flat: float, start: float, step: float, most: f
 
 
 def auto_dropout(epochs: float) -> float:
-    """The dropout a run of `epochs` planned epochs gets when none is given: it grows with the log of
-    the epochs, as the memorising it must hold back does (docs/measurements.md, Text quality)."""
+    """The dropout a run of `epochs` planned epochs (counted by `memorising_load`) gets when none is
+    given: it grows with the log of the epochs, as the memorising it must hold back does."""
     return _per_doubling(epochs, DROPOUT_FREE_EPOCHS, 0.0, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
 
 
 FLAT_DECAY_EPOCHS = 6.0  # up to this, the weight decay TrainConfig defaults to (0.1)...
 DECAY_PER_DOUBLING = 0.1  # ...then this much more for each doubling of the planned epochs...
-MAX_AUTO_WEIGHT_DECAY = 0.3  # ...up to the largest measured better (docs/measurements.md, Text quality)
+MAX_AUTO_WEIGHT_DECAY = 0.6  # ...up to this, a guard beyond the largest measured better (0.5)
 
 
 def auto_weight_decay(epochs: float) -> float:
-    """The weight decay a run of `epochs` planned epochs gets when none is given: the default, then
-    growing with the log of the epochs as `auto_dropout` does, to hold back memorising for longer."""
+    """The weight decay a run of `epochs` planned epochs (counted by `memorising_load`) gets when none
+    is given: the default, then growing with the log of the epochs as `auto_dropout` does."""
     return _per_doubling(epochs, FLAT_DECAY_EPOCHS, TrainConfig.weight_decay, DECAY_PER_DOUBLING, MAX_AUTO_WEIGHT_DECAY)
 
 
@@ -96,7 +105,8 @@ def auto_embed_size(vocab_size: int, hidden_size: int) -> int:
 
 
 AUTO_DROPOUT_RULE = (
-    f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs, then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
+    f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs (times the model's parameters per training character over "
+    f"{REFERENCE_PARAMETERS_PER_CHARACTER:g}), then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
     f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
     f"at most {MAX_AUTO_DROPOUT:g}"
 )
@@ -404,7 +414,8 @@ def _from_dict(cls: type, data: Any) -> Any:
 
 
 AUTO_WEIGHT_DECAY_RULE = (
-    f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs, then {DECAY_PER_DOUBLING:g} more "
+    f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs (counted as for dropout), "
+    f"then {DECAY_PER_DOUBLING:g} more "
     f"per doubling of them, to the nearest 0.05 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
     f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
 )

@@ -32,6 +32,7 @@ from charrnn.config import (
     auto_dropout,
     auto_embed_size,
     auto_weight_decay,
+    memorising_load,
 )
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
 from charrnn.errors import ConfigError, CorpusError, RunError, Warn
@@ -104,7 +105,8 @@ def new_run(
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
     are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, the
     embedding's width by the vocabulary's size (`auto_embed_size`), dropout by
-    the planned epochs (`auto_dropout`; unless given, or taken from a parent), weight decay by them
+    the planned epochs weighed by the model's size against the text's (`memorising_load`,
+    `auto_dropout`; unless given, or taken from a parent), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). `parent` is a
     run to start from (its best weights; a vocabulary its characters keep their ids in; its model
@@ -268,18 +270,22 @@ def _choose_for_the_budget(
     if not (dropout or ema or weight_decay):
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
+    parameters = model.parameter_count()
+    load = memorising_load(epochs, parameters, train_characters)
     chosen = []
     if dropout:
-        model = dataclasses.replace(model, dropout=auto_dropout(epochs))
+        model = dataclasses.replace(model, dropout=auto_dropout(load))
         chosen.append(f"dropout {model.dropout:g}")
-    if weight_decay and (decay := auto_weight_decay(epochs)) != train.weight_decay:
+    if weight_decay and (decay := auto_weight_decay(load)) != train.weight_decay:
         train = dataclasses.replace(train, weight_decay=decay)
         chosen.append(f"weight decay {decay:g}")
-    if ema and (decay := auto_ema(epochs)):
+    if ema and (decay := auto_ema(epochs)):  # epochs as they are: the average needs many steps, not a large model
         train = dataclasses.replace(train, ema=decay)
         chosen.append(f"weights averaged with decay {decay:g}")
         check_memory(model, train)  # the average is one more copy of the weights
-    return model, train, [f"{', '.join(chosen)} (the budget covers about {epochs:.1f} epochs)"] if chosen else []
+    per_character = parameters / max(1, train_characters)
+    why = f"the budget covers about {epochs:.1f} epochs, with {per_character:.2g} parameters per training character"
+    return model, train, [f"{', '.join(chosen)} ({why})"] if chosen else []
 
 
 def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:
