@@ -127,13 +127,17 @@ class CharRNN(nn.Module):
         x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
-        for layer, layer_carry in zip(self.layers, carry[: len(self.layers)], strict=True):  # the memory: last
+        for depth, (layer, layer_carry) in enumerate(zip(self.layers, carry[: len(self.layers)], strict=True)):
             x, layer_carry = layer(x, layer_carry, keep, recurrent_mask(self, x.shape[1], train))
-            x = self.dropout(x, deterministic=not train)
             new_carry.append(layer_carry)
+            if depth < len(self.layers) - 1 or not self.config.attention:
+                x = self.dropout(x, deterministic=not train)
         x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
-        if self.config.attention:
+        if self.config.attention:  # the memory: the carry's last entry
+            # The head reads the top layer's outputs as they are: its layer norms would scale dropped-out
+            # ones differently in training than whole ones in evaluation. The dropout comes after it.
             x, memory = self.attention(x, carry[-1], resets, train=train)
+            x = self.dropout(x, deterministic=not train)
             new_carry.append(memory)
         return self._logits(x), tuple(new_carry)
 

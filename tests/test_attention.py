@@ -277,3 +277,23 @@ def test_every_command_takes_a_run_with_attention(attention_run):
     assert json.loads((home / "wider" / "config.json").read_text())["model"]["attention"] == 20
     refused = charrnn_in_process("train", "text.txt", "--init-from", "run", "--attention", "0", cwd=home, check=False)
     assert refused.returncode == 2 and "--attention 0 (the parent has 12)" in refused.stderr
+
+
+def test_dropout_leaves_the_expected_logits_of_a_model_with_attention_unchanged():
+    """Training-mode logits averaged over dropout masks equal evaluation's where only linear maps follow
+    each dropout (one layer: dropout after the head, and inside it on the mixed values). The head's
+    layer norms read the top layer's outputs whole: read dropped out, they scaled them otherwise in
+    training than in evaluation (off by ~1 here; by 1 / sqrt(1 - p) in the norms' scale)."""
+    config = ModelConfig(vocab_size=7, layers=1, hidden_size=16, embed_size=4, cell="lstm", attention=8, dropout=0.5)
+    params = init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 7)
+    carry = initial_carry(config, 2)
+    model = CharRNN(config)
+    evaluated = model.apply({"params": params}, tokens, carry)[0]
+
+    def trained(key):
+        return model.apply({"params": params}, tokens, carry, train=True, rngs={"dropout": key})[0]
+
+    mean = jax.vmap(trained)(jax.random.split(jax.random.key(2), 4096)).mean(0)
+    assert float(jnp.abs(evaluated).max()) > 1.0
+    assert float(jnp.abs(mean - evaluated).max()) < 0.25  # sampling error ~0.07; 0.95 with the norms after dropout
