@@ -5,10 +5,20 @@ distances (names in a play, identifiers in code, refrains). Following SHA-RNN (M
 Headed Attention RNN: Stop Thinking With Your Head", 2019), one causal attention head sits after
 the top recurrent layer. What we took from it, and why:
 
-* **One head, one projection.** Only the query is a matmul (then layer-normalised); keys and
-  values are the layer-normalised outputs themselves, each scaled per feature by a learned gate
-  (sigmoid, starting at 0.5). The recurrence already computed good features: projecting keys and
-  values again would cost two more [H, H] matmuls per character for little.
+* **One head, and keys narrower than the outputs.** The query and the keys are [H, K] projections
+  (K = `ModelConfig.key_width`: 128 by default, at most H) of the layer-normalised outputs, the
+  query layer-normalised and scaled per feature by two learned gates (sigmoid, starting at 0.5: a
+  start of 0.25 as in SHA-RNN; sharper scores from the start made the copy test's head miss the
+  copy); the keys start as the normalised outputs' first K features (`_leading_features`: with a
+  random start the two kernels learnt their product far slower). The values are the normalised
+  outputs themselves, scaled per feature by a third gate: the recurrence already computed good
+  features, and a value projection would cost another [H, H] matmul per character. SHA-RNN scores
+  against the full-width outputs with only the query projected; on a CPU the scores against M
+  remembered positions, and their gradients, were then most of the head's time, and keys of 128
+  make them a quarter of that for one more [H, K] matmul per character (written to the memory
+  once, not recomputed per query). Runs made before (`attention_keys` 0, what a run's config
+  without the field means) keep SHA-RNN's form: the outputs are the keys too, each scaled by a
+  second gate, and the query is [H, H].
 * **A residual connection with layer normalisation**: the output is norm(y) + attention, so a model
   can ignore the head, and starts near the recurrent model's output distribution.
 * **No positional encoding**: the recurrent state already says where a character is.
@@ -35,14 +45,18 @@ from flax import linen as nn
 
 from charrnn.recurrence import project
 
-Memory = tuple[jax.Array, jax.Array, jax.Array]  # entries [B, M, H], valid [B, M] (0.0 / 1.0), next slot [B]
+# (keys [B, M, K], values [B, M, H], valid [B, M] (0.0 / 1.0), next slot [B]); without the keys for
+# a head whose keys are its values (`keys` 0)
+Memory = tuple[jax.Array, ...]
 
 
-def empty_memory(batch: int, size: int, hidden: int, dtype: str = "float32") -> Memory:
-    """A memory of `size` slots, none valid yet. Its entries are kept in the compute `dtype`: the
-    attention's matmuls read them in it anyway, so a bf16 model's numbers are the same with half
+def empty_memory(batch: int, size: int, hidden: int, dtype: str = "float32", keys: int = 0) -> Memory:
+    """A memory of `size` slots, none valid yet. Its keys and values are kept in the compute `dtype`:
+    the attention's matmuls read them in it anyway, so a bf16 model's numbers are the same with half
     the memory to copy and read each window (and each sampled character)."""
+    stored = (jnp.zeros((batch, size, keys), jnp.dtype(dtype)),) if keys else ()
     return (
+        *stored,
         jnp.zeros((batch, size, hidden), jnp.dtype(dtype)),
         jnp.zeros((batch, size), jnp.float32),
         jnp.zeros((batch,), jnp.int32),
@@ -56,12 +70,18 @@ class Attention(nn.Module):
     hidden_size: int
     dtype: str = "float32"
     dropout: float = 0.0
+    key_size: int = 0  # K; 0: the values are the keys (SHA-RNN's form, runs made before K)
 
     def setup(self) -> None:
-        hidden = self.hidden_size
-        self.query_kernel = self.param("query_kernel", nn.initializers.glorot_uniform(), (hidden, hidden))
-        self.query_bias = self.param("query_bias", nn.initializers.zeros_init(), (hidden,))
-        self.gates = self.param("gates", nn.initializers.zeros_init(), (3, hidden))  # query, key, value scales
+        hidden, width = self.hidden_size, self.key_size or self.hidden_size
+        self.query_kernel = self.param("query_kernel", nn.initializers.glorot_uniform(), (hidden, width))
+        self.query_bias = self.param("query_bias", nn.initializers.zeros_init(), (width,))
+        if self.key_size:
+            self.key_kernel = self.param("key_kernel", _leading_features, (hidden, width))
+            self.gates = self.param("gates", nn.initializers.zeros_init(), (2, width))  # query and key scales
+            self.value_gate = self.param("value_gate", nn.initializers.zeros_init(), (hidden,))
+        else:
+            self.gates = self.param("gates", nn.initializers.zeros_init(), (3, hidden))  # query, key, value scales
         self.input_norm = nn.LayerNorm(epsilon=1e-6, name="input_norm")
         self.memory_norm = nn.LayerNorm(epsilon=1e-6, name="memory_norm")
         self.query_norm = nn.LayerNorm(epsilon=1e-6, name="query_norm")
@@ -70,15 +90,21 @@ class Attention(nn.Module):
     def __call__(
         self, y: jax.Array, memory: Memory, resets: jax.Array | None = None, *, train: bool = False
     ) -> tuple[jax.Array, Memory]:
-        entries, valid, slot = memory
+        *_, entries, valid, slot = memory  # entries: the values
+        keys = memory[0]
         size, length = entries.shape[1], y.shape[1]
-        new = self.memory_norm(y)  # [B, T, H]: what this window adds to the memory
+        new = self.memory_norm(y)  # [B, T, H]: the values this window adds to the memory
         h = self.input_norm(y)
-        gate_q, gate_k, gate_v = jax.nn.sigmoid(self.gates)
-        query = self.query_norm(project(h, self.query_kernel, self.dtype) + self.query_bias) * gate_q
-        query = query * gate_k / jnp.sqrt(jnp.float32(self.hidden_size))  # the keys' gate, moved to the query
+        query = self.query_norm(project(h, self.query_kernel, self.dtype) + self.query_bias)
+        gates = jax.nn.sigmoid(self.gates)
+        query = query * gates[0] * gates[1] / jnp.sqrt(jnp.float32(query.shape[-1]))  # the keys' gate, moved here
+        if self.key_size:
+            new_keys = project(new, self.key_kernel, self.dtype)  # [B, T, K]
+            written, gate_v = (new_keys, new), jax.nn.sigmoid(self.value_gate)
+        else:  # the values are the keys
+            new_keys, written, gate_v = new, (new,), gates[2]
         scores = jnp.concatenate(
-            [_dot(query, entries, "bth,bsh->bts", self.dtype), _dot(query, new, "bth,bsh->bts", self.dtype)], axis=2
+            [_dot(query, keys, "btk,bsk->bts", self.dtype), _dot(query, new_keys, "btk,bsk->bts", self.dtype)], axis=2
         )  # [B, T, M + T]
 
         # Which position t may attend to: the M ending at itself, none from before a reset. A slot's
@@ -95,23 +121,33 @@ class Attention(nn.Module):
         mixed = _dot(weights[..., :size], entries, "bts,bsh->bth", self.dtype)
         mixed = (mixed + _dot(weights[..., size:], new, "bts,bsh->bth", self.dtype)) * gate_v
         out = h + self.drop(mixed, deterministic=not train)
-        return out, _written(memory, new, segment)
+        return out, _written(memory, written, segment)
 
 
-def _written(memory: Memory, new: jax.Array, segment: jax.Array) -> Memory:
-    """The memory after a window: its last min(T, M) entries written to the ring's next slots, and
-    every entry from before the window's last reset no longer valid."""
-    entries, valid, slot = memory
-    size, length = entries.shape[1], new.shape[1]
+def _leading_features(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """A kernel that passes on its input's first features (an identity, cut or padded with zeros)."""
+    del key
+    return jnp.eye(*shape, dtype=dtype)
+
+
+def _written(memory: Memory, new: tuple[jax.Array, ...], segment: jax.Array) -> Memory:
+    """The memory after a window: the last min(T, M) positions of each of `new` (keys and values, or
+    values) written to the ring's next slots, and every entry from before the window's last reset
+    no longer valid."""
+    *stored, valid, slot = memory
+    size, length = valid.shape[1], segment.shape[1]
     kept = min(length, size)
     last = segment[:, -1:]
     valid = valid * (last == 0)
-    rows = jnp.arange(entries.shape[0])[:, None]
+    rows = jnp.arange(valid.shape[0])[:, None]
     slots = (slot[:, None] + length - kept + jnp.arange(kept)[None, :]) % size  # [B, kept]
     # The slots are distinct (kept <= size): saying so spares XLA the pass that orders duplicate writes.
-    entries = entries.at[rows, slots].set(new[:, -kept:].astype(entries.dtype), unique_indices=True)
+    stored = [
+        old.at[rows, slots].set(x[:, -kept:].astype(old.dtype), unique_indices=True)
+        for old, x in zip(stored, new, strict=True)
+    ]
     valid = valid.at[rows, slots].set((segment[:, -kept:] == last).astype(jnp.float32), unique_indices=True)
-    return entries, valid, (slot + length) % size
+    return *stored, valid, (slot + length) % size
 
 
 def _dot(a: jax.Array, b: jax.Array, spec: str, dtype: str) -> jax.Array:

@@ -30,11 +30,13 @@ from charrnn.step import create_state, make_train_step
 
 def forward_flops_per_char(config: ModelConfig) -> float:
     """Matmul FLOPs of one character through the model: 2 per weight of every matmul kernel in the
-    parameter tree (input and recurrent projections, logits, the attention's query; the embedding
-    is a lookup), and the attention's scores and mix: 2 × 2 × hidden per position attended."""
+    parameter tree (input and recurrent projections, logits, the attention's query and keys; the
+    embedding is a lookup), and the attention's scores and mix: 2 × (key width + hidden) per
+    position attended."""
     kernels = jax.tree_util.tree_leaves_with_path(parameter_shapes(config))
     weights = sum(2.0 * leaf.size for path, leaf in kernels if str(getattr(path[-1], "key", "")).endswith("kernel"))
-    return weights + 4.0 * config.hidden_size * config.attention
+    keys = config.key_width or config.hidden_size
+    return weights + 2.0 * (keys + config.hidden_size) * config.attention
 
 
 def train_flops_per_char(config: ModelConfig, seq_len: int = 1) -> float:

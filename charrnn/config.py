@@ -46,6 +46,7 @@ MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_COUNT = 1 << 62  # steps, patience...: far beyond any run, small enough for every integer type used
 MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
+ATTENTION_KEYS = 128  # the attention head's query and key width (attention.py)
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
 # Defaults that `charrnn train` chooses by the budget's length (charrnn.start), in planned epochs
 # weighed by the model's size against the text's (`memorising_load`).
@@ -127,6 +128,7 @@ class ModelConfig:
     bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
     lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
     attention: int = 0  # positions one attention head over the top layer reads back; 0: none (attention.py)
+    attention_keys: int = ATTENTION_KEYS  # the head's query and key width; 0: the values are the keys (older runs)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -147,6 +149,11 @@ class ModelConfig:
         _check(0 <= self.lookahead <= 1 << 16, "lookahead", f"must be between 0 and {1 << 16}, not {self.lookahead}")
         _check(0 <= self.attention <= 1 << 16, "attention", f"must be between 0 and {1 << 16}, not {self.attention}")
         _check(
+            0 <= self.attention_keys <= 65536,
+            "attention_keys",
+            f"must be between 0 and 65536, not {self.attention_keys}",
+        )
+        _check(
             not (self.attention and self.bidirectional),
             "attention",
             "is for models that write left to right; a bidirectional model already sees both sides",
@@ -158,6 +165,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return _from_dict(cls, data)
+
+    @property
+    def key_width(self) -> int:
+        """The attention head's query and key width: `attention_keys`, at most the hidden size (wider
+        keys add nothing); 0 for the form whose keys are the hidden-wide outputs themselves."""
+        return min(self.attention_keys, self.hidden_size)
 
     @property
     def stacks(self) -> int:
@@ -174,7 +187,9 @@ class ModelConfig:
         for layer in range(self.layers):
             inputs = self.embed_size if layer == 0 else self.hidden_size
             count += self.stacks * ((inputs + self.hidden_size + 2) * width + own)
-        if self.attention:  # query kernel and bias, three gates, three layer norms' scales and biases
+        if self.attention and self.key_width:  # query and key kernels; query bias, norm, 2 gates; value gate, 2 norms
+            count += (2 * self.hidden_size + 5) * self.key_width + 5 * self.hidden_size
+        elif self.attention:  # query kernel and bias, three gates, three layer norms' scales and biases
             count += self.hidden_size * self.hidden_size + 10 * self.hidden_size
         return count
 

@@ -114,8 +114,9 @@ def sampling_bytes(model: ModelConfig, streams: int, prime_length: int, chunk: i
 
 
 def _carry_bytes(model: ModelConfig, streams: int) -> int:
-    """The recurrent state of every layer (h and c) and the attention's memory (entries and flags)."""
-    return (2 * model.layers * model.hidden_size + model.attention * (model.hidden_size + 1)) * streams * FLOAT
+    """The recurrent state of every layer (h and c) and the attention's memory (keys, values, flags)."""
+    memory = model.attention * (model.key_width + model.hidden_size + 1)
+    return (2 * model.layers * model.hidden_size + memory) * streams * FLOAT
 
 
 def _attention_per_token(model: ModelConfig, length: int) -> int:

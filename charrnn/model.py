@@ -112,7 +112,7 @@ class CharRNN(nn.Module):
         ]
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.attention:
-            self.attention = Attention(cfg.hidden_size, cfg.dtype, cfg.dropout)
+            self.attention = Attention(cfg.hidden_size, cfg.dtype, cfg.dropout, cfg.key_width)
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
 
@@ -165,7 +165,7 @@ def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
     cell = make_cell(config.cell)
     carry = tuple(cell.zero_carry(batch_size, config.hidden_size) for _ in range(config.layers))
     if config.attention:
-        carry += (empty_memory(batch_size, config.attention, config.hidden_size, config.dtype),)
+        carry += (empty_memory(batch_size, config.attention, config.hidden_size, config.dtype, config.key_width),)
     return carry
 
 

@@ -37,7 +37,10 @@ FORMAT_1_KEYS = {
     },
 }  # fmt: skip
 # Settings added since, with the value that runs written before them used (not today's default).
-ADDED_KEYS = {"model": {"recurrent_dropout": 0.0}, "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0}}
+ADDED_KEYS = {
+    "model": {"recurrent_dropout": 0.0, "attention_keys": 0},
+    "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0},
+}
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}
 # Written only by some runs: a corpus of documents (source is then a list of paths), --min-count.
 OPTIONAL_CORPUS_TYPES = {"documents": int, "boundary": str, "min_count": int}

@@ -58,7 +58,8 @@ def sharding_facts(ids, mc, tc) -> dict:
         "full_batch": full.inputs.tolist(),
         "carry_shard_shapes": [list(s.data.shape) for s in carry.addressable_shards],
         "carry_devices": len({s.device.id for s in carry.addressable_shards}),
-        "memory_shard_shapes": [list(s.data.shape) for s in state.carry[-1][0].addressable_shards],
+        "memory_shard_shapes": [list(s.data.shape) for s in state.carry[-1][-3].addressable_shards],  # values
+        "key_shard_shapes": [list(s.data.shape) for s in state.carry[-1][0].addressable_shards],
         "kernel_fully_replicated": bool(kernel.sharding.is_fully_replicated),
         "kernel_devices": len(kernel.sharding.device_set),
     }

@@ -36,37 +36,46 @@ def norm(x, params, eps=1e-6):
 
 def textbook_attention(config, params, tokens, carry, reset_id=None):
     """Logits by the definition: the recurrent layers as Python loops over time, then for each row
-    and position the softmax over the last M positions' normalised outputs, itself included and
-    none from before a reset, the memory's entries oldest first."""
+    and position the softmax over the last M positions' keys, itself included and none from before
+    a reset, the memory's entries oldest first, mixing their values (the normalised outputs). With
+    `attention_keys` 0 (runs made before it), the values are the keys, scaled by a gate."""
     size, a = config.attention, params["attention"]
     boundary = np.zeros(tokens.shape, bool) if reset_id is None else np.asarray(tokens) == reset_id
     h = jnp.swapaxes(params["embed"]["embedding"][tokens], 0, 1)
     for layer in range(config.layers):
         h, _ = textbook_layer(config.cell, params[f"layer{layer}"], h, carry[layer], boundary.T)
-    entries, valid, slot = carry[-1][0], np.asarray(carry[-1][1]), np.asarray(carry[-1][2])
-    gate_q, gate_k, gate_v = jax.nn.sigmoid(a["gates"])
+    *_, values, valid, slot = carry[-1]
+    keys, valid, slot = carry[-1][0], np.asarray(valid), np.asarray(slot)
+    gate_q, gate_k = jax.nn.sigmoid(a["gates"])[:2]
+    gate_v = jax.nn.sigmoid(a["value_gate"] if config.key_width else a["gates"][2])
+
+    def key_of(value):
+        return (value @ a["key_kernel"] if config.key_width else value) * gate_k
+
     rows = []
     for b in range(tokens.shape[0]):
         ages = range(size, 0, -1)  # the memory, oldest first
-        history = [(entries[b, (slot[b] - age) % size], valid[b, (slot[b] - age) % size] > 0) for age in ages]
+        where = [(slot[b] - age) % size for age in ages]
+        history = [(keys[b, i] * gate_k, values[b, i], valid[b, i] > 0) for i in where]
         out = []
         for t in range(tokens.shape[1]):
             if boundary[b, t]:
                 history = []
             y = h[t, b]
-            history.append((norm(y, a["memory_norm"]), True))
-            seen = [entry for entry, ok in history[-size:] if ok]
+            value = norm(y, a["memory_norm"])
+            history.append((key_of(value), value, True))
+            seen = [(k, v) for k, v, ok in history[-size:] if ok]
             x = norm(y, a["input_norm"])
             q = norm(x @ a["query_kernel"] + a["query_bias"], a["query_norm"]) * gate_q
-            scores = jnp.stack([jnp.dot(q, k * gate_k) for k in seen]) / np.sqrt(config.hidden_size)
+            scores = jnp.stack([jnp.dot(q, k) for k, _ in seen]) / np.sqrt(q.shape[-1])
             weights = jax.nn.softmax(scores)
-            out.append(x + sum(w * v * gate_v for w, v in zip(weights, seen, strict=True)))
+            out.append(x + sum(w * v * gate_v for w, (_, v) in zip(weights, seen, strict=True)))
         rows.append(jnp.stack(out))
     return jnp.stack(rows) @ params["head_kernel"] + params["head_bias"]
 
 
-def random_model(size=3, batch=3, seed=0, layers=2):
-    config = ModelConfig(vocab_size=7, attention=size, **SMALL | {"layers": layers})
+def random_model(size=3, batch=3, seed=0, layers=2, keys=3):
+    config = ModelConfig(vocab_size=7, attention=size, attention_keys=keys, **SMALL | {"layers": layers})
     rng = np.random.default_rng(seed)  # numpy: eager JAX would compile every draw's shape on its own
 
     def normal(shape):
@@ -76,6 +85,7 @@ def random_model(size=3, batch=3, seed=0, layers=2):
     params = jax.tree.map(lambda p: np.asarray(p) + 0.3 * normal(p.shape), params)  # gates, biases too
     layers = jax.tree.map(lambda c: normal(c.shape), initial_carry(config, batch)[:-1])
     memory = (
+        *([normal((batch, size, keys))] if keys else []),
         normal((batch, size, config.hidden_size)),
         (rng.uniform(size=(batch, size)) > 0.3).astype(np.float32),
         np.arange(batch, dtype=np.int32) % size,
@@ -83,9 +93,13 @@ def random_model(size=3, batch=3, seed=0, layers=2):
     return config, *jax.tree.map(jnp.asarray, (params, (*layers, memory)))
 
 
-@pytest.mark.parametrize("reset_id", [pytest.param(None, marks=pytest.mark.slow), 2])
-def test_outputs_and_every_gradient_match_the_textbook_loop(reset_id):
-    config, params, carry = random_model(batch=2, layers=1)  # layers: test_cells; here, what comes after them
+@pytest.mark.parametrize(
+    "reset_id, keys", [pytest.param(None, 3, marks=pytest.mark.slow), (2, 3), (2, 0)], ids=["keys", "reset", "older"]
+)
+def test_outputs_and_every_gradient_match_the_textbook_loop(reset_id, keys):
+    """The keyed head, with and without a reset in the window; and the form runs made before it keep
+    (`attention_keys` 0: the values are the keys)."""
+    config, params, carry = random_model(batch=2, layers=1, keys=keys)  # layers: test_cells; here, what comes after
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, (2, 7)), jnp.int32)  # windows longer than M
     model = CharRNN(config)
     resets = None if reset_id is None else tokens == reset_id
@@ -99,20 +113,22 @@ def test_outputs_and_every_gradient_match_the_textbook_loop(reset_id):
 
     np.testing.assert_allclose(jax.jit(ours)(params, carry), textbook(params, carry), rtol=1e-5, atol=1e-5)
 
-    def loss(run):  # of the parameters and of the memory's entries
-        def of(params, entries):
-            memory = (entries, *carry[-1][1:])
+    def loss(run):  # of the parameters and of the memory's keys and values
+        def of(params, stored):
+            memory = (*stored, *carry[-1][-2:])
             return jnp.sum(jnp.sin(run(params, (*carry[:-1], memory))) * jnp.arange(7.0))
 
         return of
 
-    grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, carry[-1][0])
-    reference = jax.grad(loss(textbook), argnums=(0, 1))(params, carry[-1][0])
+    stored = carry[-1][:-2]
+    grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, stored)
+    reference = jax.grad(loss(textbook), argnums=(0, 1))(params, stored)
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-    for name in ("query_kernel", "gates"):
+    for name in ("query_kernel", "gates", *(["key_kernel", "value_gate"] if keys else [])):
         assert float(jnp.abs(grads[0]["attention"][name]).max()) > 0, name
-    assert float(jnp.abs(grads[1]).max()) > 0  # the carried memory is read
+    for array in grads[1]:
+        assert float(jnp.abs(array).max()) > 0  # the carried memory is read
 
 
 def test_windows_one_after_another_and_single_steps_give_one_pass():
@@ -147,15 +163,16 @@ def test_a_bfloat16_model_keeps_its_memory_in_bfloat16_with_the_same_numbers():
     """The attention's matmuls read the memory in the compute dtype: keeping it so changes nothing."""
     config, params, (*layers, memory) = random_model(size=4, batch=2, seed=2)
     config = dataclasses.replace(config, dtype="bfloat16")
-    entries, valid, slot = memory
-    entries = entries.astype(jnp.bfloat16)
+    *stored, valid, slot = memory
+    stored = [array.astype(jnp.bfloat16) for array in stored]
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 7, (2, 6)), jnp.int32)
     read = jax.jit(lambda carry: CharRNN(config).apply({"params": params}, tokens, carry))
-    kept, kept_carry = read((*layers, (entries, valid, slot)))
-    wide, wide_carry = read((*layers, (entries.astype(jnp.float32), valid, slot)))
-    assert initial_carry(config, 2)[-1][0].dtype == kept_carry[-1][0].dtype == jnp.bfloat16
+    kept, kept_carry = read((*layers, (*stored, valid, slot)))
+    wide, wide_carry = read((*layers, (*[array.astype(jnp.float32) for array in stored], valid, slot)))
     np.testing.assert_array_equal(kept, wide)
-    np.testing.assert_array_equal(kept_carry[-1][0], wide_carry[-1][0].astype(jnp.bfloat16))
+    for i in range(len(stored)):  # keys and values
+        assert initial_carry(config, 2)[-1][i].dtype == kept_carry[-1][i].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(kept_carry[-1][i], wide_carry[-1][i].astype(jnp.bfloat16))
 
 
 def test_a_bfloat16_head_has_the_float32_heads_gradients_to_bfloat16_precision():
@@ -173,7 +190,7 @@ def test_a_bfloat16_head_has_the_float32_heads_gradients_to_bfloat16_precision()
         return jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens, carry)[0] * weights))(params)
 
     want, got = gradient("float32")["attention"], gradient("bfloat16")["attention"]
-    for name in ("query_kernel", "gates"):
+    for name in ("query_kernel", "key_kernel", "gates", "value_gate"):
         assert jnp.linalg.norm(got[name] - want[name]) < 0.02 * jnp.linalg.norm(want[name]), name
 
 
@@ -297,3 +314,25 @@ def test_dropout_leaves_the_expected_logits_of_a_model_with_attention_unchanged(
     mean = jax.vmap(trained)(jax.random.split(jax.random.key(2), 4096)).mean(0)
     assert float(jnp.abs(evaluated).max()) > 1.0
     assert float(jnp.abs(mean - evaluated).max()) < 0.25  # sampling error ~0.07; 0.95 with the norms after dropout
+
+
+def test_a_run_made_before_the_keyed_head_keeps_its_form_in_every_command(tmp_path):
+    """Runs written before `attention_keys` existed have no such field: they read as 0, the head
+    whose values are its keys, and sample, score and resume as they did."""
+    from charrnn.start import new_run
+
+    (tmp_path / "text.txt").write_text(copies(300, 6, seed=3))
+    model = {"layers": 1, "hidden_size": 16, "embed_size": 8, "dropout": 0.0, "attention": 12, "attention_keys": 0}
+    train = {"batch_size": 4, "seq_len": 8, "steps": 20, "eval_every": 10}
+    with new_run(str(tmp_path / "text.txt"), directory=tmp_path / "old", model=model, train=train) as start:
+        list(start.fit())
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["attention_keys"]
+    config_path.write_text(json.dumps(config))
+    first = charrnn_in_process("sample", "old", "-n", "30", "--seed", "4", "--prime", "abc|", cwd=tmp_path).stdout
+    assert len(first) == 34
+    scored = charrnn_in_process("score", "old", "--json", input="abcdef|abcdef\n", cwd=tmp_path).stdout
+    assert json.loads(scored.splitlines()[0])["chars"] == 14
+    charrnn_in_process("train", "--resume", "old", "--steps", "30", cwd=tmp_path)
+    assert json.loads(config_path.read_text())["model"].get("attention_keys", 0) == 0

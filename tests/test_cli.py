@@ -349,10 +349,12 @@ def assert_bidirectional_and_attention(model, matmul_weights):
         both["train"]["chars_per_second"] / train["chars_per_second"]
     )
     assert both["check"]["chars_per_second"] > 0
-    attended = model["attention"]  # + query 16×16 + 16, 3 gates, 3 norms: 16² + 10 × 16
-    assert attended["positions"] == 6 and attended["parameters"] == model["parameters"] + 256 + 160
-    # FLOPs: the query's matmul, and scores and mix over the 6 positions each character attends to.
-    flops = 6 * (matmul_weights + 16 * 16) + 3 * 4 * 16 * 6
+    # + query and key kernels 16×16 (keys no wider than the outputs), query bias, norm and 2 gates
+    # 5 × 16, value gate and 2 norms 5 × 16
+    attended = model["attention"]
+    assert attended["positions"] == 6 and attended["parameters"] == model["parameters"] + 2 * 16 * 16 + 160
+    # FLOPs: the query's and keys' matmuls, and scores and mix over the 6 positions attended.
+    flops = 6 * (matmul_weights + 2 * 16 * 16) + 3 * 2 * (16 + 16) * 6
     assert attended["train"]["gflops"] == pytest.approx(attended["train"]["chars_per_second"] * flops / 1e9)
     for name in ("train", "sample_1", "sample_3", "score"):
         assert attended[name]["of_without"] == pytest.approx(

@@ -77,6 +77,7 @@ def test_batch_rows_and_carry_are_split_over_the_devices(four_devices):
         assert shard["rows"] == facts["full_batch"][shard["index"] : shard["index"] + 2]
     assert facts["carry_devices"] == 4 and facts["carry_shard_shapes"] == [[2, 16]] * 4
     assert facts["memory_shard_shapes"] == [[2, 12, 16]] * 4  # the attention's memory: its streams' rows
+    assert facts["key_shard_shapes"] == [[2, 12, 16]] * 4
     assert facts["kernel_fully_replicated"] and facts["kernel_devices"] == 4
 
 

@@ -116,8 +116,8 @@ def test_save_restore_gives_identical_params_and_next_loss(tmp_path, attention):
 
 
 def test_a_memory_saved_in_float32_resumes_into_a_bfloat16_model_unchanged(tmp_path):
-    """Runs saved before the memory's entries were kept in the compute dtype hold them in float32:
-    they restore into today's bf16 memory (the values the attention read from them all along)."""
+    """Runs saved before the memory's keys and values were kept in the compute dtype hold them in
+    float32: they restore into today's bf16 memory (the values the attention read from them all along)."""
     vocab, batcher = batches(periodic_text(), 4, 8)
     model_config = ModelConfig(vocab_size=len(vocab), attention=5, dtype="bfloat16", **SMALL)
     train_config = TrainConfig(batch_size=4, seq_len=8)
@@ -125,9 +125,9 @@ def test_a_memory_saved_in_float32_resumes_into_a_bfloat16_model_unchanged(tmp_p
     state = create_state(model_config, train_config)
     for i in range(3):
         state, _ = step(state, *batcher.batch(i), np.float32(1e-3))
-    entries, valid, slot = state.carry[-1]
-    assert entries.dtype == jnp.bfloat16
-    older = state.replace(carry=(*state.carry[:-1], (entries.astype(jnp.float32), valid, slot)))
+    *stored, valid, slot = state.carry[-1]
+    assert [array.dtype for array in stored] == [jnp.bfloat16] * 2  # keys, values
+    older = state.replace(carry=(*state.carry[:-1], (*[a.astype(jnp.float32) for a in stored], valid, slot)))
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(3, older, {"step": 3}, val_loss=1.0)
     store.wait()
