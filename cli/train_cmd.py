@@ -121,6 +121,17 @@ def train(
             ),
         ),
     ] = None,
+    attention_keys: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help=config_help(
+                "--attention: the width of its queries and keys (at most --hidden; 0: the outputs themselves).",
+                ModelConfig,
+                "attention_keys",
+            ),
+        ),
+    ] = None,
     lookahead: Annotated[
         int | None,
         typer.Option(
@@ -245,6 +256,7 @@ def train(
         bidirectional=bidirectional or None,
         lookahead=lookahead,
         attention=attention,
+        attention_keys=attention_keys,
     )
     time_seconds = parse_duration(time) if time is not None else None
     budget_options = given(steps=steps, epochs=epochs, time_seconds=time_seconds, patience=patience)
@@ -267,6 +279,8 @@ def train(
     if out is not None and resume is not None:
         raise UsageError("give --out or --resume, not both (a resumed run stays where it is)")
     asked_model = ModelConfig(vocab_size=1, **model_options)  # option mistakes are reported before JAX loads
+    if attention_keys is not None and not attention and resume is None and init_from is None:
+        raise UsageError("--attention-keys is the width of the attention head's keys: give --attention M too")
     asked_train = TrainConfig(**train_options, **budget_options)
     if resume is not None:
         check_output_dir(resume, "--resume")

@@ -247,6 +247,11 @@ def test_with_attention_a_model_copies_what_the_same_lstm_without_it_cannot_hold
             ["--bidirectional", "--attention", "8"],
             "--attention is for models that write left to right; a bidirectional model already sees both sides",
         ),
+        (["--attention", "8", "--attention-keys", "-1"], "--attention-keys must be between 0 and 65536, not -1"),
+        (
+            ["--attention-keys", "4"],
+            "--attention-keys is the width of the attention head's keys: give --attention M too",
+        ),
     ],
 )
 def test_bad_attention_options_are_one_line_and_write_nothing(tmp_path, args, message):
@@ -269,9 +274,8 @@ def attention_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("attention")
     (home / "text.txt").write_text(copies(300, 6, seed=3))
     tiny = ["--layers", "1", "--hidden", "16", "--embed", "8", "-b", "4", "-t", "8", "--dropout", "0"]
-    trained = charrnn_in_process(
-        "train", "text.txt", "--out", "run", *tiny, "--attention", "12", "--steps", "40", "--eval-every", "20", cwd=home
-    )
+    attended = ["--attention", "12", "--attention-keys", "6", "--steps", "40", "--eval-every", "20"]
+    trained = charrnn_in_process("train", "text.txt", "--out", "run", *tiny, *attended, cwd=home)
     return home, trained
 
 
@@ -280,7 +284,8 @@ def test_every_command_takes_a_run_with_attention(attention_run):
     assert "attention 12" in trained.stderr
     info = charrnn_in_process("info", "run", cwd=home).stdout
     assert "1×16 LSTM-COUPLED, attention 12, embed 8" in info
-    assert json.loads((home / "run" / "config.json").read_text())["model"]["attention"] == 12
+    recorded = json.loads((home / "run" / "config.json").read_text())["model"]
+    assert (recorded["attention"], recorded["attention_keys"]) == (12, 6)
     first = charrnn_in_process("sample", "run", "-n", "50", "--seed", "4", "--prime", "abc|", cwd=home).stdout
     again = charrnn_in_process("sample", "run", "-n", "50", "--seed", "4", "--prime", "abc|", cwd=home).stdout
     assert first == again and first.startswith("abc|") and len(first) == 54
