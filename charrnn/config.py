@@ -51,6 +51,7 @@ VAL_BURN_IN = 256  # characters of context before each stream of a validation pa
 # Defaults that `charrnn train` chooses by the budget's length (charrnn.start), in planned epochs
 # weighed by the model's size against the text's (`memorising_load`).
 REFERENCE_PARAMETERS_PER_CHARACTER = 2.5  # tiny Shakespeare's default model, where the rules were measured
+MAX_TIMED_EPOCHS = 40.0  # a time budget plans at most this many epochs: beyond, one text only memorises
 LONG_RUN_EPOCHS = 4.0  # beyond this, a run is long enough to need a moving average of the weights
 LONG_RUN_EMA = 0.999  # the weights' moving average's decay for such runs
 DROPOUT_FREE_EPOCHS = 3.0  # up to this, no dropout: it would only slow learning

@@ -2,7 +2,8 @@
 
 `new_run` and `resume_run` do everything that comes before the first step: prepare the corpus,
 fill in the settings left to charrnn (the precision by device; dropout and the weights' moving
-average by how many epochs the budget covers), refuse a model that cannot fit in memory, take the
+average by how many epochs the budget covers, and at most `MAX_TIMED_EPOCHS` of them for a time
+budget), refuse a model that cannot fit in memory, take the
 run's lock, and write ``config.json`` and ``vocab.json``. Each is a context manager that holds the
 lock and yields a `Start`, which trains with `Start.fit`. `charrnn train`, `charrnn bench` and the
 tests call them alike.
@@ -27,6 +28,7 @@ from charrnn.config import (
     DEFAULT_EPOCHS,
     LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
+    MAX_TIMED_EPOCHS,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -108,7 +110,9 @@ def new_run(
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
     `auto_dropout`; unless given, or taken from a parent), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
-    `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). `parent` is a
+    `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). A time budget
+    alone (`time_seconds`, no `epochs` or `steps`) stops after `MAX_TIMED_EPOCHS` epochs if it covers
+    more: past them a model only memorises its text (docs/text-quality.md, The budget used). `parent` is a
     run to start from (its best weights; a vocabulary its characters keep their ids in; its model
     unless given otherwise).
     """
@@ -266,10 +270,19 @@ def _choose_for_the_budget(
     weight_decay: bool,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout, weight decay and the weights' average for runs long enough to memorise the text (see
-    `auto_dropout`, `auto_weight_decay`, `auto_ema` below), when not given; and what was chosen, in words."""
-    if not (dropout or ema or weight_decay):
+    `auto_dropout`, `auto_weight_decay`, `auto_ema` below), when not given; the epochs of a time
+    budget that covers more than `MAX_TIMED_EPOCHS`; and what was chosen, in words."""
+    timed = bool(train.time_seconds) and train.epochs is None and train.steps is None
+    if not (dropout or ema or weight_decay or timed):
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
+    notes = []
+    if timed and epochs > MAX_TIMED_EPOCHS:
+        notes.append(
+            f"training stops after {MAX_TIMED_EPOCHS:g} epochs, though the time given covers about {epochs:.0f}: "
+            "more epochs of one text measured worse (give an epochs budget to train longer)"
+        )
+        train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
     parameters = model.parameter_count()
     load = memorising_load(epochs, parameters, train_characters)
     chosen = []
@@ -285,7 +298,7 @@ def _choose_for_the_budget(
         check_memory(model, train)  # the average is one more copy of the weights
     per_character = parameters / max(1, train_characters)
     why = f"the budget covers about {epochs:.1f} epochs, with {per_character:.2g} parameters per training character"
-    return model, train, [f"{', '.join(chosen)} ({why})"] if chosen else []
+    return model, train, notes + ([f"{', '.join(chosen)} ({why})"] if chosen else [])
 
 
 def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:

@@ -17,6 +17,7 @@ from charrnn.config import (
     DTYPES,
     LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
+    MAX_TIMED_EPOCHS,
     ModelConfig,
     TrainConfig,
     check_text_options,
@@ -188,7 +189,14 @@ def train(
         float | None,
         typer.Option(help=with_default("Stop after this many epochs.", f"{DEFAULT_EPOCHS:g} if no budget is given")),
     ] = None,
-    time: Annotated[str | None, typer.Option("--time", help="Stop after this long, e.g. 300, 90s, 10m, 1h30m.")] = None,
+    time: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help=f"Stop after this long, e.g. 300, 90s, 10m, 1h30m; at most {MAX_TIMED_EPOCHS:g} epochs unless "
+            "--epochs is given.",
+        ),
+    ] = None,
     patience: Annotated[
         int | None,
         typer.Option(help="Stop after this many evaluations without a better validation loss.", show_default=False),
