@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from charrnn.cells import make_cell
 from charrnn.config import ModelConfig
-from charrnn.model import ModelCarry, RecurrentLayer, recurrent_mask
+from charrnn.model import Embed, ModelCarry, RecurrentLayer, recurrent_mask
 from charrnn.recurrence import project
 
 
@@ -42,7 +42,7 @@ class BiCharRNN(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
-        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
+        self.embed = Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
 
         def stack(prefix: str) -> list[RecurrentLayer]:
             return [

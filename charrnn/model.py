@@ -31,6 +31,45 @@ def orthogonal_blocks(gates: int):
     return init
 
 
+def scatter_adds_in_order() -> bool:
+    """Whether the default backend adds a scatter's colliding updates in a fixed order (CPUs do;
+    GPUs use atomics, whose order, and so whose rounding, changes from run to run)."""
+    return jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """table[tokens], with a gradient that is the same on every run: exact resume needs it.
+
+    A gather's gradient is a scatter-add of the output gradients into the table's rows. Where the
+    backend adds those in no fixed order, the gradient is a one-hot matmul instead: the same sums,
+    in an order the matmul fixes, at full float32 precision.
+    """
+    return jnp.take(table, tokens, axis=0)
+
+
+def _lookup_forward(table, tokens):
+    return jnp.take(table, tokens, axis=0), (table, tokens)
+
+
+def _lookup_backward(residuals, grad):
+    table, tokens = residuals
+    if scatter_adds_in_order():
+        return jnp.zeros_like(table).at[tokens].add(grad.astype(table.dtype)), None
+    one_hot = jax.nn.one_hot(tokens, table.shape[0], dtype=grad.dtype)
+    return jnp.einsum("...v,...e->ve", one_hot, grad, precision=jax.lax.Precision.HIGHEST).astype(table.dtype), None
+
+
+lookup.defvjp(_lookup_forward, _lookup_backward)
+
+
+class Embed(nn.Embed):
+    """`nn.Embed` (same parameter, so the same checkpoints) whose gradient is reproducible (`lookup`)."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return lookup(self.embedding, inputs)
+
+
 class RecurrentLayer(nn.Module):
     """One recurrent layer. The input projection of the whole window is a single matmul.
 
@@ -105,7 +144,7 @@ class CharRNN(nn.Module):
         cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
         # N(0, 1) embeddings, as in torch and char-rnn: Flax's default (std 1/sqrt(embed)) makes the
         # input signal so faint that the model sits at the unigram loss for the first ~100 steps.
-        self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
+        self.embed = Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
         self.layers = [
             RecurrentLayer(cell, cfg.embed_size if i == 0 else cfg.hidden_size, cfg.hidden_size, name=f"layer{i}")
             for i in range(cfg.layers)

@@ -106,3 +106,24 @@ def test_the_default_precision_is_bf16_on_accelerators_and_on_cpus_with_bf16_ins
         builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k)
     )
     assert precision.default_dtype() == expected
+
+
+def test_the_embedding_gradient_is_the_scatter_add_on_every_backend(monkeypatch):
+    """GPUs add a scatter's colliding updates in no fixed order, so there the embedding's gradient is
+    a one-hot matmul (exact resume needs the same gradient on every run): it must be the same gradient."""
+    from charrnn import model
+
+    table = jax.random.normal(jax.random.key(0), (7, 5))
+    tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 7)  # every row many times over
+    weights = jax.random.normal(jax.random.key(2), (4, 33, 5))
+
+    def gradient():
+        return jax.jit(jax.grad(lambda t: jnp.sum(jnp.sin(model.lookup(t, tokens)) * weights)))(table)
+
+    expected = jax.grad(lambda t: jnp.sum(jnp.sin(jnp.take(t, tokens, axis=0)) * weights))(table)
+    for in_order in (True, False):  # the scatter-add, then the one-hot matmul, whatever the backend
+        monkeypatch.setattr(model, "scatter_adds_in_order", lambda in_order=in_order: in_order)
+        first = gradient()
+        np.testing.assert_allclose(first, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(first, gradient())  # the one-hot matmul: the same bits on every run
+    np.testing.assert_array_equal(model.lookup(table, tokens), table[tokens])
