@@ -190,7 +190,9 @@ def time_to_first_character(run: Run, cache: Path, length: int = 1) -> float:
     launcher = [sys.executable, "-m", "charrnn.cli.launch"]  # as the installed command starts
     command = [*launcher, "sample", str(run.directory), "-n", str(length), "--seed", "0"]
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    # Started in the run's folder (as `--help` below in the scratch one): `-m` puts the working directory
+    # first on the path, and a checkout's charrnn/ (whose cli/ sits beside it) would hide the installed package.
+    subprocess.run(command, env=env, check=True, capture_output=True, cwd=run.directory)
     return time.perf_counter() - start
 
 
@@ -201,7 +203,8 @@ def startup_times(model_config: ModelConfig) -> dict[str, float]:
         cold = time_to_first_character(run, cache)
         warm = min(time_to_first_character(run, cache) for _ in range(2))
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "charrnn.cli.main", "--help"], check=True, capture_output=True)
+        help_command = [sys.executable, "-m", "charrnn.cli.main", "--help"]
+        subprocess.run(help_command, check=True, capture_output=True, cwd=scratch)
         help_seconds = time.perf_counter() - start
     return {"first_char_cold_seconds": cold, "first_char_warm_seconds": warm, "help_seconds": help_seconds}
 
