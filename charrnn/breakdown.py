@@ -6,7 +6,8 @@ each compiled on its own and timed like `charrnn bench` times the whole step:
     embedding           the gather of the window's characters and its gradient (a scatter-add)
     input projections   every layer's x @ W_in over the whole window and its two backward matmuls
     forward loops       every layer's time loop forward (one h @ W per step, the cell's elementwise step)
-    backward loops      every layer's reverse loop (d_hw @ W^T per step), without the weight gradient
+    backward loops      every layer's reverse loop (d_hw @ W^T per step): timed with the weight
+                        gradient, less the weight gradient timed alone
     weight gradients    every layer's recurrent weight gradient, one large matmul after the loop
     output and loss     the output layer, softmax and cross-entropy, forward and backward
     optimizer           clipping, Adam's scaling, weight decay, the update (and the weights' average)
