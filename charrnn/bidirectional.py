@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from charrnn.cells import make_cell
 from charrnn.config import ModelConfig
-from charrnn.model import Embed, ModelCarry, RecurrentLayer, recurrent_mask
+from charrnn.model import Embed, ModelCarry, RecurrentLayer, recurrent_mask, recurrent_weight_mask
 from charrnn.recurrence import project
 
 
@@ -129,7 +129,8 @@ class BiCharRNN(nn.Module):
         layer's states [T, B, H], the carry after the last step)."""
         new_carry = []
         for i, (layer, layer_carry) in enumerate(zip(layers, carry, strict=True)):
-            h, layer_carry = layer(h, layer_carry, keep, recurrent_mask(self, h.shape[1], train))
+            masks = recurrent_mask(self, h.shape[1], train), recurrent_weight_mask(self, layer, train)
+            h, layer_carry = layer(h, layer_carry, keep, *masks)
             h = h if i == len(layers) - 1 else self.dropout(h, deterministic=not train)
             new_carry.append(layer_carry)
         return h, tuple(new_carry)
@@ -166,12 +167,12 @@ class BiCharRNN(nn.Module):
         xa, xw = x[:lookahead], x[lookahead:]
         ya = yw = None
         for i, layer in enumerate(self.backward_layers):
-            mask = recurrent_mask(self, batch, train)
+            masks = recurrent_mask(self, batch, train), recurrent_weight_mask(self, layer, train)
             state = make_cell(cfg.cell).zero_carry(batch, cfg.hidden_size)
             if lookahead:
-                ya, state = layer(xa, state, None if keep is None else keep[:lookahead], mask, frozen=True)
+                ya, state = layer(xa, state, None if keep is None else keep[:lookahead], *masks, frozen=True)
             if xw.shape[0]:
-                yw, _ = layer(xw, state, None if keep is None else keep[lookahead:], mask)
+                yw, _ = layer(xw, state, None if keep is None else keep[lookahead:], *masks)
             if i < len(self.backward_layers) - 1:
                 xa = self.dropout(ya, deterministic=not train) if lookahead else xa
                 xw = self.dropout(yw, deterministic=not train) if xw.shape[0] else xw

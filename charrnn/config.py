@@ -125,6 +125,7 @@ class ModelConfig:
     embed_size: int = 64
     dropout: float = 0.0  # applied to every layer's output, i.e. between layers and before the logits
     recurrent_dropout: float = 0.0  # on h where it enters the recurrence, one mask per window (recurrence.py)
+    weight_drop: float = 0.0  # DropConnect on each recurrent kernel, one mask per layer and window (model.py)
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
     bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
     lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
@@ -147,6 +148,7 @@ class ModelConfig:
             "recurrent_dropout",
             f"must be in [0, 1), not {self.recurrent_dropout}",
         )
+        _check(0.0 <= self.weight_drop < 1.0, "weight_drop", f"must be in [0, 1), not {self.weight_drop}")
         _check(0 <= self.lookahead <= 1 << 16, "lookahead", f"must be between 0 and {1 << 16}, not {self.lookahead}")
         _check(0 <= self.attention <= 1 << 16, "attention", f"must be between 0 and {1 << 16}, not {self.attention}")
         _check(

@@ -100,6 +100,7 @@ class RecurrentLayer(nn.Module):
         carry: Carry,
         keep: jax.Array | None = None,
         mask: jax.Array | None = None,
+        weight_mask: jax.Array | None = None,
         *,
         frozen: bool = False,
     ) -> tuple[jax.Array, Carry]:
@@ -114,6 +115,8 @@ class RecurrentLayer(nn.Module):
         w, b = (self.recurrent_kernel, self.recurrent_bias)
         if frozen:
             w, b = jax.lax.stop_gradient((w, b))
+        if weight_mask is not None:
+            w = w * weight_mask
         return recurrence(self.cell, w, b, params, xp, carry, keep, mask)
 
     def step(self, x: jax.Array, carry: Carry) -> Carry:
@@ -167,7 +170,9 @@ class CharRNN(nn.Module):
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
         new_carry = []
         for depth, (layer, layer_carry) in enumerate(zip(self.layers, carry[: len(self.layers)], strict=True)):
-            x, layer_carry = layer(x, layer_carry, keep, recurrent_mask(self, x.shape[1], train))
+            x, layer_carry = layer(
+                x, layer_carry, keep, recurrent_mask(self, x.shape[1], train), recurrent_weight_mask(self, layer, train)
+            )
             new_carry.append(layer_carry)
             if depth < len(self.layers) - 1 or not self.config.attention:
                 x = self.dropout(x, deterministic=not train)
@@ -215,6 +220,18 @@ def recurrent_mask(module: nn.Module, batch: int, train: bool) -> jax.Array | No
     if not (train and rate):
         return None
     kept = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (batch, module.config.hidden_size))
+    return kept.astype(jnp.float32) / (1.0 - rate)
+
+
+def recurrent_weight_mask(module: nn.Module, layer: RecurrentLayer, train: bool) -> jax.Array | None:
+    """DropConnect on `layer`'s recurrent kernel (AWD-LSTM's weight drop): one mask [H, G*H] per layer
+    and window, shared by every stream, scaled by 1 / keep probability; None when not training or off.
+    Unlike dropout on h, it drops single connections, and the step stays one matmul."""
+    rate = module.config.weight_drop
+    if not (train and rate):
+        return None
+    shape = (layer.hidden_size, layer.cell.gates * layer.hidden_size)
+    kept = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, shape)
     return kept.astype(jnp.float32) / (1.0 - rate)
 
 

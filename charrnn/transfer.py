@@ -21,7 +21,7 @@ from charrnn.vocab import Vocabulary
 # What the parent's weights fix:
 STRUCTURE = ("cell", "layers", "hidden_size", "embed_size", "bidirectional", "attention", "attention_keys")
 # Model options a child takes from its parent unless given:
-INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "dtype", "lookahead")
+INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "weight_drop", "dtype", "lookahead")
 # Structural options whose weights fit another value than the parent's: the attention head's
 # weights do not depend on how many positions it reads, only on whether there is one.
 FITS = {"attention": lambda given, parent: bool(given) == bool(parent)}

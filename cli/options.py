@@ -43,9 +43,11 @@ def budget_text(train: dict[str, Any]) -> str:
 
 def regularisation_text(model: dict[str, Any], train: dict[str, Any]) -> tuple[str, str]:
     """What `train` and `info` add to their model and training lines for the settings a run may leave
-    off (recurrent dropout; weight decay, the weights' average), each ", ..." or empty. Settings
-    missing from an older run's config read as off."""
-    model_part = f", recurrent dropout {model['recurrent_dropout']:g}" if model.get("recurrent_dropout") else ""
+    off (recurrent dropout, weight drop; weight decay, the weights' average), each ", ..." or empty.
+    Settings missing from an older run's config read as off."""
+    model_part = (f", recurrent dropout {model['recurrent_dropout']:g}" if model.get("recurrent_dropout") else "") + (
+        f", weight drop {model['weight_drop']:g}" if model.get("weight_drop") else ""
+    )
     train_part = (f", weight decay {train['weight_decay']:g}" if train.get("weight_decay") else "") + (
         f", weights averaged (decay {train['ema']:g})" if train.get("ema") else ""
     )

@@ -103,6 +103,14 @@ def train(
             )
         ),
     ] = None,
+    weight_drop: Annotated[
+        float | None,
+        typer.Option(
+            help=config_help(
+                "DropConnect on the recurrent weights, one mask per layer and window.", ModelConfig, "weight_drop"
+            )
+        ),
+    ] = None,
     bidirectional: Annotated[
         bool,
         typer.Option(
@@ -260,6 +268,7 @@ def train(
         embed_size=embed,
         dropout=dropout,
         recurrent_dropout=recurrent_dropout,
+        weight_drop=weight_drop,
         dtype=dtype,
         bidirectional=bidirectional or None,
         lookahead=lookahead,

@@ -462,3 +462,28 @@ def test_training_windows_that_never_reach_past_the_text_read_alike_without_the_
     checked, _ = model.apply({"params": params}, chars, after, carry, reset_id=2)
     unchecked, _ = model.apply({"params": params}, chars, after, carry, reset_id=2, padded=False)
     np.testing.assert_array_equal(checked, unchecked)
+
+
+def test_weight_drop_masks_each_stack_once_per_window_look_ahead_included():
+    plain = ModelConfig(vocab_size=7, bidirectional=True, lookahead=3, **SMALL)
+    config = dataclasses.replace(plain, weight_drop=0.5)
+    params = init_params(config, jax.random.key(1))
+    chars, after = random_inputs(7)
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(3), c.shape), initial_carry(config, 3))
+    evaluated = BiCharRNN(config).apply({"params": params}, chars, after, carry)[0]
+    np.testing.assert_array_equal(evaluated, BiCharRNN(plain).apply({"params": params}, chars, after, carry)[0])
+
+    def train_outputs(params):
+        rngs = {"dropout": jax.random.key(5)}
+        return BiCharRNN(config).apply({"params": params}, chars, after, carry, train=True, rngs=rngs)[0]
+
+    train, pullback = jax.vjp(train_outputs, params)
+    (grads,) = pullback(jnp.ones_like(train))
+    masked = dict(params)
+    for name in ("layer0", "layer1", "backward0", "backward1"):
+        kept = grads[name]["recurrent_kernel"] != 0  # a dropped connection gets no gradient
+        assert 0.25 < float(kept.mean()) < 0.75, name
+        masked[name] = {**params[name], "recurrent_kernel": params[name]["recurrent_kernel"] * kept * 2.0}
+    # The backward stack's look-ahead (read without gradient) drops what its window drops.
+    reference = BiCharRNN(plain).apply({"params": masked}, chars, after, carry)[0]
+    np.testing.assert_allclose(train, reference, rtol=1e-6, atol=1e-6)

@@ -112,6 +112,7 @@ def test_unknown_prime_character_is_named(trained_run):
         (["train", "text.txt", "--ema", "1"], 2, "--ema must be in [0, 1), not 1.0"),
         (["train", "text.txt", "--weight-decay", "-0.1"], 2, "--weight-decay must be between 0 and 1, not -0.1"),
         (["train", "text.txt", "--recurrent-dropout", "-0.1"], 2, "--recurrent-dropout must be in [0, 1), not -0.1"),
+        (["train", "text.txt", "--weight-drop", "1"], 2, "--weight-drop must be in [0, 1), not 1.0"),
         (["sample", "--temp", "-1"], 2, "--temp"),
         (["sample", "nowhere"], 1, "not a charrnn run"),
     ],

@@ -81,6 +81,34 @@ def test_recurrent_dropout_changes_training_outputs_only_and_is_one_mask_per_win
     np.testing.assert_allclose(train[:, 0], evaluated[:, 0], rtol=1e-6)
 
 
+def test_weight_drop_is_one_dropconnect_mask_per_layer_and_window_shared_by_every_stream():
+    plain = ModelConfig(vocab_size=11, layers=2, hidden_size=16, embed_size=8)
+    config = ModelConfig(vocab_size=11, layers=2, hidden_size=16, embed_size=8, weight_drop=0.5)
+    params = init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 6), 0, 11)
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(4), c.shape), initial_carry(config, 3))
+    evaluated, _ = CharRNN(config).apply({"params": params}, tokens, carry)
+    unmasked, _ = CharRNN(plain).apply({"params": params}, tokens, carry)
+    np.testing.assert_array_equal(evaluated, unmasked)  # evaluation and sampling never drop
+
+    rngs = {"dropout": jax.random.key(5)}
+
+    def train_outputs(params):
+        return CharRNN(config).apply({"params": params}, tokens, carry, train=True, rngs=rngs)[0]
+
+    train, pullback = jax.vjp(train_outputs, params)
+    (grads,) = pullback(jnp.ones_like(train))
+    # A dropped connection gets no gradient; about half are dropped, in every layer.
+    masked = dict(params)
+    for name in ("layer0", "layer1"):
+        kept = grads[name]["recurrent_kernel"] != 0
+        assert 0.3 < float(kept.mean()) < 0.7
+        masked[name] = {**params[name], "recurrent_kernel": params[name]["recurrent_kernel"] * kept * 2.0}
+    # Training reads the kept connections scaled by 1 / keep probability, the same for every stream.
+    reference, _ = CharRNN(plain).apply({"params": masked}, tokens, carry)
+    np.testing.assert_allclose(train, reference, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("backend", "cpu_flags", "expected"),
     [

@@ -26,13 +26,20 @@ def fake_run(
     losses=(2.0, 1.5, 1.7),
     section: dict | None = None,
     recurrent_dropout: float = 0.0,
+    weight_drop: float = 0.0,
     **train: float,
 ) -> Run:
     """A run directory as training writes it, without training: config, vocabulary, metrics, checkpoints."""
     run = Run(directory)
     directory.mkdir(parents=True)
     model = ModelConfig(
-        vocab_size=3, cell="gru", layers=1, hidden_size=hidden, embed_size=8, recurrent_dropout=recurrent_dropout
+        vocab_size=3,
+        cell="gru",
+        layers=1,
+        hidden_size=hidden,
+        embed_size=8,
+        recurrent_dropout=recurrent_dropout,
+        weight_drop=weight_drop,
     )
     run.write_config(
         model,
@@ -130,9 +137,9 @@ def test_info_of_a_non_run_is_one_line(tmp_path):
 
 
 def test_info_shows_the_regularisation_a_run_trained_with(tmp_path):
-    fake_run(tmp_path / "runs" / "reg", recurrent_dropout=0.1, weight_decay=0.0, ema=0.999)
+    fake_run(tmp_path / "runs" / "reg", recurrent_dropout=0.1, weight_drop=0.2, weight_decay=0.0, ema=0.999)
     out = charrnn("info", "runs/reg", cwd=tmp_path).stdout
-    assert "dropout 0, recurrent dropout 0.1" in out
+    assert "dropout 0, recurrent dropout 0.1, weight drop 0.2" in out
     assert "lr 0.003, weights averaged (decay 0.999), seed 0" in out and "weight decay" not in out
 
 
