@@ -5,7 +5,7 @@ import pytest
 
 from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig
-from charrnn.model import CharRNN, init_params, initial_carry
+from charrnn.model import CharRNN, init_params, initial_carry, packed_keep_mask
 
 
 @pytest.fixture(params=list(REGISTRY))
@@ -107,6 +107,15 @@ def test_weight_drop_is_one_dropconnect_mask_per_layer_and_window_shared_by_ever
     # Training reads the kept connections scaled by 1 / keep probability, the same for every stream.
     reference, _ = CharRNN(plain).apply({"params": masked}, tokens, carry)
     np.testing.assert_allclose(train, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rate", "shape"), [(0.2, (129, 387)), (0.5, (3, 3)), (0.9999999, (7, 5)), (1e-7, (5,))])
+def test_the_packed_keep_mask_drops_at_the_rate_and_keeps_the_mean(rate, shape):
+    mask = np.asarray(packed_keep_mask(jax.random.key(3), rate, shape))
+    assert mask.shape == shape and mask.dtype == np.float32
+    assert np.all(np.isfinite(mask)) and len(np.unique(mask[mask != 0])) <= 1  # one scale, 1 / keep probability
+    if mask.size > 10_000:
+        assert abs((mask == 0).mean() - rate) < 0.01 and abs(mask.mean() - 1.0) < 0.02
 
 
 @pytest.mark.parametrize(
