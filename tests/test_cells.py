@@ -16,6 +16,7 @@ import pytest
 from conftest import periodic_text
 
 from charrnn.cells import REGISTRY, make_cell
+from charrnn.cells import sigmoid as gate_sigmoid
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import CELLS, ModelConfig, TrainConfig
 from charrnn.model import CharRNN, RecurrentLayer, init_params, parameter_count
@@ -157,6 +158,15 @@ def objective(run):
         return jnp.sum(jnp.sin(hs) * weights) + sum(jnp.sum(c**2) * (k + 1) for k, c in enumerate(final))
 
     return loss
+
+
+def test_the_gates_sigmoid_is_the_logistic_function_to_within_float32_rounding():
+    x = np.linspace(-40.0, 40.0, 400_001, dtype=np.float32)
+    got = np.asarray(jax.jit(gate_sigmoid)(jnp.asarray(x)), np.float64)
+    want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    assert np.max(np.abs(got - want)) < 3e-7
+    assert got.min() >= 0.0 and got.max() <= 1.0
+    np.testing.assert_allclose(got[np.abs(x) < 1], want[np.abs(x) < 1], rtol=1e-6)
 
 
 # Resets are the loop's, not the cells': two cells (carries of two arrays and of one, plain and
