@@ -74,10 +74,26 @@ def _per_doubling(epochs: float, flat: float, start: float, step: float, most: f
     return round(min(most, start + step * math.log2(epochs / flat)) * 20) / 20
 
 
-def auto_dropout(epochs: float) -> float:
+def auto_dropout(epochs: float, weight_drop: float = 0.0) -> float:
     """The dropout a run of `epochs` planned epochs (counted by `memorising_load`) gets when none is
-    given: it grows with the log of the epochs, as the memorising it must hold back does."""
-    return _per_doubling(epochs, DROPOUT_FREE_EPOCHS, 0.0, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
+    given: it grows with the log of the epochs, as the memorising it must hold back does. Beside a
+    `weight_drop` over `ADDED_WEIGHT_DROP`, less by the excess: in long runs, dropout moved to weight
+    drop beat either one added to the other (docs/text-quality.md, Weight drop)."""
+    full = _per_doubling(epochs, DROPOUT_FREE_EPOCHS, 0.0, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
+    return max(0.0, round((full - max(0.0, weight_drop - ADDED_WEIGHT_DROP)) * 20) / 20)
+
+
+WEIGHT_DROP_FREE_EPOCHS = 12.0  # up to this, no weight drop: its mask costs steps a short run cannot spare...
+WEIGHT_DROP_PER_DOUBLING = 0.1  # ...then this much more for each doubling of the planned epochs...
+MAX_AUTO_WEIGHT_DROP = 0.2  # ...up to this, the most measured better (docs/text-quality.md, Weight drop)
+ADDED_WEIGHT_DROP = 0.1  # up to this, weight drop comes on top of the dropout; past it, out of it
+
+
+def auto_weight_drop(epochs: float) -> float:
+    """The weight drop a run of `epochs` planned epochs (counted by `memorising_load`) gets where its
+    dropout is chosen too: dropping single recurrent connections keeps the recurrence from leaning on
+    any one of them, which dropout between the layers does not reach."""
+    return _per_doubling(epochs, WEIGHT_DROP_FREE_EPOCHS, 0.0, WEIGHT_DROP_PER_DOUBLING, MAX_AUTO_WEIGHT_DROP)
 
 
 FLAT_DECAY_EPOCHS = 6.0  # up to this, the weight decay TrainConfig defaults to (0.1)...
@@ -110,7 +126,7 @@ AUTO_DROPOUT_RULE = (
     f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs (times the model's parameters per training character over "
     f"{REFERENCE_PARAMETERS_PER_CHARACTER:g}), then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
     f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
-    f"at most {MAX_AUTO_DROPOUT:g}"
+    f"at most {MAX_AUTO_DROPOUT:g}; less whatever a weight drop, chosen or given, adds past {ADDED_WEIGHT_DROP:g}"
 )
 
 
@@ -436,6 +452,12 @@ AUTO_WEIGHT_DECAY_RULE = (
     f"then {DECAY_PER_DOUBLING:g} more "
     f"per doubling of them, to the nearest 0.05 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
     f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
+)
+AUTO_WEIGHT_DROP_RULE = (
+    f"0 up to {WEIGHT_DROP_FREE_EPOCHS:g} planned epochs (counted as for dropout) or where a dropout is given, "
+    f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest 0.05, at most "
+    f"{MAX_AUTO_WEIGHT_DROP:g}; past {ADDED_WEIGHT_DROP:g}, out of the dropout ({auto_weight_drop(30.0):g} at 30: "
+    f"dropout {auto_dropout(30.0, auto_weight_drop(30.0)):g} instead of {auto_dropout(30.0):g})"
 )
 AUTO_EMBED_RULE = (
     f"{ModelConfig.embed_size} up to {SMALL_VOCABULARY} distinct characters, then {EMBED_PER_DOUBLING}× per doubling "

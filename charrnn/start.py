@@ -34,6 +34,7 @@ from charrnn.config import (
     auto_dropout,
     auto_embed_size,
     auto_weight_decay,
+    auto_weight_drop,
     memorising_load,
 )
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
@@ -108,7 +109,8 @@ def new_run(
     are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, the
     embedding's width by the vocabulary's size (`auto_embed_size`), dropout by
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
-    `auto_dropout`; unless given, or taken from a parent), weight decay by them
+    `auto_dropout`; unless given, or taken from a parent), weight drop beside it (`auto_weight_drop`;
+    unless either is given), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). A time budget
     alone (`time_seconds`, no `epochs` or `steps`) stops after `MAX_TIMED_EPOCHS` epochs if it covers
@@ -124,6 +126,7 @@ def new_run(
     model, train = dict(model or {}), dict(train or {})
     sources = [corpus] if isinstance(corpus, str) else list(corpus)
     choose_dropout = "dropout" not in model and parent is None
+    choose_weight_drop = choose_dropout and "weight_drop" not in model  # the two were measured together
     parent_run = parent_vocab = parent_params = None
     if parent is not None:  # its best weights are read first: a parent that has none fails before any work
         from charrnn.trained import load
@@ -158,6 +161,7 @@ def new_run(
         train_config,
         len(prepared.train),
         dropout=choose_dropout,
+        weight_drop=choose_weight_drop,
         ema="ema" not in train,
         weight_decay="weight_decay" not in train,
     )
@@ -266,14 +270,15 @@ def _choose_for_the_budget(
     train_characters: int,
     *,
     dropout: bool,
+    weight_drop: bool,
     ema: bool,
     weight_decay: bool,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
-    """Dropout, weight decay and the weights' average for runs long enough to memorise the text (see
-    `auto_dropout`, `auto_weight_decay`, `auto_ema` below), when not given; the epochs of a time
-    budget that covers more than `MAX_TIMED_EPOCHS`; and what was chosen, in words."""
+    """Dropout, weight drop, weight decay and the weights' average for runs long enough to memorise the
+    text (see `auto_dropout`, `auto_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
+    the epochs of a time budget that covers more than `MAX_TIMED_EPOCHS`; and what was chosen, in words."""
     timed = bool(train.time_seconds) and train.epochs is None and train.steps is None
-    if not (dropout or ema or weight_decay or timed):
+    if not (dropout or weight_drop or ema or weight_decay or timed):
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     notes = []
@@ -286,9 +291,13 @@ def _choose_for_the_budget(
     parameters = model.parameter_count()
     load = memorising_load(epochs, parameters, train_characters)
     chosen = []
-    if dropout:
-        model = dataclasses.replace(model, dropout=auto_dropout(load))
+    if weight_drop:
+        model = dataclasses.replace(model, weight_drop=auto_weight_drop(load))
+    if dropout:  # less where the weight drop is over its first share, chosen or given
+        model = dataclasses.replace(model, dropout=auto_dropout(load, model.weight_drop))
         chosen.append(f"dropout {model.dropout:g}")
+    if weight_drop and model.weight_drop:
+        chosen.append(f"weight drop {model.weight_drop:g}")
     if weight_decay and (decay := auto_weight_decay(load)) != train.weight_decay:
         train = dataclasses.replace(train, weight_decay=decay)
         chosen.append(f"weight decay {decay:g}")

@@ -12,6 +12,7 @@ from charrnn.config import (
     AUTO_DROPOUT_RULE,
     AUTO_EMBED_RULE,
     AUTO_WEIGHT_DECAY_RULE,
+    AUTO_WEIGHT_DROP_RULE,
     CELLS,
     DEFAULT_EPOCHS,
     DTYPES,
@@ -106,8 +107,8 @@ def train(
     weight_drop: Annotated[
         float | None,
         typer.Option(
-            help=config_help(
-                "DropConnect on the recurrent weights, one mask per layer and window.", ModelConfig, "weight_drop"
+            help=with_default(
+                "DropConnect on the recurrent weights, one mask per layer and window.", AUTO_WEIGHT_DROP_RULE
             )
         ),
     ] = None,

@@ -428,30 +428,31 @@ def test_shell_completion_completes_commands_and_options_without_jax():
 
 
 @pytest.mark.parametrize(
-    ("hidden", "epochs", "dropout", "decay", "ema"),
+    ("hidden", "epochs", "dropout", "drop", "decay", "ema"),
     # 1,245 parameters for 1,080 training characters: the epochs count at 0.46 for dropout and weight
-    # decay (2.5 per character is the reference); 14,061 parameters: at 5.2, so that 2 epochs of the
-    # wider model need more than 12 of the narrow one. The average goes by the epochs themselves.
-    [("16", "2", 0.0, 0.1, 0.0), ("16", "12", 0.1, 0.1, 0.999), ("64", "2", 0.15, 0.2, 0.0)],
+    # decay (2.5 per character is the reference); 14,061 parameters: at 5.2, so that 3 epochs of the
+    # wider model need more than 12 of the narrow one, and weight drop. The average goes by the epochs.
+    [("16", "2", 0.0, 0.0, 0.1, 0.0), ("16", "12", 0.1, 0.0, 0.1, 0.999), ("64", "3", 0.2, 0.05, 0.25, 0.0)],
 )
-def test_dropout_decay_and_the_average_follow_the_budget_unless_given(tmp_path, hidden, epochs, dropout, decay, ema):
+def test_regularisation_and_the_average_follow_the_budget_unless_given(
+    tmp_path, hidden, epochs, dropout, drop, decay, ema
+):
     (tmp_path / "text.txt").write_text(periodic_text(1200))
     small = ["--layers", "1", "--hidden", hidden, "--embed", "4", "-b", "4", "--eval-every", "1000"]
     result = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, cwd=tmp_path)
-    regularised = f"dropout {dropout:g}" + (f", weight decay {decay:g}" if decay != 0.1 else "")
+    regularised = f"dropout {dropout:g}" + (f", weight drop {drop:g}" if drop else "")
+    regularised += f", weight decay {decay:g}" if decay != 0.1 else ""
     chosen = regularised + (f", weights averaged with decay {ema:g}" if ema else "")
     assert f"{chosen} (the budget covers about {float(epochs):.1f} epochs, with" in result.stderr
     config = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
-    assert (config["model"]["dropout"], config["train"]["weight_decay"], config["train"]["ema"]) == (
-        dropout,
-        decay,
-        ema,
-    )
-    options = ["--dropout", "0.1", "--weight-decay", "0.15", "--ema", "0.5"]
+    chosen_values = (config["model"]["dropout"], config["model"]["weight_drop"], config["train"]["weight_decay"])
+    assert (*chosen_values, config["train"]["ema"]) == (dropout, drop, decay, ema)
+    options = ["--dropout", "0.1", "--weight-decay", "0.15", "--ema", "0.5"]  # weight drop: none beside a given dropout
     given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, *options, cwd=tmp_path)
     assert "budget covers" not in given.stderr
     config = json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())
-    assert (config["model"]["dropout"], config["train"]["weight_decay"], config["train"]["ema"]) == (0.1, 0.15, 0.5)
+    given_values = (config["model"]["dropout"], config["model"]["weight_drop"], config["train"]["weight_decay"])
+    assert (*given_values, config["train"]["ema"]) == (0.1, 0.0, 0.15, 0.5)
     ema_given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
     assert f"{regularised} (the budget covers" in ema_given.stderr
     assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["train"]["ema"] == 0.0
