@@ -110,7 +110,7 @@ def new_run(
     embedding's width by the vocabulary's size (`auto_embed_size`), dropout by
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
     `auto_dropout`; unless given, or taken from a parent), weight drop beside it (`auto_weight_drop`;
-    unless either is given), weight decay by them
+    unless either is given; one given lowers the chosen dropout as a chosen one does), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). A time budget
     alone (`time_seconds`, no `epochs` or `steps`) stops after `MAX_TIMED_EPOCHS` epochs if it covers
