@@ -278,7 +278,7 @@ def _choose_for_the_budget(
     text (see `auto_dropout`, `auto_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
     the epochs of a time budget that covers more than `MAX_TIMED_EPOCHS`; and what was chosen, in words."""
     timed = bool(train.time_seconds) and train.epochs is None and train.steps is None
-    if not (dropout or weight_drop or ema or weight_decay or timed):
+    if not (dropout or ema or weight_decay or timed):  # weight drop is chosen only beside dropout
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     notes = []

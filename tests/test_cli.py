@@ -456,6 +456,11 @@ def test_regularisation_and_the_average_follow_the_budget_unless_given(
     ema_given = charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, "--ema", "0", cwd=tmp_path)
     assert f"{regularised} (the budget covers" in ema_given.stderr
     assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["train"]["ema"] == 0.0
+    drop_given = ["--weight-drop", "0.2"]  # takes what it has past 0.1 from the chosen dropout
+    charrnn_in_process("train", "text.txt", *small, "--epochs", epochs, *drop_given, cwd=tmp_path)
+    model = json.loads((tmp_path / "runs" / "text-4" / "config.json").read_text())["model"]
+    full_dropout = dropout + max(0.0, drop - 0.1)  # what the chosen weight drop took, given back
+    assert (model["dropout"], model["weight_drop"]) == (max(0.0, round(full_dropout - 0.1, 2)), 0.2)
 
 
 def test_a_time_budget_alone_stops_after_the_epochs_past_which_a_text_is_memorised(tmp_path):
