@@ -1,11 +1,11 @@
 """How well `charrnn check` finds typos, against the left-to-right model's surprisal and hunspell.
 
 Synthetic typos at a known rate and a fixed seed go into held-out text (the last 10% of a corpus,
-which a run trained on it with the default --val-fraction never saw): substitutions, insertions,
-deletions and swaps of adjacent letters for English; substitutions with other characters of the
-vocabulary for Chinese. Each system flags positions; a flag within one character of a true error
-counts. Reported: detection precision, recall and F1, and correction accuracy (the share of true
-errors whose nearby finding's edit gives back the original text exactly).
+which a run trained on it with the default --val-fraction never saw; all of it, or --chars of it):
+substitutions, insertions, deletions and swaps of adjacent letters for English; substitutions with
+other characters of the vocabulary for Chinese. Each system flags positions; a flag within one
+character of a true error counts. Reported: detection precision, recall and F1, and correction
+accuracy (the share of true errors whose nearby finding's edit gives back the original text exactly).
 
     python benchmarks/typo_check.py --bidirectional runs/bi --left-to-right runs/lr \\
         --corpus ../shared/corpora/tinyshakespeare.txt --language en [--hunspell]
@@ -29,9 +29,11 @@ from charrnn import load
 ENGLISH = "abcdefghijklmnopqrstuvwxyz"
 
 
-def held_out(path: str, chars: int, skip: int = 0, fraction: float = 0.1) -> str:
+def held_out(path: str, chars: int = 0, skip: int = 0, fraction: float = 0.1) -> str:
+    """`chars` characters (0: all) of the corpus's last `fraction`, after the first `skip` of them."""
     text = open(path, encoding="utf-8").read()
-    return text[len(text) - int(len(text) * fraction) :][skip : skip + chars]
+    part = text[len(text) - int(len(text) * fraction) :][skip:]
+    return part[:chars] if chars else part
 
 
 def corrupt(text: str, rate: float, seed: int, language: str, vocabulary: list[str]):
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--left-to-right", required=True)
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--language", choices=["en", "zh"], default="en")
-    parser.add_argument("--chars", type=int, default=20_000)
+    parser.add_argument("--chars", type=int, default=0, help="characters of the held-out text to test (0: all)")
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", type=int, default=0, help="held-out characters before the test's (another slice)")
