@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--thresholds", default="default,4,6,8", help="'default': check's own")
     parser.add_argument("--hunspell", action="store_true")
     args = parser.parse_args()
+    if args.chars < 0 or args.skip < 0:
+        parser.error("--chars and --skip count characters: 0 or more")
     bi, lr = load(args.bidirectional), load(args.left_to_right)
     original = held_out(args.corpus, args.chars, args.skip)
     vocabulary = [c for c in bi.vocab.chars if "\u4e00" <= c <= "\u9fff"] or list(ENGLISH)
