@@ -33,6 +33,7 @@ from charrnn.config import (
     TrainConfig,
     auto_dropout,
     auto_embed_size,
+    auto_hidden_size,
     auto_weight_decay,
     auto_weight_drop,
     memorising_load,
@@ -107,7 +108,8 @@ def new_run(
 
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
     are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, the
-    embedding's width by the vocabulary's size (`auto_embed_size`), dropout by
+    embedding's width by the vocabulary's size (`auto_embed_size`), a wider model for a time budget
+    that the default one would not fill (`auto_hidden_size`; unless given, or taken from a parent), dropout by
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
     `auto_dropout`; unless given, or taken from a parent), weight drop beside it (`auto_weight_drop`;
     unless either is given; one given lowers the chosen dropout as a chosen one does), weight decay by them
@@ -127,6 +129,8 @@ def new_run(
     sources = [corpus] if isinstance(corpus, str) else list(corpus)
     choose_dropout = "dropout" not in model and parent is None
     choose_weight_drop = choose_dropout and "weight_drop" not in model  # the two were measured together
+    choose_width = "hidden_size" not in model and parent is None  # a parent's width is in `model` then
+    choose_embed = "embed_size" not in model
     parent_run = parent_vocab = parent_params = None
     if parent is not None:  # its best weights are read first: a parent that has none fails before any work
         from charrnn.trained import load
@@ -160,6 +164,8 @@ def new_run(
         model_config,
         train_config,
         len(prepared.train),
+        width=choose_width,
+        embed=choose_embed,
         dropout=choose_dropout,
         weight_drop=choose_weight_drop,
         ema="ema" not in train,
@@ -269,6 +275,8 @@ def _choose_for_the_budget(
     train: TrainConfig,
     train_characters: int,
     *,
+    width: bool = False,
+    embed: bool = False,
     dropout: bool,
     weight_drop: bool,
     ema: bool,
@@ -276,12 +284,24 @@ def _choose_for_the_budget(
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout, weight drop, weight decay and the weights' average for runs long enough to memorise the
     text (see `auto_dropout`, `auto_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
-    the epochs of a time budget that covers more than `MAX_TIMED_EPOCHS`; and what was chosen, in words."""
+    the width (`width`: not given; `auto_hidden_size`) and the epochs of a time budget that covers more
+    than `MAX_TIMED_EPOCHS` (`embed`: the embedding's width was not given, so it follows the model's);
+    and what was chosen, in words."""
     timed = bool(train.time_seconds) and train.epochs is None and train.steps is None
     if not (dropout or ema or weight_decay or timed):  # weight drop is chosen only beside dropout
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     notes = []
+    hidden = auto_hidden_size(epochs, model.parameter_count(), train_characters) if timed and width else None
+    if hidden is not None and hidden != model.hidden_size:
+        notes.append(
+            f"a {model.layers}×{hidden} model: the time given covers about {epochs:.0f} epochs of the "
+            f"{model.hidden_size}-unit one, which stops after {MAX_TIMED_EPOCHS:g}"
+        )
+        embed_size = auto_embed_size(model.vocab_size, hidden) if embed else model.embed_size
+        model = dataclasses.replace(model, hidden_size=hidden, embed_size=embed_size)
+        check_memory(model, train)
+        epochs = _leaders_value(planned_epochs(model, train, train_characters))
     if timed and epochs > MAX_TIMED_EPOCHS:
         notes.append(
             f"training stops after {MAX_TIMED_EPOCHS:g} epochs, though the time given covers about {epochs:.0f}: "

@@ -11,6 +11,7 @@ import typer
 from charrnn.config import (
     AUTO_DROPOUT_RULE,
     AUTO_EMBED_RULE,
+    AUTO_HIDDEN_RULE,
     AUTO_WEIGHT_DECAY_RULE,
     AUTO_WEIGHT_DROP_RULE,
     CELLS,
@@ -84,7 +85,7 @@ def train(
     ] = None,
     layers: Annotated[int | None, typer.Option(help=config_help("Recurrent layers.", ModelConfig, "layers"))] = None,
     hidden: Annotated[
-        int | None, typer.Option("--hidden", help=config_help("Units per layer.", ModelConfig, "hidden_size"))
+        int | None, typer.Option("--hidden", help=with_default("Units per layer.", AUTO_HIDDEN_RULE))
     ] = None,
     embed: Annotated[int | None, typer.Option("--embed", help=with_default("Embedding size.", AUTO_EMBED_RULE))] = None,
     dropout: Annotated[

@@ -1,6 +1,7 @@
 """The CLI as a user meets it: real processes, real pipes, one-line errors."""
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
-from charrnn.config import MAX_TIMED_EPOCHS, ModelConfig, auto_embed_size
+from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, ModelConfig, auto_embed_size
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -479,6 +480,33 @@ def test_a_time_budget_alone_stops_after_the_epochs_past_which_a_text_is_memoris
     longer = charrnn_in_process("train", "text.txt", *small, "--time", "10m", "--epochs", "41", cwd=tmp_path)
     assert "training stops after" not in longer.stderr
     assert f"stopped (epochs) at step {41 * windows};" in longer.stderr
+
+
+def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a_width_is_given(tmp_path, monkeypatch):
+    """Where the time covers more than `MAX_TIMED_EPOCHS` epochs of the default width on a text large
+    for it, the run trains `WIDE_HIDDEN_SIZE` units instead, says so, and plans that model's epochs;
+    a width given is kept. (The epochs a time covers are stubbed here: a test's text is small for any
+    model, and minutes of training are not what is tested.)"""
+    from charrnn import config, start
+
+    planned = []
+
+    def stub(model_config, train_config, train_characters):
+        planned.append(model_config.hidden_size)
+        return 1000.0
+
+    monkeypatch.setattr(start, "planned_epochs", stub)
+    monkeypatch.setattr(config, "WIDE_PARAMETERS_PER_CHARACTER", math.inf)
+    (tmp_path / "text.txt").write_text(periodic_text(600))
+    small = ["--layers", "1", "-b", "4", "-t", "16", "--eval-every", "1000", "--time", "10m"]
+    result = charrnn_in_process("train", "text.txt", *small, cwd=tmp_path)
+    assert planned == [ModelConfig.hidden_size, WIDE_HIDDEN_SIZE]
+    assert f"a 1×{WIDE_HIDDEN_SIZE} model: the time given covers about 1000 epochs of the" in result.stderr
+    config_json = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
+    assert (config_json["model"]["hidden_size"], config_json["train"]["epochs"]) == (WIDE_HIDDEN_SIZE, MAX_TIMED_EPOCHS)
+    given = charrnn_in_process("train", "text.txt", *small, "--hidden", "32", cwd=tmp_path)
+    assert "model: the time given covers" not in given.stderr
+    assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["model"]["hidden_size"] == 32
 
 
 def test_the_embedding_widens_with_the_vocabulary_unless_given(tmp_path):

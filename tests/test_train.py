@@ -14,11 +14,14 @@ from charrnn.config import (
     MAX_AUTO_DROPOUT,
     MAX_AUTO_WEIGHT_DECAY,
     MAX_AUTO_WEIGHT_DROP,
+    MAX_TIMED_EPOCHS,
     VAL_BURN_IN,
+    WIDE_HIDDEN_SIZE,
     ModelConfig,
     TrainConfig,
     auto_dropout,
     auto_embed_size,
+    auto_hidden_size,
     auto_weight_decay,
     auto_weight_drop,
     memorising_load,
@@ -89,6 +92,20 @@ def test_the_planned_epochs_weigh_the_models_parameters_per_training_character()
     assert memorising_load(22.4, shakespeare, 1_003_854) == pytest.approx(22.4, rel=0.01)
     assert memorising_load(16.0, quatrains, 538_289) == pytest.approx(16.0 * 7.1, rel=0.01)
     assert memorising_load(2.0, 1000, 2000) == memorising_load(1.0, 1000, 1000)
+
+
+def test_a_time_budget_the_default_model_cannot_fill_widens_it_on_a_text_large_for_it():
+    """Tiny Shakespeare's default model (2.5 parameters per character) widens where the time covers
+    more than the epochs it would stop after; the quatrains' (17.8 per character, memorised by epoch
+    ~28 at the default width) never does; a budget within the epochs keeps the default."""
+    shakespeare = ModelConfig(vocab_size=65).parameter_count()
+    quatrains = ModelConfig(vocab_size=6257, embed_size=512).parameter_count()
+    default = ModelConfig.hidden_size
+    assert auto_hidden_size(45.0, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE > default
+    assert auto_hidden_size(MAX_TIMED_EPOCHS, shakespeare, 1_003_854) == default
+    assert auto_hidden_size(24.0, shakespeare, 1_003_854) == default
+    assert auto_hidden_size(119.0, quatrains, 538_289) == default
+    assert auto_hidden_size(math.inf, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
 
 
 def test_the_chosen_embedding_grows_with_the_log_of_the_vocabulary_up_to_the_hidden_size():
