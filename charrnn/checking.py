@@ -5,16 +5,18 @@ read its windows (the forward state carried, the backward stack reading each win
 look-ahead), in many streams side by side, with a newline before and after the text as context.
 The windows are longer than training's (`WINDOW`), so the look-ahead, read once per window, is a
 smaller share of the work, and each stream starts after a shorter burn-in (`BURN_IN`).
-A place is reported when an edit there would make the text more likely by over `threshold` nats,
-or when its character is so unlikely (surprisal over `threshold`) that it is taken for an error even
-though none of the edits tried fits better. The default threshold is ln(vocabulary size) + `PRIOR`:
-a noisy channel's reasoning, where a mistyped character is any of the vocabulary's and mistakes are
-rare, so that a model with 6,000 characters needs more evidence than one with 65. The same channel
-prices a dropped character or two swapped ones lower: no character was chosen to make them, so the
-edits that undo them (inserting, swapping) are credited part of ln(vocabulary size) (`Checker.credit`).
-A place whose text (the edited characters and `REPEAT_CONTEXT` on each side) occurs again elsewhere
-in the text, unchanged, is left out by default: a writer's repeated string is meant (a name, a term
-the model never saw), a typo seldom repeats itself.
+A place is reported when an edit there would make the text more likely by over `threshold` nats, or
+when its character is so unlikely (surprisal over `threshold`) that it is taken for an error even
+though none of the edits tried fits better (unless it is within `EXPLAINED` characters of a reported
+edit, and no more surprising than the edited character: its context held that error). The default
+threshold is ln(vocabulary size) + `PRIOR`: a noisy channel's reasoning, where a mistyped character
+is any of the vocabulary's and mistakes are rare, so that a model with 6,000 characters needs more
+evidence than one with 65. The same channel prices a dropped character or two swapped ones lower: no
+character was chosen to make them, so the edits that undo them (inserting, swapping) are credited
+part of ln(vocabulary size) (`Checker.credit`). A place whose text (the edited characters and
+`REPEAT_CONTEXT` on each side) occurs again elsewhere in the text, unchanged, is left out by
+default: a writer's repeated string is meant (a name, a term the model never saw), a typo seldom
+repeats itself.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
 replacing it, deleting it, or inserting a character before it would gain. A run of adjacent
@@ -54,6 +56,7 @@ CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the
 TOP = 5  # likeliest characters kept per position
 CONTEXT = 32  # characters read on each side of an edit's neighbourhood when edits are compared
 AROUND = 3  # characters on each side of the edited place whose log-probabilities are summed too
+EXPLAINED = AROUND  # characters on each side of a reported edit whose surprisal it explains (not reported again)
 EDIT_MARGIN = 1.0  # nats an edit must gain over the text as it is to be suggested
 STREAMS = 64  # streams read side by side (the bench shape's batch)
 WINDOW = 128  # characters per window of the reading
@@ -363,8 +366,15 @@ class Checker:
         spots = [place(a, b) for a, b in runs]
         edited = [s for s in spots if unknown[s] or (s in edits and edits[s].score > threshold)]
         surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
-        near_edited = {s + k for s in edited for k in (-1, 0, 1)}
-        spots = sorted(edited + [s for s in _peaks(surprisal > threshold, surprisal) if s not in near_edited])
+        # A surprising character near a reported edit is the edit's doing (its context held the error),
+        # unless it is more surprising than the edited one: then the edit may be in the wrong place.
+        explained = np.full(len(text), -np.inf)
+        for s in edited:
+            lo, hi = max(0, s - EXPLAINED), s + EXPLAINED + 1
+            explained[lo:hi] = np.maximum(explained[lo:hi], surprisal[s])
+            explained[max(0, s - 1) : s + 2] = np.inf  # next to it: the same place
+        peaks = _peaks(surprisal > threshold, surprisal)
+        spots = sorted(edited + [s for s in peaks if s not in edited and surprisal[s] > explained[s]])
         if not repeated:
             spots = [
                 s for s in spots if unknown[s] or not _recurs(text, *(edits[s].span if s in edits else (s, s + 1)))
