@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("CHARRNN_PLAIN", "1")
 
+# `python -m pytest` puts the working directory first on sys.path: in the repository, the source
+# tree, whose `charrnn` lacks the `charrnn.cli` that an install maps from `cli/`. The tests test the
+# installed package (an editable install maps both), so the source tree comes off the path.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+
 
 def pytest_configure(config):
     """Quick compiles, and one XLA compilation cache for the whole session, in-process and in every
