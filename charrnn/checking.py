@@ -240,6 +240,20 @@ def _peaks(flagged: np.ndarray, values: np.ndarray) -> list[int]:
     return [a + int(np.argmax(values[a:b])) for a, b in _runs(flagged)]
 
 
+def _reported(edited: list[int], surprisal: np.ndarray, threshold: float) -> list[int]:
+    """The places reported: the `edited` ones, and each run's most surprising character over
+    `threshold`, unless a reported edit explains it. A surprising character near an edit is the edit's
+    doing (its context held the error): next to it always, within `EXPLAINED` unless it is more
+    surprising than the edited one (then the edit may be in the wrong place)."""
+    explained = np.full(len(surprisal), -np.inf)
+    for s in edited:
+        lo, hi = max(0, s - EXPLAINED), s + EXPLAINED + 1
+        explained[lo:hi] = np.maximum(explained[lo:hi], surprisal[s])
+        explained[max(0, s - 1) : s + 2] = np.inf  # next to it: the same place
+    peaks = _peaks(surprisal > threshold, surprisal)
+    return sorted(set(edited) | {s for s in peaks if surprisal[s] > explained[s]})
+
+
 def _recurs(text: str, start: int, end: int) -> bool:
     """Whether text[start:end], with REPEAT_CONTEXT characters on each side, occurs twice in `text`."""
     piece = text[max(0, start - REPEAT_CONTEXT) : end + REPEAT_CONTEXT]
@@ -366,15 +380,7 @@ class Checker:
         spots = [place(a, b) for a, b in runs]
         edited = [s for s in spots if unknown[s] or (s in edits and edits[s].score > threshold)]
         surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
-        # A surprising character near a reported edit is the edit's doing (its context held the error),
-        # unless it is more surprising than the edited one: then the edit may be in the wrong place.
-        explained = np.full(len(text), -np.inf)
-        for s in edited:
-            lo, hi = max(0, s - EXPLAINED), s + EXPLAINED + 1
-            explained[lo:hi] = np.maximum(explained[lo:hi], surprisal[s])
-            explained[max(0, s - 1) : s + 2] = np.inf  # next to it: the same place
-        peaks = _peaks(surprisal > threshold, surprisal)
-        spots = sorted(edited + [s for s in peaks if s not in edited and surprisal[s] > explained[s]])
+        spots = _reported(edited, surprisal, threshold)
         if not repeated:
             spots = [
                 s for s in spots if unknown[s] or not _recurs(text, *(edits[s].span if s in edits else (s, s + 1)))

@@ -21,7 +21,7 @@ from test_cells import TEXTBOOK, textbook_layer
 
 from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
-from charrnn.checking import Checker, make_cloze_chunk
+from charrnn.checking import EXPLAINED, Checker, _reported, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.kinds import kind_of
@@ -267,6 +267,23 @@ def test_a_model_of_a_periodic_text_finds_an_error_put_into_it(periodic_checker,
     assert abs(finding.offset - where) <= 1 and (finding.line, finding.column) == (1, finding.offset + 1)
     assert (finding.edit, finding.suggestion) == edit
     assert periodic_checker.check(periodic_text(200), threshold=1.0) == []  # nothing in the text as it should be
+
+
+def test_a_surprising_character_near_a_reported_edit_is_its_doing_unless_more_surprising():
+    """An error makes the characters whose context holds it surprising too: those within `EXPLAINED`
+    of its edit are not reported again, unless more surprising than the edited character (the edit
+    may be in the wrong place); one farther away, or with no edit near it, is."""
+    threshold, far = 5.0, 5 + EXPLAINED + 1
+    surprisal = np.zeros(20)
+    surprisal[[5, 7]] = [9.0, 6.0]  # the edited error, and a character two after it
+    assert _reported([5], surprisal, threshold) == [5]
+    surprisal[7] = 10.0  # more surprising than the edited one: reported
+    assert _reported([5], surprisal, threshold) == [5, 7]
+    surprisal[7], surprisal[far] = 0.0, 6.0  # beyond the edit's reach: reported
+    assert _reported([5], surprisal, threshold) == [5, far]
+    surprisal[6] = 20.0  # next to the edit: the same place, however surprising
+    assert _reported([5], surprisal, threshold) == [5, far]
+    assert _reported([], surprisal, threshold) == [6, far]  # no edit: each run's most surprising
 
 
 def test_an_insertion_or_a_swap_is_credited_what_choosing_a_character_costs(periodic_checker):
