@@ -58,6 +58,11 @@ class BiCharRNN(nn.Module):
         width = 2 * cfg.hidden_size
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (width, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
+        if cfg.direction_heads:  # each stack's own output layer: x_t from the forward state, and from the backward
+            for name in ("forward_head", "backward_head"):
+                shape = (cfg.hidden_size, cfg.vocab_size)
+                setattr(self, f"{name}_kernel", self.param(f"{name}_kernel", nn.initializers.lecun_normal(), shape))
+                setattr(self, f"{name}_bias", self.param(f"{name}_bias", nn.initializers.zeros_init(), shape[1:]))
 
     def __call__(
         self,
@@ -68,14 +73,32 @@ class BiCharRNN(nn.Module):
         train: bool = False,
         reset_id: int | None = None,
         padded: bool = True,
-    ) -> tuple[jax.Array, ModelCarry]:
+        directions: bool = False,
+    ) -> tuple:
         """chars <int>[B, T], after <int>[B, L] (-1: past the end) -> (logits <f32>[B, T, V] of
-        every character of `chars` given both sides, the forward carry after `chars`). `train`
-        enables dropout (rng 'dropout'); `reset_id`: the document boundary's id, if any; `padded`:
-        false where no window reaches past the text (training), so the backward scan skips resets."""
+        every character of `chars` given both sides, the forward carry after `chars`), and with
+        `directions` the stacks' own logits of each character (`direction_logits`) after them, each
+        of a state whose gradient is stopped. `train` enables dropout (rng 'dropout'); `reset_id`: the
+        document boundary's id, if any; `padded`: false where no window reaches past the text
+        (training), so the backward scan skips resets."""
         left, right, new_carry = self.sides(chars, after, carry, train=train, reset_id=reset_id, padded=padded)
         joined = self.dropout(jnp.concatenate([left, right], axis=-1), deterministic=not train)
-        return self.head(joined), new_carry
+        if not directions:
+            return self.head(joined), new_carry
+        return self.head(joined), new_carry, self.direction_logits(*map(jax.lax.stop_gradient, (left, right)))
+
+    def direction_logits(self, left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The stacks' own output layers (`ModelConfig.direction_heads`): left [..., H] -> logits of
+        the character after the forward state (x_t given x_<t), right [..., H] -> of the character
+        before the backward state (x_t given x_>t). Each is a language model one way, so together they
+        price a missing or an extra character, which a cloze cannot: its pseudo-likelihood has one
+        term per character, so a text with one character more is not comparable (charrnn.checking).
+        Trained on the stacks' states without changing them: the cloze is what the stacks are for."""
+        dtype = self.config.dtype
+        return (
+            project(left, self.forward_head_kernel, dtype) + self.forward_head_bias,
+            project(right, self.backward_head_kernel, dtype) + self.backward_head_bias,
+        )
 
     def head(self, joined: jax.Array) -> jax.Array:
         """[..., 2H] (a left state and a right state) -> logits [..., V] of the character between them."""

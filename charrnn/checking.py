@@ -20,15 +20,21 @@ repeats itself.
 
 From the one reading, each character gets three estimates (see `Cloze.edit_estimates`): what
 replacing it, deleting it, or inserting a character before it would gain. A run of adjacent
-characters whose best estimate passes `CANDIDATE_FRACTION` of the threshold is one candidate;
-at its places where each kind of edit is estimated to gain most, the edits are tried: the model's
-likeliest replacements, deleting the character, inserting the likeliest characters before it,
-swapping it with a neighbour. Each edit is judged by
-how much it raises the summed cloze log-probability of the characters around it (a
-pseudo-log-likelihood of the candidate's neighbourhood, as it is and as each edit writes it). All
-of a candidate's versions are read between the same two states, those the `CONTEXT` characters on
-either side leave (`Checker.judge`), so only the neighbourhood is read once per edit; the best
-edit is the suggestion, and the candidate is reported if it gains more than the threshold.
+characters whose best estimate passes `CANDIDATE_FRACTION` of the threshold is one candidate; at its
+places where each kind of edit is estimated to gain most (the `TRIED_PER_RUN` best for an insertion,
+whose estimate is roughest), the edits are tried: the model's likeliest replacements, deleting the
+character, inserting the likeliest characters before it, swapping it with a neighbour. Each edit is
+judged by how much it raises the log-probability of the characters around it, read two ways. The
+cloze's (the summed cloze log-probabilities of the candidate's neighbourhood, as it is and as each
+edit writes it: a pseudo-log-likelihood) sees each character from both sides, but has one term per
+character, so it cannot weigh a text against one with a character more: a dropped letter often
+leaves characters that each still fit between their neighbours. The stacks' own output layers
+(`ModelConfig.direction_heads`) give true likelihoods, left to right and right to left, which price
+a missing or extra character, each from one side. An edit's gain is the two added, weighed by
+`EVIDENCE_WEIGHT` (for a model without those layers, the cloze's alone). All of a candidate's
+versions are read between the same two states, those the `CONTEXT` characters on either side leave
+(`Checker.judge`), so only the neighbourhood is read once per edit; the best edit is the suggestion,
+and the candidate is reported if it gains more than the threshold.
 Rescoring costs in proportion to the candidates, not to the text.
 """
 
@@ -48,11 +54,13 @@ from charrnn.config import ModelConfig
 from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
-PRIOR = 3.5  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
+PRIOR = 5.5  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
 UNPRICED_EDITS = ("insert", "swap")  # edits that undo a mistake which chose no character (see `Checker.credit`)
 UNPRICED_SHARE = 0.5  # of ln(vocabulary size) credited to them, by measurement (docs/checking.md)
 REPEAT_CONTEXT = 2  # characters on each side of a place that must recur with it for it to count as meant
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
+TRIED_PER_RUN = 3  # places of a run of candidates where an insertion is estimated to gain most, tried (measured)
+EVIDENCE_WEIGHT = 2 / 3  # of the cloze's gain and of the one-way gain, in an edit's gain (by measurement)
 TOP = 5  # likeliest characters kept per position
 CONTEXT = 32  # characters read on each side of an edit's neighbourhood when edits are compared
 AROUND = 3  # characters on each side of the edited place whose log-probabilities are summed too
@@ -82,6 +90,8 @@ class Cloze:
     hole_second: np.ndarray | None = None  # <f32>[n] log p(x_t+1 fills it)
     gap_logprob: np.ndarray | None = None  # <f32>[n] log p of the likeliest character between x_t-1 and x_t
     gap_ids: np.ndarray | None = None  # <int>[n] that character
+    forward_logprob: np.ndarray | None = None  # <f32>[n] log p(x_t | x_<t), by the forward stack alone
+    backward_logprob: np.ndarray | None = None  # <f32>[n] log p(x_t | x_>t), by the backward stack alone
 
     @property
     def gap(self) -> np.ndarray:
@@ -104,6 +114,9 @@ class Cloze:
         with np.errstate(invalid="ignore"):  # -inf - -inf where a window's edge leaves a term unknown
             delete = hole_before + self.hole_second - before - lp - after
             insert = self.gap_logprob - before - lp
+            if self.forward_logprob is not None:
+                backward_before = np.concatenate([[-np.inf], self.backward_logprob[:-1].astype(np.float64)])
+                insert = np.fmax(insert, self.gap_logprob - (self.forward_logprob + backward_before) / 2)
         return self.gap, np.nan_to_num(delete, nan=-np.inf), np.nan_to_num(insert, nan=-np.inf)
 
 
@@ -143,7 +156,8 @@ class Finding:
 def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callable:
     """Jitted (params, carry, chars [B, T], after [B, L]) -> (carry, log p(char) [B, T], top ids and
     probabilities [B, T, TOP], then [B, T] each: the hole's log-probabilities of x_t and x_t+1, the
-    gap's likeliest character's log-probability and id; see `Cloze`)."""
+    gap's likeliest character's log-probability and id, and with `direction_heads` each character's
+    log-probability one way and the other; see `Cloze`)."""
     from charrnn.bidirectional import BiCharRNN
 
     model = BiCharRNN(model_config)
@@ -166,8 +180,7 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
         top_logprobs, top_ids = jax.lax.top_k(logprobs, min(TOP, logprobs.shape[-1]))
         hole = log_probs(from_left[:, :-1], from_right[:, 1:])  # x_k and x_k+1 taken out
         gap = log_probs(from_left[:, 1:], from_right[:, :-1])  # nothing taken out: between x_t-1 and x_t
-        return (
-            carry,
+        columns = [
             pick(logprobs, chars),
             top_ids,
             jnp.exp(top_logprobs),
@@ -175,7 +188,11 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
             pad(pick(hole, chars[:, 1:]), "end"),
             pad(gap.max(axis=-1), "start"),
             jnp.pad(gap.argmax(axis=-1), ((0, 0), (1, 0))),  # no gap before a window's first character: id 0
-        )
+        ]
+        if model_config.direction_heads:
+            one_way = model.apply({"params": params}, left, right, method="direction_logits")
+            columns += [pick(jax.nn.log_softmax(logits, axis=-1), chars) for logits in one_way]
+        return carry, *columns
 
     return jax.jit(chunk)
 
@@ -208,6 +225,7 @@ def cloze(
         np.zeros(columns[1].shape, np.float32),
         *(np.zeros(n, np.float32) for _ in range(3)),
         np.zeros(n, np.int32),
+        *(np.zeros(n, np.float32) for _ in range(2 if model_config.direction_heads else 0)),
     ]
     outputs = []
     for positions, after, weights in where:
@@ -273,6 +291,14 @@ def _edits(text: str, i: int, alternatives: list[str], inserted: list[str]) -> I
         yield "swap", text[i + 1] + char, i, i + 2
     if i > 0 and text[i - 1] != char:
         yield "swap", char + text[i - 1], i - 1, i + 1
+
+
+def _gain(cloze: float, forward: float, backward: float) -> float:
+    """An edit's gain in nats from its three readings (`Checker.judge`): the cloze's, and the mean of
+    the two one-way ones where the model has them, each weighed by `EVIDENCE_WEIGHT`."""
+    if math.isnan(forward):
+        return cloze
+    return EVIDENCE_WEIGHT * (cloze + (forward + backward) / 2)
 
 
 class _Edit(NamedTuple):
@@ -366,7 +392,14 @@ class Checker:
         runs = _runs(estimate > threshold * CANDIDATE_FRACTION)
         chars = self.vocab.chars
         # Each run's places where each kind of edit is estimated to gain most: the estimates are rough.
-        tried = sorted({a + int(np.argmax(kind[a:b])) for a, b in runs for kind in (replace, delete, insert, estimate)})
+        tried = sorted(
+            {
+                a + int(p)
+                for a, b in runs
+                for kind, places in ((replace, 1), (delete, 1), (insert, TRIED_PER_RUN), (estimate, 1))
+                for p in np.argsort(-kind[a:b])[:places]
+            }
+        )
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in tried}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
         # The edits confirm (or not) the estimated deletions and insertions.
@@ -436,7 +469,7 @@ class Checker:
         best: dict[int, _Edit] = {}
         for s, tried, sums in zip(spots, edits, self.judge(ids, groups, progress), strict=True):
             for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
-                gain = float(total - sums[0])
+                gain = _gain(*(total - sums[0]).tolist())
                 score = gain + self.credit.get(edit, 0.0)
                 if gain > EDIT_MARGIN and (s not in best or gain > best[s].gain):
                     best[s] = _Edit(edit, suggestion, gain, (start, end), score)
@@ -448,10 +481,12 @@ class Checker:
 
     def judge(
         self, ids: np.ndarray, groups: list[tuple[int, int, list[np.ndarray]]], progress: Progress | None = None
-    ) -> list[list[float]]:
-        """For each group (lo, hi, rows), rows being versions of ids[lo:hi] (edited or not): the summed
-        cloze log-probability of each row's characters, read between the model's states after the
-        `context` characters before lo and after hi, so every row of a group has the same context."""
+    ) -> list[np.ndarray]:
+        """For each group (lo, hi, rows), rows being versions of ids[lo:hi] (edited or not), <f32>[rows, 3]:
+        the summed log-probability of each row's characters by the cloze, by the forward stack alone
+        and by the backward stack alone (NaN for a model without `direction_heads`), read between the
+        model's states after the `context` characters before lo and after hi, so every row of a group
+        has the same context."""
         if not groups:
             return []
         # Fixed shapes for the check's own groups (one compiled program), wider ones if given.
@@ -472,13 +507,14 @@ class Checker:
                 for r, row in enumerate(versions):
                     rows[g, r, : len(row)], reversed_rows[g, r, : len(row)] = row, row[::-1]
             totals = np.asarray(self._rescore(self.params, left, right, rows, reversed_rows))
-            sums.extend(totals[g, : len(versions)].tolist() for g, (_, _, versions) in enumerate(part))
+            sums.extend(totals[g, : len(versions)] for g, (_, _, versions) in enumerate(part))
             if progress is not None:
                 progress("judging", len(sums), len(groups))
         return sums
 
     def _rescore_rows(self, params, left, right, rows, reversed_rows):
-        """[G, C] contexts and [G, E, N] rows (-1 past a row's end) -> [G, E] summed log-probabilities."""
+        """[G, C] contexts and [G, E, N] rows (-1 past a row's end) -> [G, E, 3] summed log-probabilities:
+        the cloze's, the forward stack's own and the backward stack's own (NaN without them)."""
         from charrnn.bidirectional import BiCharRNN
         from charrnn.model import initial_carry
 
@@ -510,6 +546,16 @@ class Checker:
         where = jnp.clip(length - 1 - jnp.arange(width)[None], 0, width - 1)
         right_states = jnp.take_along_axis(right_states, where[..., None], axis=1)
         from_left, from_right = model.apply({"params": params}, left_states, right_states, method="head_halves")
-        logprobs = jax.nn.log_softmax(from_left + from_right, axis=-1)
-        chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
-        return jnp.sum(jnp.where(flat >= 0, chosen, 0.0), axis=-1).reshape(groups, per_group)
+        logits = [from_left + from_right]
+        if self.config.direction_heads:  # the same states, each read by its own stack's output layer
+            logits += model.apply({"params": params}, left_states, right_states, method="direction_logits")
+        kept = flat >= 0
+
+        def summed(logits):
+            logprobs = jax.nn.log_softmax(logits, axis=-1)
+            chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
+            return jnp.sum(jnp.where(kept, chosen, 0.0), axis=-1).reshape(groups, per_group)
+
+        sums = [summed(each) for each in logits]
+        sums += [jnp.full(sums[0].shape, jnp.nan)] * (3 - len(sums))
+        return jnp.stack(sums, axis=-1)

@@ -160,6 +160,7 @@ class ModelConfig:
     dtype: str = "float32"  # matmul operand precision; accumulation and master weights stay float32
     bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
     lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
+    direction_heads: bool = True  # bidirectional: each stack has its own output layer too, a language model one way
     attention: int = 0  # positions one attention head over the top layer reads back; 0: none (attention.py)
     attention_keys: int = ATTENTION_KEYS  # the head's query and key width; 0: the values are the keys (older runs)
 
@@ -225,7 +226,15 @@ class ModelConfig:
             count += (2 * self.hidden_size + 5) * self.key_width + 5 * self.hidden_size
         elif self.attention:  # query kernel and bias, three gates, three layer norms' scales and biases
             count += self.hidden_size * self.hidden_size + 10 * self.hidden_size
+        if self.bidirectional and self.direction_heads:  # each stack's own output layer (kernel and bias)
+            count += self.stacks * (self.hidden_size + 1) * self.vocab_size
         return count
+
+    def fitted_parameter_count(self) -> int:
+        """The parameters that fit the text, for the rules that weigh a model against it: all but the
+        direction heads, which read the stacks' states without training them."""
+        heads = self.stacks * (self.hidden_size + 1) * self.vocab_size
+        return self.parameter_count() - (heads if self.bidirectional and self.direction_heads else 0)
 
 
 @dataclass(frozen=True)

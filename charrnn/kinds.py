@@ -76,10 +76,21 @@ class Bidirectional(LeftToRight):
         return chunk[:, :seq_len], chunk[:, seq_len:]
 
     def nats(self, model, params, carry, window, reset_id, **apply):
+        """The cloze's nats. When training a model with `direction_heads`, their gradient is added
+        and their loss is not: it is a loss of their own (their states' gradient is stopped), and the
+        figure reported stays the cloze."""
         chars, after = window
-        padded = not apply.get("train", False)  # training windows never reach past the text
-        logits, carry = model.apply({"params": params}, chars, after, carry, reset_id=reset_id, padded=padded, **apply)
-        return cross_entropy(logits, jnp.maximum(chars, 0)), carry
+        train = apply.get("train", False)  # training windows never reach past the text
+        directions = train and self.config.direction_heads
+        out = model.apply(
+            {"params": params}, chars, after, carry, reset_id=reset_id, padded=not train, directions=directions, **apply
+        )
+        targets = jnp.maximum(chars, 0)
+        nats = cross_entropy(out[0], targets)
+        if directions:
+            one_way = sum(cross_entropy(logits, targets) for logits in out[2])
+            nats = nats + (one_way - jax.lax.stop_gradient(one_way))
+        return nats, out[1]
 
     def eval_windows(self, ids, batch_size, seq_len, rows=1, burn_in=0):
         """Every character of `ids` once: (chars, after, weights) triples."""

@@ -292,7 +292,7 @@ def _choose_for_the_budget(
         return model, train, []
     epochs = _leaders_value(planned_epochs(model, train, train_characters))
     notes = []
-    hidden = auto_hidden_size(epochs, model.parameter_count(), train_characters) if timed and width else None
+    hidden = auto_hidden_size(epochs, model.fitted_parameter_count(), train_characters) if timed and width else None
     if hidden is not None and hidden != model.hidden_size:
         notes.append(
             f"a {model.layers}×{hidden} model: the time given covers about {epochs:.0f} epochs of the "
@@ -308,7 +308,7 @@ def _choose_for_the_budget(
             "more epochs of one text measured worse (give an epochs budget to train longer)"
         )
         train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
-    parameters = model.parameter_count()
+    parameters = model.fitted_parameter_count()
     load = memorising_load(epochs, parameters, train_characters)
     chosen = []
     if weight_drop:

@@ -19,7 +19,9 @@ from charrnn.runs import Run
 from charrnn.vocab import Vocabulary
 
 # What the parent's weights fix:
-STRUCTURE = ("cell", "layers", "hidden_size", "embed_size", "bidirectional", "attention", "attention_keys")
+STRUCTURE = (
+    "cell", "layers", "hidden_size", "embed_size", "bidirectional", "direction_heads", "attention", "attention_keys"
+)  # fmt: skip
 # Model options a child takes from its parent unless given:
 INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "weight_drop", "dtype", "lookahead")
 # Structural options whose weights fit another value than the parent's: the attention head's

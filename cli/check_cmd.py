@@ -49,8 +49,8 @@ def check(
         float | None,
         typer.Option(
             help="Report a place when an edit there makes the text this many nats more likely, or its "
-            "character's surprisal is over this many nats (lower finds more). [default: ln(vocabulary size) + 3.5: "
-            "7.7 for 65 characters]",
+            "character's surprisal is over this many nats (lower finds more). [default: ln(vocabulary size) + 5.5: "
+            "9.7 for 65 characters]",
             show_default=False,
         ),
     ] = None,

@@ -36,10 +36,11 @@ def zero_carry(name, batch, hidden):
     return tuple(jnp.zeros((batch, hidden)) for _ in range(2 if name.startswith("lstm") else 1))
 
 
-def textbook_cloze(config, params, chars, after, carry, reset_id=None, *, split=False):
+def textbook_cloze(config, params, chars, after, carry, reset_id=None, *, split=False, sides=False):
     """Logits of every character of `chars` from the forward state before it and the backward state
     after it, by the definition: Python loops over time. `split`: read the look-ahead with the
-    parameters' gradient stopped (the truncation the model trains with), else in one pass."""
+    parameters' gradient stopped (the truncation the model trains with), else in one pass. `sides`:
+    the two states instead, [B, T, H] each."""
     name, hidden, layers = config.cell, config.hidden_size, config.layers
     tokens = jnp.concatenate([chars, after], axis=1)  # [B, T + L]
     batch, length, lookahead = chars.shape[0], chars.shape[1], after.shape[1]
@@ -68,6 +69,8 @@ def textbook_cloze(config, params, chars, after, carry, reset_id=None, *, split=
             b, _ = textbook_layer(name, weights, b, start, resets)
     follows = jnp.concatenate([present[:, 1:].T, jnp.zeros((1, batch), bool)])[:length]
     right = b[::-1][:length] * follows[:, :, None]
+    if sides:
+        return jnp.swapaxes(left, 0, 1), jnp.swapaxes(right, 0, 1)
     joined = jnp.swapaxes(jnp.concatenate([left, right], axis=-1), 0, 1)
     return joined @ params["head_kernel"] + params["head_bias"]
 
@@ -122,6 +125,46 @@ def test_outputs_and_every_gradient_match_the_textbook_loops(cell, reset_id):
         assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0][name])) > 0, name
 
 
+def test_each_stack_reads_one_way_with_its_own_output_layer_which_trains_without_changing_it():
+    """The direction heads: the forward state before a character, and the backward state after it,
+    each through its own output layer (the textbook's states); training adds their gradient to
+    theirs alone and their loss to nothing reported: the cloze and the stacks train as without them."""
+    config = ModelConfig(vocab_size=7, cell="lstm", bidirectional=True, lookahead=3, **SMALL)
+    params = init_params(config, jax.random.key(1))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+    chars, after = random_inputs(7)
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(3), c.shape), initial_carry(config, 3))
+    _, _, (forward, backward) = BiCharRNN(config).apply(
+        {"params": params}, chars, after, carry, reset_id=2, directions=True
+    )
+    left, right = textbook_cloze(config, params, chars, after, carry, 2, sides=True)
+    for got, state, name in [(forward, left, "forward_head"), (backward, right, "backward_head")]:
+        want = state @ params[f"{name}_kernel"] + params[f"{name}_bias"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+    plain = dataclasses.replace(config, direction_heads=False)
+    shared = {k: v for k, v in params.items() if not k.endswith(("_head_kernel", "_head_bias"))}
+    assert set(params) - set(shared) == {f"{d}_head_{p}" for d in ("forward", "backward") for p in ("kernel", "bias")}
+
+    def loss(config, params):
+        nats, _ = kind_of(config).nats(
+            BiCharRNN(config), params, carry, (chars, after), 2, train=True, rngs={"dropout": jax.random.key(0)}
+        )
+        return nats.mean()
+
+    (with_heads, grads), (without, plain_grads) = (
+        jax.value_and_grad(loss, argnums=1)(config, params),
+        jax.value_and_grad(loss, argnums=1)(plain, shared),
+    )
+    assert float(with_heads) == pytest.approx(float(without), abs=1e-6)
+    for (path, got), want in zip(
+        jax.tree_util.tree_leaves_with_path({k: grads[k] for k in shared}), jax.tree.leaves(plain_grads), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    for name in ("forward_head_kernel", "backward_head_kernel", "forward_head_bias", "backward_head_bias"):
+        assert float(jnp.abs(grads[name]).max()) > 0, name
+
+
 def test_reversing_the_text_and_swapping_the_stacks_gives_the_same_scores():
     config = ModelConfig(vocab_size=9, cell="lstm", bidirectional=True, lookahead=2, **SMALL)
     params = init_params(config, jax.random.key(5))
@@ -140,7 +183,8 @@ def test_reversing_the_text_and_swapping_the_stacks_gives_the_same_scores():
 
 def test_the_checks_reading_pairs_the_states_as_the_joined_output_layer_does():
     """The check reads each text once and pairs its states three ways through the output layer's
-    two halves (`head_halves`): each pairing must be the joined output layer of those two states."""
+    two halves (`head_halves`): each pairing must be the joined output layer of those two states;
+    and it reads each state through its own stack's output layer (`direction_logits`)."""
     config = ModelConfig(vocab_size=9, cell="lstm", bidirectional=True, lookahead=3, **SMALL)
     params = init_params(config, jax.random.key(7))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(8), p.shape), params)  # biases too
@@ -155,7 +199,7 @@ def test_the_checks_reading_pairs_the_states_as_the_joined_output_layer_does():
     def pick(logprobs, ids):
         return np.take_along_axis(np.asarray(logprobs), np.asarray(ids)[..., None], axis=-1)[..., 0]
 
-    _, logprob, _, top_probs, hole_first, hole_second, gap, gap_ids = make_cloze_chunk(config, None)(
+    _, logprob, _, top_probs, hole_first, hole_second, gap, gap_ids, forward, backward = make_cloze_chunk(config, None)(
         params, carry, chars, after
     )
     whole = joined(left, right)
@@ -167,6 +211,11 @@ def test_the_checks_reading_pairs_the_states_as_the_joined_output_layer_does():
     between = joined(left[:, 1:], right[:, :-1])  # a character between x_t-1 and x_t
     np.testing.assert_allclose(gap[:, 1:], np.max(between, axis=-1), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(gap_ids[:, 1:], np.argmax(between, axis=-1))
+    for got, state, name in [(forward, left, "forward_head"), (backward, right, "backward_head")]:
+        one_way = jax.nn.log_softmax(state @ params[f"{name}_kernel"] + params[f"{name}_bias"], axis=-1)
+        np.testing.assert_allclose(got, pick(one_way, chars), rtol=1e-5, atol=1e-5, err_msg=name)
+    plain = dataclasses.replace(config, direction_heads=False)  # a run from before the heads: no such columns
+    assert len(make_cloze_chunk(plain, None)(params, carry, chars, after)) == 8
 
 
 def test_cloze_windows_read_every_character_once_and_look_ahead_into_the_text():
@@ -225,11 +274,17 @@ def test_edits_are_judged_as_one_reading_of_the_edited_text_judges_them(boundary
     for (lo, hi, rows), sums in zip(groups, checker.judge(ids, groups), strict=True):
         for row, got in zip(rows, sums, strict=True):
             edited = np.concatenate([ids[:lo], row, ids[hi:]])[None].astype(np.int32)
-            logits, _ = model.apply(
-                {"params": params}, edited, np.full((1, 4), -1, np.int32), initial_carry(config, 1), reset_id=reset_id
+            logits, _, one_way = model.apply(
+                {"params": params},
+                edited,
+                np.full((1, 4), -1, np.int32),
+                initial_carry(config, 1),
+                reset_id=reset_id,
+                directions=True,
             )
-            logprobs = np.asarray(jax.nn.log_softmax(logits[0]))[np.arange(edited.shape[1]), edited[0]]
-            assert got == pytest.approx(float(logprobs[lo : lo + len(row)].sum()), rel=1e-5, abs=1e-4)
+            for each, total in zip([logits, *one_way], got, strict=True):  # the cloze, forward, backward
+                logprobs = np.asarray(jax.nn.log_softmax(each[0]))[np.arange(edited.shape[1]), edited[0]]
+                assert total == pytest.approx(float(logprobs[lo : lo + len(row)].sum()), rel=1e-5, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
