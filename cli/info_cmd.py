@@ -99,7 +99,9 @@ def _info_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "model",
             (
-                "bidirectional (cloze, look-ahead {}) ".format(model.get("lookahead"))
+                "bidirectional (cloze, look-ahead {}{}) ".format(
+                    model.get("lookahead"), ", one-way layers" if model.get("direction_heads") else ""
+                )
                 if model.get("bidirectional")
                 else ""
             )

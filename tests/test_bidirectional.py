@@ -428,7 +428,7 @@ def bidirectional_run(tmp_path_factory):
 
 def test_info_shows_a_bidirectional_run(bidirectional_run):
     code, out, _ = cli("info", "run", cwd=bidirectional_run)
-    assert code == 0 and "bidirectional (cloze, look-ahead 32) 1×16 LSTM-COUPLED" in out
+    assert code == 0 and "bidirectional (cloze, look-ahead 32, one-way layers) 1×16 LSTM-COUPLED" in out
 
 
 @pytest.mark.parametrize("command", ["sample", "score", "serve"])
