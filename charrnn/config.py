@@ -226,15 +226,18 @@ class ModelConfig:
             count += (2 * self.hidden_size + 5) * self.key_width + 5 * self.hidden_size
         elif self.attention:  # query kernel and bias, three gates, three layer norms' scales and biases
             count += self.hidden_size * self.hidden_size + 10 * self.hidden_size
-        if self.bidirectional and self.direction_heads:  # each stack's own output layer (kernel and bias)
-            count += self.stacks * (self.hidden_size + 1) * self.vocab_size
-        return count
+        return count + self._direction_head_count()
 
     def fitted_parameter_count(self) -> int:
         """The parameters that fit the text, for the rules that weigh a model against it: all but the
         direction heads, which read the stacks' states without training them."""
-        heads = self.stacks * (self.hidden_size + 1) * self.vocab_size
-        return self.parameter_count() - (heads if self.bidirectional and self.direction_heads else 0)
+        return self.parameter_count() - self._direction_head_count()
+
+    def _direction_head_count(self) -> int:
+        """Each stack's own output layer's kernel and bias, for a bidirectional model that has them."""
+        if not (self.bidirectional and self.direction_heads):
+            return 0
+        return self.stacks * (self.hidden_size + 1) * self.vocab_size
 
 
 @dataclass(frozen=True)
