@@ -36,6 +36,11 @@ versions are read between the same two states, those the `CONTEXT` characters on
 (`Checker.judge`), so only the neighbourhood is read once per edit; the best edit is the suggestion,
 and the candidate is reported if it gains more than the threshold.
 Rescoring costs in proportion to the candidates, not to the text.
+
+A character of the vocabulary that training never read (one seen only in the validation split) has
+a probability the model never learned, far below any it has for a character it read; a run records
+such characters (charrnn.start.untrained_record) and they are given at least the probability of an
+unseen character (`untrained_floor`), so that each use of one is not taken for a typo.
 """
 
 import dataclasses
@@ -157,12 +162,13 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
     """Jitted (params, carry, chars [B, T], after [B, L]) -> (carry, log p(char) [B, T], top ids and
     probabilities [B, T, TOP], then [B, T] each: the hole's log-probabilities of x_t and x_t+1, the
     gap's likeliest character's log-probability and id, and with `direction_heads` each character's
-    log-probability one way and the other; see `Cloze`)."""
+    log-probability one way and the other; see `Cloze`); an optional last argument, the per-id
+    `untrained_floor`, puts a floor under each character's log-probabilities."""
     from charrnn.bidirectional import BiCharRNN
 
     model = BiCharRNN(model_config)
 
-    def chunk(params, carry, chars, after):
+    def chunk(params, carry, chars, after, floor=None):
         left, right, carry = model.apply({"params": params}, chars, after, carry, reset_id=reset_id, method="sides")
         from_left, from_right = model.apply({"params": params}, left, right, method="head_halves")
 
@@ -170,7 +176,8 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
             return jax.nn.log_softmax(from_left + from_right, axis=-1)
 
         def pick(logprobs, ids):
-            return jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
+            picked = jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
+            return picked if floor is None else jnp.maximum(picked, floor[jnp.maximum(ids, 0)])
 
         def pad(values, where):  # [B, T-1] -> [B, T], -inf where the window's edge leaves it unknown
             edge = jnp.full(values[:, :1].shape, -jnp.inf, values.dtype)
@@ -207,10 +214,12 @@ def cloze(
     reset_id: int | None = None,
     burn_in: int = BURN_IN,
     progress: Progress | None = None,
+    floor: np.ndarray | None = None,
 ) -> Cloze:
     """The cloze log-probability of every id of `ids` after the first (the first is context only),
     read as training reads: `streams` side by side (each after `burn_in` characters of the one
-    before), windows of `window` and the model's look-ahead."""
+    before), windows of `window` and the model's look-ahead. `floor`: per id, the least
+    log-probability a character is given (`untrained_floor`)."""
     from charrnn.model import initial_carry
 
     lookahead = model_config.lookahead
@@ -229,7 +238,7 @@ def cloze(
     ]
     outputs = []
     for positions, after, weights in where:
-        carry, *out = step(params, carry, padded_ids[positions], padded_ids[after])  # dispatched ahead; fetched below
+        carry, *out = step(params, carry, padded_ids[positions], padded_ids[after], floor)  # fetched below
         outputs.append((out, positions, weights))
     for done, (out, positions, weights) in enumerate(outputs, 1):
         if progress is not None:
@@ -239,6 +248,19 @@ def cloze(
         for column, values in zip(columns, out, strict=True):
             column[at] = np.asarray(values)[counted]
     return Cloze(*columns).sliced(slice(1, None))
+
+
+def untrained_floor(vocab: Vocabulary, untrained: str, unseen_share: float) -> np.ndarray | None:
+    """Per id, the least log-probability a character is given: for the characters training never read
+    (`untrained`), the share of text in unseen characters spread evenly over them; -inf for the
+    others. None when there are none. The model's own figure for such a character is no estimate (its
+    output column was only ever pushed down), so every use of it would read as a typo."""
+    ids = sorted({vocab.index[c] for c in untrained if c in vocab})
+    if not ids or not unseen_share > 0:
+        return None
+    floor = np.full(len(vocab), -np.inf, np.float32)
+    floor[ids] = math.log(unseen_share / len(ids))
+    return floor
 
 
 def check_threshold(threshold: float) -> None:
@@ -321,6 +343,8 @@ class Checker:
         window: int = WINDOW,
         boundary: str | None = None,
         context: int = CONTEXT,
+        untrained: str = "",
+        unseen_share: float = 0.0,
     ) -> None:
         if not model_config.bidirectional:
             raise UsageError(
@@ -333,6 +357,7 @@ class Checker:
         self.reset_id = vocab.index.get(boundary) if boundary else None
         self.newline = vocab.index.get("\n", 0)
         self.context = context
+        self.floor = untrained_floor(vocab, untrained, unseen_share)
         self.threshold = math.log(model_config.vocab_size) + PRIOR  # the default
         # Nats added to an edit's gain before it meets the threshold. The threshold's ln V prices the
         # character a mistyped or an extra one is (any of the vocabulary's); a character dropped, or
@@ -361,7 +386,8 @@ class Checker:
 
     def _cloze(self, ids: np.ndarray, progress: Progress | None = None) -> Cloze:
         """`cloze` of the text `ids` encodes (`encode`)."""
-        full = cloze(self.params, self.config, ids, window=self.window, reset_id=self.reset_id, progress=progress)
+        options = {"window": self.window, "reset_id": self.reset_id, "progress": progress, "floor": self.floor}
+        full = cloze(self.params, self.config, ids, **options)
         return full.sliced(slice(None, -1))  # the closing newline is context
 
     def check(
@@ -506,13 +532,13 @@ class Checker:
                 right[g, self.context - len(after) :] = after
                 for r, row in enumerate(versions):
                     rows[g, r, : len(row)], reversed_rows[g, r, : len(row)] = row, row[::-1]
-            totals = np.asarray(self._rescore(self.params, left, right, rows, reversed_rows))
+            totals = np.asarray(self._rescore(self.params, left, right, rows, reversed_rows, self.floor))
             sums.extend(totals[g, : len(versions)] for g, (_, _, versions) in enumerate(part))
             if progress is not None:
                 progress("judging", len(sums), len(groups))
         return sums
 
-    def _rescore_rows(self, params, left, right, rows, reversed_rows):
+    def _rescore_rows(self, params, left, right, rows, reversed_rows, floor=None):
         """[G, C] contexts and [G, E, N] rows (-1 past a row's end) -> [G, E, 3] summed log-probabilities:
         the cloze's, the forward stack's own and the backward stack's own (NaN without them)."""
         from charrnn.bidirectional import BiCharRNN
@@ -554,6 +580,8 @@ class Checker:
         def summed(logits):
             logprobs = jax.nn.log_softmax(logits, axis=-1)
             chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
+            if floor is not None:
+                chosen = jnp.maximum(chosen, floor[jnp.maximum(flat, 0)])
             return jnp.sum(jnp.where(kept, chosen, 0.0), axis=-1).reshape(groups, per_group)
 
         sums = [summed(each) for each in logits]

@@ -42,8 +42,9 @@ ADDED_KEYS = {
     "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0},
 }
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}
-# Written only by some runs: a corpus of documents (source is then a list of paths), --min-count.
-OPTIONAL_CORPUS_TYPES = {"documents": int, "boundary": str, "min_count": int}
+# Written only by some runs: a corpus of documents (source is then a list of paths), --min-count,
+# characters of the vocabulary training never read (charrnn.start.untrained_record).
+OPTIONAL_CORPUS_TYPES = {"documents": int, "boundary": str, "min_count": int, "untrained": str, "unseen_share": float}
 _HELD: dict[str, int] = {}  # lock files this process holds, and how deeply (nested `Run.lock`)
 MAX_FILE_BYTES = 64 << 20  # config.json and vocab.json are far smaller (a vocabulary of every code point: ~13 MB)
 
@@ -219,6 +220,8 @@ class Run:
                 raise RunError(f"{damaged} corpus.{key} must be a {kind.__name__}, not {json_repr(value)}")
         if "boundary" in corpus and len(corpus["boundary"]) != 1:
             raise RunError(f"{damaged} corpus.boundary must be one character, not {json_repr(corpus['boundary'])}")
+        if not 0 < corpus.get("unseen_share", 1.0) <= 1:
+            raise RunError(f"{damaged} corpus.unseen_share must be in (0, 1], not {json_repr(corpus['unseen_share'])}")
         corpus = corpus | {"source": source}
         return configs[0], configs[1], corpus
 

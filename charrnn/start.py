@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from charrnn.config import (
     DEFAULT_EPOCHS,
     LONG_RUN_EMA,
@@ -178,7 +180,8 @@ def new_run(
             held.enter_context(run.lock())
             prepared.vocab.save(run.vocab_path)
             section = run_section(model_config, parent_run.directory if parent_run is not None else None)
-            run.write_config(model_config, train_config, _corpus_record(sources, prepared, min_count), section)
+            record = _corpus_record(sources, prepared, min_count, parent_run)
+            run.write_config(model_config, train_config, record, section)
         initial = None
         if parent_run is not None:  # every process starts from the parent's weights
             initial = (parent_params, len(parent_vocab))
@@ -368,8 +371,14 @@ def _leaders_value(value: float) -> float:
     return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
 
 
-def _corpus_record(sources: list[str], prepared: PreparedCorpus, min_count: int) -> dict[str, Any]:
-    """config.json's "corpus" section: where the text was read and which text it was."""
+COUNTED_CHUNK = 1 << 24  # ids counted at a time
+
+
+def _corpus_record(
+    sources: list[str], prepared: PreparedCorpus, min_count: int, parent: Run | None = None
+) -> dict[str, Any]:
+    """config.json's "corpus" section: where the text was read and which text it was, and the
+    characters of the vocabulary no training read (`untrained_record`)."""
     absolute = [str(Path(s).absolute()) if s not in ("-", BUILTIN_NAME) else s for s in sources]
     record = {
         "source": absolute[0] if len(absolute) == 1 else absolute,
@@ -380,7 +389,27 @@ def _corpus_record(sources: list[str], prepared: PreparedCorpus, min_count: int)
         record["min_count"] = min_count
     if prepared.stats.get("documents"):  # read by `sample`, which stops at the boundary by default
         record |= {"documents": prepared.stats["documents"], "boundary": prepared.stats["boundary"]}
-    return record
+    return record | untrained_record(prepared, parent)
+
+
+def untrained_record(prepared: PreparedCorpus, parent: Run | None = None) -> dict[str, Any]:
+    """{"untrained": the vocabulary's characters that neither the training split nor a parent's
+    training read, "unseen_share": the share of text in characters training never read, by
+    Good-Turing (characters read once, per character read)}, or {} when training read them all. The
+    model's probability of such a character says nothing (its softmax column was only ever pushed
+    down), so `check` puts a floor under it (charrnn.checking)."""
+    counts = np.zeros(len(prepared.vocab), np.int64)
+    for start in range(0, len(prepared.train), COUNTED_CHUNK):  # bincount copies its input to int64
+        counts += np.bincount(prepared.train[start : start + COUNTED_CHUNK], minlength=len(prepared.vocab))
+    untrained = {c for c, n in zip(prepared.vocab.chars, counts, strict=False) if n == 0}
+    if parent is not None and untrained:  # the parent's weights were trained on its own text
+        parent_chars = set(parent.read_vocab().chars)
+        _, _, parent_corpus = parent.read_config()
+        untrained &= set(parent_corpus.get("untrained", "")) | (untrained - parent_chars)
+    if not untrained:
+        return {}
+    share = max(int(np.sum(counts == 1)), 1) / max(int(counts.sum()), 1)
+    return {"untrained": "".join(sorted(untrained)), "unseen_share": share}
 
 
 def _corpus_again(run, loaded, corpus, train_config: TrainConfig, encoding, errors, warn):

@@ -180,7 +180,15 @@ class TrainedModel:
         """A `Checker` of texts with this model (a bidirectional one)."""
         from charrnn.checking import Checker
 
-        return Checker(self.params, self.model_config, self.vocab, boundary=self.boundary)
+        info = self.corpus_info
+        return Checker(
+            self.params,
+            self.model_config,
+            self.vocab,
+            boundary=self.boundary,
+            untrained=info.get("untrained", ""),
+            unseen_share=info.get("unseen_share", 0.0),
+        )
 
     def check(self, text: str, threshold: float | None = None, *, repeated: bool = False) -> "list[Finding]":
         """The characters of `text` that do not fit, with the edit that fits best (charrnn.checking)."""

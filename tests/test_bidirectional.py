@@ -403,6 +403,57 @@ def test_a_character_far_too_unlikely_is_reported_where_no_edit_fits_better(peri
     assert findings[0].prob == pytest.approx(np.exp(-20.0))
 
 
+def test_a_character_training_never_read_gets_the_unseen_share_not_a_typos_verdict():
+    """A character only the validation split holds has a probability the model never learned: the
+    reading and the edits' judging give it at least the unseen share spread over such characters, and
+    change nothing else."""
+    text = "abcab zcab\nzzbca cbaz"
+    vocab = Vocabulary.from_text(text + "\n")
+    config = ModelConfig(vocab_size=len(vocab), cell="gru", bidirectional=True, lookahead=4, **SMALL)
+    params = init_params(config, jax.random.key(4))
+    plain = Checker(params, config, vocab, context=8)
+    floored = Checker(params, config, vocab, context=8, untrained="zq", unseen_share=0.5)  # q: not in it
+    floor = math.log(0.5)
+    assert (
+        floored.floor[vocab.index["z"]] == pytest.approx(floor)
+        and np.isneginf(np.delete(floored.floor, vocab.index["z"])).all()
+    )
+    before, after = plain.cloze(text), floored.cloze(text)
+    is_z = np.array([c == "z" for c in text])
+    assert is_z.any() and (before.logprob[is_z] < floor).all()  # a random model: about 1 in 6
+    np.testing.assert_allclose(after.logprob, np.where(is_z, floor, before.logprob), rtol=1e-5)
+    for one_way in ("forward_logprob", "backward_logprob"):
+        expected = np.maximum(getattr(before, one_way), np.where(is_z, floor, -np.inf))
+        np.testing.assert_allclose(getattr(after, one_way), expected, rtol=1e-5)
+    ids = plain.encode(text)
+    groups = [(1, 6, [ids[1:6], ids[1:6].copy()]), (6, 12, [ids[6:12]])]  # without a z, then with one
+    groups[0][2][1][2] = vocab.index["z"]
+    (without, with_z), (around_z,) = plain.judge(ids, groups), floored.judge(ids, groups)[1:]
+    one = floored.judge(ids, groups[:1])[0]
+    np.testing.assert_allclose(one[0], without[0], rtol=1e-5)  # no z: unchanged
+    assert (one[1] > without[1]).all() and (around_z > with_z).all()  # each z read at the floor, not below
+
+
+def test_a_run_records_the_characters_its_training_never_read():
+    from charrnn.corpus import PreparedCorpus
+    from charrnn.start import untrained_record
+
+    vocab = Vocabulary(tuple("abcxy"))
+    train = vocab.encode("aabbbcaab")  # x and y only in the validation split; c read once
+    prepared = PreparedCorpus(None, vocab, train, vocab.encode("xy"), {})
+    assert untrained_record(prepared) == {"untrained": "xy", "unseen_share": pytest.approx(1 / 9)}
+
+    class Parent:  # a run whose training read x
+        def read_vocab(self):
+            return Vocabulary(tuple("abx"))
+
+        def read_config(self):
+            return None, None, {"untrained": "b"}
+
+    assert untrained_record(prepared, Parent())["untrained"] == "y"  # y: new to the parent's vocabulary
+    assert untrained_record(PreparedCorpus(None, vocab, vocab.encode("abcxy"), train, {})) == {}
+
+
 # -- the commands ------------------------------------------------------------------------------------
 def cli(*args, cwd, input=None):
     """(exit status, stdout, stderr) of `charrnn ARGS`, run in this process."""
@@ -416,7 +467,7 @@ TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", 
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bidirectional")
-    (root / "text.txt").write_text(periodic_text(1200) + "\n")
+    (root / "text.txt").write_text(periodic_text(1200) + "\nΩ\n")  # Ω and a newline: in the validation split only
     (root / "draft.txt").write_text("hello world, hello wprld, hello\nworld, hello world\n")
     code, _, err = cli(
         "train", "text.txt", "--out", "run", "--bidirectional", *TINY, "--steps", "40", "--eval-every", "20", cwd=root
@@ -429,6 +480,15 @@ def bidirectional_run(tmp_path_factory):
 def test_info_shows_a_bidirectional_run(bidirectional_run):
     code, out, _ = cli("info", "run", cwd=bidirectional_run)
     assert code == 0 and "bidirectional (cloze, look-ahead 32, one-way layers) 1×16 LSTM-COUPLED" in out
+
+
+def test_a_run_keeps_the_characters_its_training_never_read_for_its_checks(bidirectional_run):
+    from charrnn import load
+
+    corpus = json.loads((bidirectional_run / "run" / "config.json").read_text())["corpus"]
+    assert corpus["untrained"] == "\nΩ"  # the text has no newline before its validation split
+    model = load(bidirectional_run / "run")
+    assert model.checker().floor[model.vocab.index["Ω"]] == pytest.approx(math.log(corpus["unseen_share"] / 2))
 
 
 @pytest.mark.parametrize("command", ["sample", "score", "serve"])
