@@ -491,6 +491,19 @@ def test_a_run_keeps_the_characters_its_training_never_read_for_its_checks(bidir
     assert model.checker().floor[model.vocab.index["Ω"]] == pytest.approx(math.log(corpus["unseen_share"] / 2))
 
 
+@pytest.mark.parametrize(("value", "problem"), [(0.0, "must be in (0, 1], not 0.0"), ("x", 'must be a float, not "x"')])
+def test_a_run_whose_unseen_share_is_damaged_is_refused_by_name(bidirectional_run, tmp_path, value, problem):
+    from charrnn.errors import RunError
+    from charrnn.runs import Run
+
+    (tmp_path / "run").mkdir()
+    config = json.loads((bidirectional_run / "run" / "config.json").read_text())
+    config["corpus"]["unseen_share"] = value
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=re.escape(f"corpus.unseen_share {problem}")):
+        Run(tmp_path / "run").read_config()
+
+
 @pytest.mark.parametrize("command", ["sample", "score", "serve"])
 def test_what_a_bidirectional_run_cannot_do_is_one_line(bidirectional_run, command):
     args = {"sample": ["run"], "score": ["run", "draft.txt"], "serve": ["run", "--port", "0"]}[command]
