@@ -78,14 +78,16 @@ class BiCharRNN(nn.Module):
         """chars <int>[B, T], after <int>[B, L] (-1: past the end) -> (logits <f32>[B, T, V] of
         every character of `chars` given both sides, the forward carry after `chars`), and with
         `directions` the stacks' own logits of each character (`direction_logits`) after them, each
-        of a state whose gradient is stopped. `train` enables dropout (rng 'dropout'); `reset_id`: the
-        document boundary's id, if any; `padded`: false where no window reaches past the text
-        (training), so the backward scan skips resets."""
+        of a state whose gradient reaches its stack scaled by `ModelConfig.direction_weight`.
+        `train` enables dropout (rng 'dropout'); `reset_id`: the document boundary's id, if any;
+        `padded`: false where no window reaches past the text (training), so the backward scan skips
+        resets."""
         left, right, new_carry = self.sides(chars, after, carry, train=train, reset_id=reset_id, padded=padded)
         joined = self.dropout(jnp.concatenate([left, right], axis=-1), deterministic=not train)
         if not directions:
             return self.head(joined), new_carry
-        return self.head(joined), new_carry, self.direction_logits(*map(jax.lax.stop_gradient, (left, right)))
+        states = (_gradient_scaled(side, self.config.direction_weight) for side in (left, right))
+        return self.head(joined), new_carry, self.direction_logits(*states)
 
     def direction_logits(self, left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The stacks' own output layers (`ModelConfig.direction_heads`): left [..., H] -> logits of
@@ -93,7 +95,8 @@ class BiCharRNN(nn.Module):
         before the backward state (x_t given x_>t). Each is a language model one way, so together they
         price a missing or an extra character, which a cloze cannot: its pseudo-likelihood has one
         term per character, so a text with one character more is not comparable (charrnn.checking).
-        Trained on the stacks' states without changing them: the cloze is what the stacks are for."""
+        Their gradient reaches the stacks scaled by `ModelConfig.direction_weight` (half by default):
+        reading one way as well made the cloze itself better (docs/checking.md)."""
         dtype = self.config.dtype
         return (
             project(left, self.forward_head_kernel, dtype) + self.forward_head_bias,
@@ -206,3 +209,9 @@ class BiCharRNN(nn.Module):
 def _keep(kept: jax.Array) -> jax.Array:
     """bool [T, B] -> float [T, B, 1], the recurrence's `keep`."""
     return kept.astype(jnp.float32)[:, :, None]
+
+
+def _gradient_scaled(x: jax.Array, weight: float) -> jax.Array:
+    """`x`, whose gradient is multiplied by `weight` on the way back (stopped at 0)."""
+    stopped = jax.lax.stop_gradient(x)
+    return stopped if weight == 0 else stopped + weight * (x - stopped)

@@ -161,6 +161,7 @@ class ModelConfig:
     bidirectional: bool = False  # a second stack reads right to left; each character is predicted from both sides
     lookahead: int = 32  # bidirectional: characters past a window the backward stack reads first (bidirectional.py)
     direction_heads: bool = True  # bidirectional: each stack has its own output layer too, a language model one way
+    direction_weight: float = 0.5  # the share of those layers' gradient the stacks get (0: none; by measurement)
     attention: int = 0  # positions one attention head over the top layer reads back; 0: none (attention.py)
     attention_keys: int = ATTENTION_KEYS  # the head's query and key width; 0: the values are the keys (older runs)
 
@@ -181,6 +182,11 @@ class ModelConfig:
             f"must be in [0, 1), not {self.recurrent_dropout}",
         )
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop", f"must be in [0, 1), not {self.weight_drop}")
+        _check(
+            0.0 <= self.direction_weight <= 1.0,
+            "direction_weight",
+            f"must be in [0, 1], not {self.direction_weight}",
+        )
         _check(0 <= self.lookahead <= 1 << 16, "lookahead", f"must be between 0 and {1 << 16}, not {self.lookahead}")
         _check(0 <= self.attention <= 1 << 16, "attention", f"must be between 0 and {1 << 16}, not {self.attention}")
         _check(
@@ -230,7 +236,7 @@ class ModelConfig:
 
     def fitted_parameter_count(self) -> int:
         """The parameters that fit the text, for the rules that weigh a model against it: all but the
-        direction heads, which read the stacks' states without training them."""
+        direction heads, which read the stacks' states and add nothing to the cloze's capacity."""
         return self.parameter_count() - self._direction_head_count()
 
     def _direction_head_count(self) -> int:

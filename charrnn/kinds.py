@@ -77,8 +77,8 @@ class Bidirectional(LeftToRight):
 
     def nats(self, model, params, carry, window, reset_id, **apply):
         """The cloze's nats. When training a model with `direction_heads`, their gradient is added
-        and their loss is not: it is a loss of their own (their states' gradient is stopped), and the
-        figure reported stays the cloze."""
+        and their loss is not: the figure reported stays the cloze (the stacks get their gradient
+        scaled by `direction_weight`, see BiCharRNN.__call__)."""
         chars, after = window
         train = apply.get("train", False)  # training windows never reach past the text
         directions = train and self.config.direction_heads

@@ -38,7 +38,13 @@ FORMAT_1_KEYS = {
 }  # fmt: skip
 # Settings added since, with the value that runs written before them used (not today's default).
 ADDED_KEYS = {
-    "model": {"recurrent_dropout": 0.0, "attention_keys": 0, "weight_drop": 0.0, "direction_heads": False},
+    "model": {
+        "recurrent_dropout": 0.0,
+        "attention_keys": 0,
+        "weight_drop": 0.0,
+        "direction_heads": False,
+        "direction_weight": 0.0,
+    },
     "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0},
 }
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}

@@ -23,7 +23,7 @@ STRUCTURE = (
     "cell", "layers", "hidden_size", "embed_size", "bidirectional", "direction_heads", "attention", "attention_keys"
 )  # fmt: skip
 # Model options a child takes from its parent unless given:
-INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "weight_drop", "dtype", "lookahead")
+INHERITED = (*STRUCTURE, "dropout", "recurrent_dropout", "weight_drop", "dtype", "lookahead", "direction_weight")
 # Structural options whose weights fit another value than the parent's: the attention head's
 # weights do not depend on how many positions it reads, only on whether there is one.
 FITS = {"attention": lambda given, parent: bool(given) == bool(parent)}

@@ -24,7 +24,7 @@ from charrnn.bidirectional import BiCharRNN
 from charrnn.checking import EXPLAINED, Checker, _reported, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
-from charrnn.kinds import kind_of
+from charrnn.kinds import cross_entropy, kind_of
 from charrnn.model import init_params, initial_carry
 from charrnn.step import create_state, evaluate, make_eval_step, make_train_step
 from charrnn.vocab import Vocabulary
@@ -125,11 +125,13 @@ def test_outputs_and_every_gradient_match_the_textbook_loops(cell, reset_id):
         assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0][name])) > 0, name
 
 
-def test_each_stack_reads_one_way_with_its_own_output_layer_which_trains_without_changing_it():
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_each_stack_reads_one_way_with_its_own_output_layer_which_trains_it_by_its_weight(weight):
     """The direction heads: the forward state before a character, and the backward state after it,
-    each through its own output layer (the textbook's states); training adds their gradient to
-    theirs alone and their loss to nothing reported: the cloze and the stacks train as without them."""
-    config = ModelConfig(vocab_size=7, cell="lstm", bidirectional=True, lookahead=3, **SMALL)
+    each through its own output layer (the textbook's states). Training adds their loss to nothing
+    reported, their gradient to theirs, and to the stacks `direction_weight` of it: with 0 the cloze
+    and the stacks train exactly as without them."""
+    config = ModelConfig(vocab_size=7, cell="lstm", bidirectional=True, lookahead=3, direction_weight=weight, **SMALL)
     params = init_params(config, jax.random.key(1))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
     chars, after = random_inputs(7)
@@ -152,17 +154,33 @@ def test_each_stack_reads_one_way_with_its_own_output_layer_which_trains_without
         )
         return nats.mean()
 
+    as_trained = {"train": True, "padded": False, "rngs": {"dropout": jax.random.key(0)}}  # as `nats` reads
+
+    def one_way_loss(params):  # the heads' own loss, its whole gradient into the stacks
+        full = dataclasses.replace(config, direction_weight=1.0)
+        _, _, logits = BiCharRNN(full).apply(
+            {"params": params}, chars, after, carry, reset_id=2, **as_trained, directions=True
+        )
+        return sum(cross_entropy(each, jnp.maximum(chars, 0)) for each in logits).mean()
+
     (with_heads, grads), (without, plain_grads) = (
         jax.value_and_grad(loss, argnums=1)(config, params),
         jax.value_and_grad(loss, argnums=1)(plain, shared),
     )
-    assert float(with_heads) == pytest.approx(float(without), abs=1e-6)
-    for (path, got), want in zip(
-        jax.tree_util.tree_leaves_with_path({k: grads[k] for k in shared}), jax.tree.leaves(plain_grads), strict=True
+    one_way_grads = jax.grad(one_way_loss)(params)
+    assert float(with_heads) == pytest.approx(float(without), abs=1e-6)  # the cloze's loss alone
+    for (path, got), want, extra in zip(
+        jax.tree_util.tree_leaves_with_path({k: grads[k] for k in shared}),
+        jax.tree.leaves(plain_grads),
+        jax.tree.leaves({k: one_way_grads[k] for k in shared}),
+        strict=True,
     ):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(got, want + weight * extra, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
     for name in ("forward_head_kernel", "backward_head_kernel", "forward_head_bias", "backward_head_bias"):
+        np.testing.assert_allclose(grads[name], one_way_grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
         assert float(jnp.abs(grads[name]).max()) > 0, name
+    if weight:  # the stacks do learn from the heads
+        assert any(float(jnp.abs(e).max()) > 1e-4 for e in jax.tree.leaves({k: one_way_grads[k] for k in shared}))
 
 
 def test_reversing_the_text_and_swapping_the_stacks_gives_the_same_scores():
