@@ -175,10 +175,6 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
         def log_probs(from_left, from_right):  # the character between a left state and a right state
             return jax.nn.log_softmax(from_left + from_right, axis=-1)
 
-        def pick(logprobs, ids):
-            picked = jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
-            return picked if floor is None else jnp.maximum(picked, floor[jnp.maximum(ids, 0)])
-
         def pad(values, where):  # [B, T-1] -> [B, T], -inf where the window's edge leaves it unknown
             edge = jnp.full(values[:, :1].shape, -jnp.inf, values.dtype)
             return jnp.concatenate([values, edge] if where == "end" else [edge, values], axis=1)
@@ -188,17 +184,17 @@ def make_cloze_chunk(model_config: ModelConfig, reset_id: int | None) -> Callabl
         hole = log_probs(from_left[:, :-1], from_right[:, 1:])  # x_k and x_k+1 taken out
         gap = log_probs(from_left[:, 1:], from_right[:, :-1])  # nothing taken out: between x_t-1 and x_t
         columns = [
-            pick(logprobs, chars),
+            _picked(logprobs, chars, floor),
             top_ids,
             jnp.exp(top_logprobs),
-            pad(pick(hole, chars[:, :-1]), "end"),
-            pad(pick(hole, chars[:, 1:]), "end"),
+            pad(_picked(hole, chars[:, :-1], floor), "end"),
+            pad(_picked(hole, chars[:, 1:], floor), "end"),
             pad(gap.max(axis=-1), "start"),
             jnp.pad(gap.argmax(axis=-1), ((0, 0), (1, 0))),  # no gap before a window's first character: id 0
         ]
         if model_config.direction_heads:
             one_way = model.apply({"params": params}, left, right, method="direction_logits")
-            columns += [pick(jax.nn.log_softmax(logits, axis=-1), chars) for logits in one_way]
+            columns += [_picked(jax.nn.log_softmax(logits, axis=-1), chars, floor) for logits in one_way]
         return carry, *columns
 
     return jax.jit(chunk)
@@ -248,6 +244,12 @@ def cloze(
         for column, values in zip(columns, out, strict=True):
             column[at] = np.asarray(values)[counted]
     return Cloze(*columns).sliced(slice(1, None))
+
+
+def _picked(logprobs: jax.Array, ids: jax.Array, floor: jax.Array | None) -> jax.Array:
+    """log p of each id (-1, past a text's end, reads id 0), at least the id's `floor` if given."""
+    picked = jnp.take_along_axis(logprobs, jnp.maximum(ids, 0)[..., None], axis=-1)[..., 0]
+    return picked if floor is None else jnp.maximum(picked, floor[jnp.maximum(ids, 0)])
 
 
 def untrained_floor(vocab: Vocabulary, untrained: str, unseen_share: float) -> np.ndarray | None:
@@ -579,9 +581,7 @@ class Checker:
 
         def summed(logits):
             logprobs = jax.nn.log_softmax(logits, axis=-1)
-            chosen = jnp.take_along_axis(logprobs, jnp.maximum(flat, 0)[..., None], axis=-1)[..., 0]
-            if floor is not None:
-                chosen = jnp.maximum(chosen, floor[jnp.maximum(flat, 0)])
+            chosen = _picked(logprobs, flat, floor)
             return jnp.sum(jnp.where(kept, chosen, 0.0), axis=-1).reshape(groups, per_group)
 
         sums = [summed(each) for each in logits]
