@@ -30,8 +30,8 @@ edit writes it: a pseudo-log-likelihood) sees each character from both sides, bu
 character, so it cannot weigh a text against one with a character more: a dropped letter often
 leaves characters that each still fit between their neighbours. The stacks' own output layers
 (`ModelConfig.direction_heads`) give true likelihoods, left to right and right to left, which price
-a missing or extra character, each from one side. An edit's gain is the two added, weighed by
-`EVIDENCE_WEIGHT` (for a model without those layers, the cloze's alone). All of a candidate's
+a missing or extra character, each from one side. An edit's gain is the mean of the two one-way
+gains plus `CLOZE_WEIGHT` of the cloze's (for a model without those layers, the cloze's alone). All of a candidate's
 versions are read between the same two states, those the `CONTEXT` characters on either side leave
 (`Checker.judge`), so only the neighbourhood is read once per edit; the best edit is the suggestion,
 and the candidate is reported if it gains more than the threshold.
@@ -65,7 +65,7 @@ UNPRICED_SHARE = 0.5  # of ln(vocabulary size) credited to them, by measurement 
 REPEAT_CONTEXT = 2  # characters on each side of a place that must recur with it for it to count as meant
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
 TRIED_PER_RUN = 3  # places of a run of candidates where an insertion is estimated to gain most, tried (measured)
-EVIDENCE_WEIGHT = 2 / 3  # of the cloze's gain and of the one-way gain, in an edit's gain (by measurement)
+CLOZE_WEIGHT = 1 / 3  # of the cloze's gain in an edit's gain, beside the whole one-way gain (by measurement)
 TOP = 5  # likeliest characters kept per position
 CONTEXT = 32  # characters read on each side of an edit's neighbourhood when edits are compared
 AROUND = 3  # characters on each side of the edited place whose log-probabilities are summed too
@@ -318,11 +318,12 @@ def _edits(text: str, i: int, alternatives: list[str], inserted: list[str]) -> I
 
 
 def _gain(cloze: float, forward: float, backward: float) -> float:
-    """An edit's gain in nats from its three readings (`Checker.judge`): the cloze's, and the mean of
-    the two one-way ones where the model has them, each weighed by `EVIDENCE_WEIGHT`."""
+    """An edit's gain in nats from its three readings (`Checker.judge`): where the model has the
+    one-way layers, the mean of their two gains (true likelihoods) plus `CLOZE_WEIGHT` of the
+    cloze's (a pseudo-likelihood, sharper but counting evidence the others share); else the cloze's."""
     if math.isnan(forward):
         return cloze
-    return EVIDENCE_WEIGHT * (cloze + (forward + backward) / 2)
+    return CLOZE_WEIGHT * cloze + (forward + backward) / 2
 
 
 class _Edit(NamedTuple):
