@@ -21,7 +21,7 @@ from test_cells import TEXTBOOK, textbook_layer
 
 from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
-from charrnn.checking import EXPLAINED, Checker, _reported, make_cloze_chunk
+from charrnn.checking import AROUND, CLOZE_WEIGHT, EXPLAINED, Checker, _reported, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.kinds import cross_entropy, kind_of
@@ -340,6 +340,20 @@ def test_a_model_of_a_periodic_text_finds_an_error_put_into_it(periodic_checker,
     assert abs(finding.offset - where) <= 1 and (finding.line, finding.column) == (1, finding.offset + 1)
     assert (finding.edit, finding.suggestion) == edit
     assert periodic_checker.check(periodic_text(200), threshold=1.0) == []  # nothing in the text as it should be
+
+
+def test_an_edits_gain_is_the_one_way_gain_and_a_share_of_the_cloze_gain(periodic_checker):
+    """The suggestion's gain is what `judge` reads for the neighbourhood as it is and as the edit
+    writes it: the mean of the one-way layers' gains, whole, plus `CLOZE_WEIGHT` of the cloze's."""
+    text = "hello world, hello wprld, hello world, "
+    (finding,) = periodic_checker.check(text, threshold=1.0)
+    ids, s, (a, b) = periodic_checker.encode(text), finding.offset, finding.span
+    lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)
+    edited = np.concatenate([ids[lo : a + 1], periodic_checker._ids(finding.suggestion), ids[b + 1 : hi]])
+    (sums,) = periodic_checker.judge(ids, [(lo, hi, [ids[lo:hi], edited])])
+    cloze, forward, backward = (sums[1] - sums[0]).tolist()
+    assert forward > 0 and backward > 0
+    assert finding.gain == pytest.approx(CLOZE_WEIGHT * cloze + (forward + backward) / 2, rel=1e-5)
 
 
 def test_a_surprising_character_near_a_reported_edit_is_its_doing_unless_more_surprising():
