@@ -31,10 +31,11 @@ character, so it cannot weigh a text against one with a character more: a droppe
 leaves characters that each still fit between their neighbours. The stacks' own output layers
 (`ModelConfig.direction_heads`) give true likelihoods, left to right and right to left, which price
 a missing or extra character, each from one side. An edit's gain is the mean of the two one-way
-gains plus `CLOZE_WEIGHT` of the cloze's (for a model without those layers, the cloze's alone). All of a candidate's
-versions are read between the same two states, those the `CONTEXT` characters on either side leave
-(`Checker.judge`), so only the neighbourhood is read once per edit; the best edit is the suggestion,
-and the candidate is reported if it gains more than the threshold.
+gains plus `CLOZE_WEIGHT` of the cloze's (for a model without those layers, the cloze's alone). All
+of a candidate's versions (`Checker.versions`) are read between the same two states, those the
+`CONTEXT` characters on either side leave (`Checker.judge`), so only the neighbourhood is read once
+per edit; the best edit is the suggestion, and the candidate is reported if it gains more than the
+threshold.
 Rescoring costs in proportion to the candidates, not to the text.
 
 A character of the vocabulary that training never read (one seen only in the validation split) has
@@ -487,14 +488,8 @@ class Checker:
         """Each spot's best edit, if one gains over EDIT_MARGIN: the model's evidence picks it, and its
         credit (`credit`) only decides whether it is reported. `ids`: the text encoded (`encode`):
         position p of it is character p - 1 of the text."""
-        groups, edits = [], []
-        for s in spots:
-            lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)  # text[s-1 : s+2], AROUND beyond
-            tried = list(_edits(text, s, alternatives[s], inserted[s]))
-            rows = [ids[lo:hi]]
-            rows += [np.concatenate([ids[lo : a + 1], self._ids(new), ids[b + 1 : hi]]) for _, new, a, b in tried]
-            groups.append((lo, hi, rows))
-            edits.append(tried)
+        edits = [list(_edits(text, s, alternatives[s], inserted[s])) for s in spots]
+        groups = [self.versions(ids, s, tried) for s, tried in zip(spots, edits, strict=True)]
         best: dict[int, _Edit] = {}
         for s, tried, sums in zip(spots, edits, self.judge(ids, groups, progress), strict=True):
             for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
@@ -503,6 +498,17 @@ class Checker:
                 if gain > EDIT_MARGIN and (s not in best or gain > best[s].gain):
                     best[s] = _Edit(edit, suggestion, gain, (start, end), score)
         return best
+
+    def versions(
+        self, ids: np.ndarray, s: int, tried: list[tuple[str, str, int, int]]
+    ) -> tuple[int, int, list[np.ndarray]]:
+        """(lo, hi, rows) for `judge`: the neighbourhood of text[s] in `ids` (`encode`'s; text[s-1 :
+        s+2] and AROUND beyond), as it is and as each tried edit (edit, suggestion, start, end in the
+        text) writes it."""
+        lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)
+        rows = [ids[lo:hi]]
+        rows += [np.concatenate([ids[lo : a + 1], self._ids(new), ids[b + 1 : hi]]) for _, new, a, b in tried]
+        return lo, hi, rows
 
     def _ids(self, chars: str) -> np.ndarray:
         fallback = self.vocab.unknown_id if self.vocab.unknown_id is not None else self.newline

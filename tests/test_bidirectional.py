@@ -21,7 +21,7 @@ from test_cells import TEXTBOOK, textbook_layer
 
 from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
-from charrnn.checking import AROUND, CLOZE_WEIGHT, EXPLAINED, Checker, _reported, make_cloze_chunk
+from charrnn.checking import CLOZE_WEIGHT, EXPLAINED, Checker, _reported, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.kinds import cross_entropy, kind_of
@@ -347,10 +347,8 @@ def test_an_edits_gain_is_the_one_way_gain_and_a_share_of_the_cloze_gain(periodi
     writes it: the mean of the one-way layers' gains, whole, plus `CLOZE_WEIGHT` of the cloze's."""
     text = "hello world, hello wprld, hello world, "
     (finding,) = periodic_checker.check(text, threshold=1.0)
-    ids, s, (a, b) = periodic_checker.encode(text), finding.offset, finding.span
-    lo, hi = max(1, s - AROUND), min(len(ids) - 1, s + 3 + AROUND)
-    edited = np.concatenate([ids[lo : a + 1], periodic_checker._ids(finding.suggestion), ids[b + 1 : hi]])
-    (sums,) = periodic_checker.judge(ids, [(lo, hi, [ids[lo:hi], edited])])
+    ids, tried = periodic_checker.encode(text), (finding.edit, finding.suggestion, *finding.span)
+    (sums,) = periodic_checker.judge(ids, [periodic_checker.versions(ids, finding.offset, [tried])])
     cloze, forward, backward = (sums[1] - sums[0]).tolist()
     assert forward > 0 and backward > 0
     assert finding.gain == pytest.approx(CLOZE_WEIGHT * cloze + (forward + backward) / 2, rel=1e-5)
