@@ -5,7 +5,8 @@ read its windows (the forward state carried, the backward stack reading each win
 look-ahead), in many streams side by side, with a newline before and after the text as context.
 The windows are longer than training's (`WINDOW`), so the look-ahead, read once per window, is a
 smaller share of the work, and each stream starts after a shorter burn-in (`BURN_IN`).
-A place is reported when an edit there would make the text more likely by over `threshold` nats, or
+A place is reported when an edit there would make the text more likely by over `threshold` nats (an
+edit that blames the place's character, by the mean of that and the character's surprisal: `_score`), or
 when its character is so unlikely (surprisal over `threshold`) that it is taken for an error even
 though none of the edits tried fits better (unless it is within `EXPLAINED` characters of a reported
 edit, and no more surprising than the edited character: its context held that error). The default
@@ -34,8 +35,8 @@ a missing or extra character, each from one side. An edit's gain is the mean of 
 gains plus `CLOZE_WEIGHT` of the cloze's (for a model without those layers, the cloze's alone). All
 of a candidate's versions (`Checker.versions`) are read between the same two states, those the
 `CONTEXT` characters on either side leave (`Checker.judge`), so only the neighbourhood is read once
-per edit; the best edit is the suggestion, and the candidate is reported if it gains more than the
-threshold.
+per edit; the best edit is the suggestion, and the candidate is reported if its score (`_score`)
+passes the threshold.
 Rescoring costs in proportion to the candidates, not to the text.
 
 A character of the vocabulary that training never read (one seen only in the validation split) has
@@ -60,8 +61,9 @@ from charrnn.config import ModelConfig
 from charrnn.errors import UsageError
 from charrnn.vocab import Vocabulary
 
-PRIOR = 5.5  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
+PRIOR = 4.0  # nats above ln(vocabulary size): the default threshold, by measurement (docs/checking.md)
 UNPRICED_EDITS = ("insert", "swap")  # edits that undo a mistake which chose no character (see `Checker.credit`)
+SUSPECT_EDITS = ("replace", "delete")  # edits that take the place's character for the mistake (see `_score`)
 UNPRICED_SHARE = 0.5  # of ln(vocabulary size) credited to them, by measurement (docs/checking.md)
 REPEAT_CONTEXT = 2  # characters on each side of a place that must recur with it for it to count as meant
 CANDIDATE_FRACTION = 0.5  # places whose estimated gain passes this share of the threshold are rescored
@@ -318,6 +320,19 @@ def _edits(text: str, i: int, alternatives: list[str], inserted: list[str]) -> I
         yield "swap", char + text[i - 1], i - 1, i + 1
 
 
+def _score(edit: str, gain: float, surprisal: float, credit: float) -> float:
+    """What the threshold is held against for a place whose best edit is `edit`. Where the edit takes
+    the place's character for the mistake (`SUSPECT_EDITS`), the character's cloze surprisal is a
+    second estimate of the same odds: -log p(x | both sides) is the log of p(y | both sides) / p(x |
+    both sides) summed over every character y that could stand there, the evidence of all
+    replacements, where the gain is that of the best edit tried. The two err differently (the sum
+    counts characters the edit did not try, the gain reads true likelihoods): their mean is held to
+    the threshold. Other edits blame no character there: their gain, with the edit's credit."""
+    if edit in SUSPECT_EDITS:
+        return (gain + surprisal) / 2
+    return gain + credit
+
+
 def _gain(cloze: float, forward: float, backward: float) -> float:
     """An edit's gain in nats from its three readings (`Checker.judge`): where the model has the
     one-way layers, the mean of their two gains (true likelihoods) plus `CLOZE_WEIGHT` of the
@@ -332,7 +347,7 @@ class _Edit(NamedTuple):
     suggestion: str
     gain: float  # nats of cloze log-probability around the place
     span: tuple[int, int]
-    score: float  # the gain with the edit's credit (`Checker.credit`): what the threshold is held against
+    score: float  # what the threshold is held against (`_score`): the gain with the character's surprisal or a credit
 
 
 class Checker:
@@ -432,8 +447,9 @@ class Checker:
         )
         alternatives = {s: [chars[k] for k in judged.top_ids[s]] for s in tried}
         inserted = {s: [chars[judged.gap_ids[s]], *alternatives[s][:1]] for s in tried}
+        surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
         # The edits confirm (or not) the estimated deletions and insertions.
-        edits = self._best_edits(text, ids, tried, alternatives, inserted, progress)
+        edits = self._best_edits(text, ids, tried, alternatives, inserted, surprisal, progress)
 
         def place(a: int, b: int) -> int:  # a run's place: an unknown character, the best edit's, the top estimate
             return max(
@@ -442,7 +458,6 @@ class Checker:
 
         spots = [place(a, b) for a, b in runs]
         edited = [s for s in spots if unknown[s] or (s in edits and edits[s].score > threshold)]
-        surprisal = np.where(unknown, np.inf, -judged.logprob.astype(np.float64))
         spots = _reported(edited, surprisal, threshold)
         if not repeated:
             spots = [
@@ -483,19 +498,20 @@ class Checker:
         spots: list[int],
         alternatives: dict,
         inserted: dict,
+        surprisal: np.ndarray,
         progress: Progress | None = None,
     ) -> dict[int, "_Edit"]:
         """Each spot's best edit, if one gains over EDIT_MARGIN: the model's evidence picks it, and its
-        credit (`credit`) only decides whether it is reported. `ids`: the text encoded (`encode`):
-        position p of it is character p - 1 of the text."""
+        score (`_score`, with the spot's `surprisal` or the edit's `credit`) only decides whether it is
+        reported. `ids`: the text encoded (`encode`): position p of it is character p - 1 of the text."""
         edits = [list(_edits(text, s, alternatives[s], inserted[s])) for s in spots]
         groups = [self.versions(ids, s, tried) for s, tried in zip(spots, edits, strict=True)]
         best: dict[int, _Edit] = {}
         for s, tried, sums in zip(spots, edits, self.judge(ids, groups, progress), strict=True):
             for (edit, suggestion, start, end), total in zip(tried, sums[1:], strict=True):
                 gain = _gain(*(total - sums[0]).tolist())
-                score = gain + self.credit.get(edit, 0.0)
                 if gain > EDIT_MARGIN and (s not in best or gain > best[s].gain):
+                    score = _score(edit, gain, float(surprisal[s]), self.credit.get(edit, 0.0))
                     best[s] = _Edit(edit, suggestion, gain, (start, end), score)
         return best
 

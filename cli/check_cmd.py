@@ -48,9 +48,10 @@ def check(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Report a place when an edit there makes the text this many nats more likely, or its "
-            "character's surprisal is over this many nats (lower finds more). [default: ln(vocabulary size) + 5.5: "
-            "9.7 for 65 characters]",
+            help="Report a place when an edit there makes the text this many nats more likely (for a "
+            "replacement or a deletion, the mean of that and the character's surprisal), or its character's "
+            "surprisal is over this many nats (lower finds more). [default: ln(vocabulary size) + 4: "
+            "8.2 for 65 characters]",
             show_default=False,
         ),
     ] = None,

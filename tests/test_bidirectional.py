@@ -21,7 +21,7 @@ from test_cells import TEXTBOOK, textbook_layer
 
 from charrnn.batching import StreamBatcher, cloze_windows
 from charrnn.bidirectional import BiCharRNN
-from charrnn.checking import CLOZE_WEIGHT, EXPLAINED, Checker, _reported, make_cloze_chunk
+from charrnn.checking import CLOZE_WEIGHT, EXPLAINED, Checker, _reported, _score, make_cloze_chunk
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
 from charrnn.kinds import cross_entropy, kind_of
@@ -387,6 +387,32 @@ def test_an_insertion_or_a_swap_is_credited_what_choosing_a_character_costs(peri
         just_over = found.gain + 0.5 * credit  # met with the credit, not without
         assert [f.edit for f in periodic_checker.check(text, threshold=just_over)] == [edit]
         assert uncredited.check(text, threshold=just_over) == []
+
+
+def test_a_replacement_is_held_to_the_threshold_with_the_characters_surprisal(periodic_checker):
+    """An edit that blames the place's character (replacing or deleting it) is reported by the mean of
+    its gain and the character's cloze surprisal, not by its gain alone; a character whose surprisal
+    alone passes the threshold is reported as before."""
+    text = "hello world, hello wdrld, hello world, "
+    (found,) = periodic_checker.check(text, threshold=1.0)
+    assert found.edit == "replace"
+    # The character read as 2 nats less surprising than the edit gains, so the mean lies between them.
+    reading, gain = periodic_checker.cloze(text), found.gain
+
+    def read_with(surprisal: float):
+        logprob = reading.logprob.copy()
+        logprob[found.offset] = -surprisal
+        return dataclasses.replace(reading, logprob=logprob)
+
+    judged, mean = read_with(gain - 2.0), gain - 1.0
+    assert [f.edit for f in periodic_checker.check(text, threshold=mean - 0.05, judged=judged)] == ["replace"]
+    assert periodic_checker.check(text, threshold=mean + 0.05, judged=judged) == []  # the gain alone would pass
+    # More surprising than the edit gains: the character is reported on its surprisal, past the mean.
+    judged = read_with(gain + 2.0)
+    (found,) = periodic_checker.check(text, threshold=gain + 1.5, judged=judged)
+    assert found.edit == "replace"
+    assert _score("replace", 9.0, 3.0, 2.0) == _score("delete", 9.0, 3.0, 2.0) == 6.0
+    assert _score("insert", 9.0, 3.0, 2.0) == _score("swap", 9.0, 3.0, 2.0) == 11.0  # the gain and its credit
 
 
 def test_an_error_the_text_repeats_is_taken_to_be_meant_unless_repeats_are_asked_for(periodic_checker):
