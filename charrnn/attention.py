@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from charrnn.dropout import Dropout
 from charrnn.recurrence import project
 
 # (keys [B, M, K], values [B, M, H], valid [B, M] (0.0 / 1.0), next slot [B]); without the keys for
@@ -85,7 +86,7 @@ class Attention(nn.Module):
         self.input_norm = nn.LayerNorm(epsilon=1e-6, name="input_norm")
         self.memory_norm = nn.LayerNorm(epsilon=1e-6, name="memory_norm")
         self.query_norm = nn.LayerNorm(epsilon=1e-6, name="query_norm")
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
 
     def __call__(
         self, y: jax.Array, memory: Memory, resets: jax.Array | None = None, *, train: bool = False

@@ -29,6 +29,7 @@ from flax import linen as nn
 
 from charrnn.cells import make_cell
 from charrnn.config import ModelConfig
+from charrnn.dropout import Dropout
 from charrnn.model import Embed, ModelCarry, RecurrentLayer, recurrent_mask, recurrent_weight_mask
 from charrnn.recurrence import project
 
@@ -54,7 +55,7 @@ class BiCharRNN(nn.Module):
 
         self.layers = stack("layer")  # the forward stack has CharRNN's names, so its weights read the same
         self.backward_layers = stack("backward")
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         width = 2 * cfg.hidden_size
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (width, cfg.vocab_size))
         self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (cfg.vocab_size,))

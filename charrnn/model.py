@@ -6,7 +6,6 @@ recurrent state handed back and forth explicitly.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from flax import linen as nn
 from charrnn.attention import Attention, Memory, empty_memory
 from charrnn.cells import Carry, Cell, make_cell
 from charrnn.config import ModelConfig
+from charrnn.dropout import Dropout, packed_keep_mask
 from charrnn.recurrence import project, recurrence, step
 
 ModelCarry = tuple[Carry | Memory, ...]  # one carry per layer, then the attention's memory if any
@@ -153,7 +153,7 @@ class CharRNN(nn.Module):
             RecurrentLayer(cell, cfg.embed_size if i == 0 else cfg.hidden_size, cfg.hidden_size, name=f"layer{i}")
             for i in range(cfg.layers)
         ]
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         if cfg.attention:
             self.attention = Attention(cfg.hidden_size, cfg.dtype, cfg.dropout, cfg.key_width)
         self.head_kernel = self.param("head_kernel", nn.initializers.lecun_normal(), (cfg.hidden_size, cfg.vocab_size))
@@ -232,18 +232,6 @@ def recurrent_weight_mask(module: nn.Module, layer: RecurrentLayer, train: bool)
     if not (train and rate):
         return None
     return packed_keep_mask(module.make_rng("dropout"), rate, (layer.hidden_size, layer.cell.gates * layer.hidden_size))
-
-
-def packed_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """A dropout mask (0 or 1 / keep probability) from 16 random bits per entry, two per 32-bit draw:
-    half the random numbers `jax.random.bernoulli` would draw for a kernel-sized mask, which is most
-    of what weight drop costs. The rate is rounded to 1/65536, and the scale is the exact keep
-    probability that follows, so the mask's mean stays 1."""
-    size = math.prod(shape)
-    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
-    bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
-    threshold = min(round(rate * 65536), 65535)  # a rate just under 1 still keeps something
-    return jnp.where(bits >= threshold, 65536 / (65536 - threshold), 0.0).astype(jnp.float32)
 
 
 def build(config: ModelConfig, unroll: int = 1) -> nn.Module:

@@ -5,7 +5,8 @@ import pytest
 
 from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig
-from charrnn.model import CharRNN, init_params, initial_carry, packed_keep_mask
+from charrnn.dropout import drop, packed_keep_mask
+from charrnn.model import CharRNN, init_params, initial_carry
 
 
 @pytest.fixture(params=list(REGISTRY))
@@ -116,6 +117,18 @@ def test_the_packed_keep_mask_drops_at_the_rate_and_keeps_the_mean(rate, shape):
     assert np.all(np.isfinite(mask)) and len(np.unique(mask[mask != 0])) <= 1  # one scale, 1 / keep probability
     if mask.size > 10_000:
         assert abs((mask == 0).mean() - rate) < 0.01 and abs(mask.mean() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dropout_drops_at_the_rate_keeps_the_mean_and_the_dtype(dtype):
+    x = jnp.full((64, 32, 48), 1.5, dtype)
+    dropped = np.asarray(drop(jax.random.key(7), 0.25, x).astype(jnp.float32))
+    assert drop(jax.random.key(7), 0.25, x).dtype == dtype
+    assert set(np.unique(dropped)) == {0.0, 2.0}  # kept: 1.5 / 0.75
+    assert abs((dropped == 0).mean() - 0.25) < 0.01 and abs(dropped.mean() - 1.5) < 0.02
+    other = np.asarray(drop(jax.random.key(8), 0.25, x).astype(jnp.float32))
+    assert 0.5 < ((dropped == 0) == (other == 0)).mean() < 0.7  # another key, another mask
+    np.testing.assert_array_equal(drop(jax.random.key(7), 0.0, x), x)
 
 
 @pytest.mark.parametrize(
