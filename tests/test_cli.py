@@ -495,7 +495,14 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
         planned.append(model_config.hidden_size)
         return 1000.0
 
+    loads = []
+
+    def weighed(epochs, parameters, train_characters):
+        loads.append((epochs, parameters))
+        return config.memorising_load(epochs, parameters, train_characters)
+
     monkeypatch.setattr(start, "planned_epochs", stub)
+    monkeypatch.setattr(start, "memorising_load", weighed)
     monkeypatch.setattr(config, "WIDE_PARAMETERS_PER_CHARACTER", math.inf)
     (tmp_path / "text.txt").write_text(periodic_text(600))
     small = ["--layers", "1", "-b", "4", "-t", "16", "--eval-every", "1000", "--time", "10m"]
@@ -504,6 +511,10 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     assert f"a 1×{WIDE_HIDDEN_SIZE} model: the time given covers about 1000 epochs of the" in result.stderr
     config_json = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
     assert (config_json["model"]["hidden_size"], config_json["train"]["epochs"]) == (WIDE_HIDDEN_SIZE, MAX_TIMED_EPOCHS)
+    # Its regularisation is the default width's for those epochs (the wider model measured best so).
+    default_width = ModelConfig(vocab_size=config_json["model"]["vocab_size"], layers=1, embed_size=64)
+    assert loads[-1] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
+    assert f"(as the {ModelConfig.hidden_size}-unit model's {MAX_TIMED_EPOCHS:g} epochs;" in result.stderr
     given = charrnn_in_process("train", "text.txt", *small, "--hidden", "32", cwd=tmp_path)
     assert "model: the time given covers" not in given.stderr
     assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["model"]["hidden_size"] == 32
