@@ -122,19 +122,21 @@ def auto_embed_size(vocab_size: int, hidden_size: int) -> int:
     return max(default, min(hidden_size, default * EMBED_PER_DOUBLING**doublings))
 
 
-WIDE_HIDDEN_SIZE = 768  # the width a time budget too long for the default model trains instead...
-WIDE_PARAMETERS_PER_CHARACTER = 2 * REFERENCE_PARAMETERS_PER_CHARACTER  # ...where that model is this small for its text
+WIDE_HIDDEN_SIZE = 768  # the width a time budget long for the default model trains instead...
+WIDE_FROM_EPOCHS = 32.0  # ...where it covers more than this many epochs of the default model...
+WIDE_PARAMETERS_PER_CHARACTER = 2 * REFERENCE_PARAMETERS_PER_CHARACTER  # ...and that model is this small for its text
 
 
 def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> int:
     """The width a time budget gets when none is given, from the `epochs` it covers of the default
-    model (`parameters` of them): the default, unless it would stop before the time is up (past
-    `MAX_TIMED_EPOCHS` epochs one text only memorises) on a text large for it. Then the rest of the
-    time goes into a wider model instead of into idle minutes (docs/text-quality.md, A wider model for
-    a long budget). A text the default model memorises early (a large vocabulary's embedding and
-    output) keeps the default: a wider model would only memorise it sooner."""
+    model (`parameters` of them): the default, unless the time covers more than `WIDE_FROM_EPOCHS`
+    of them on a text large for it. Past about 30 epochs the default width gains little from more of
+    them (and stops after `MAX_TIMED_EPOCHS`), where a wider model's fewer epochs measured better
+    (docs/text-quality.md, A wider model for a long budget). A text the default model memorises early
+    (a large vocabulary's embedding and output) keeps the default: a wider model would only memorise
+    it sooner."""
     small_for_its_text = parameters / max(1, train_characters) <= WIDE_PARAMETERS_PER_CHARACTER
-    return WIDE_HIDDEN_SIZE if epochs > MAX_TIMED_EPOCHS and small_for_its_text else ModelConfig.hidden_size
+    return WIDE_HIDDEN_SIZE if epochs > WIDE_FROM_EPOCHS and small_for_its_text else ModelConfig.hidden_size
 
 
 AUTO_DROPOUT_RULE = (
@@ -493,7 +495,7 @@ AUTO_WEIGHT_DROP_RULE = (
     f"dropout {auto_dropout(30.0, auto_weight_drop(30.0)):g} instead of {auto_dropout(30.0):g})"
 )
 AUTO_HIDDEN_RULE = (
-    f"{ModelConfig.hidden_size}; {WIDE_HIDDEN_SIZE} for a time budget alone that covers more than {MAX_TIMED_EPOCHS:g} "
+    f"{ModelConfig.hidden_size}; {WIDE_HIDDEN_SIZE} for a time budget alone that covers more than {WIDE_FROM_EPOCHS:g} "
     f"epochs of the {ModelConfig.hidden_size}-unit model, where that has at most {WIDE_PARAMETERS_PER_CHARACTER:g} "
     "parameters per training character"
 )

@@ -31,6 +31,7 @@ from charrnn.config import (
     LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
     MAX_TIMED_EPOCHS,
+    WIDE_FROM_EPOCHS,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -301,7 +302,7 @@ def _choose_for_the_budget(
     if widened:
         notes.append(
             f"a {model.layers}×{hidden} model: the time given covers about {epochs:.0f} epochs of the "
-            f"{model.hidden_size}-unit one, which stops after {MAX_TIMED_EPOCHS:g}"
+            f"{model.hidden_size}-unit one, more than {WIDE_FROM_EPOCHS:g}: a wider model uses them better"
         )
         embed_size = auto_embed_size(model.vocab_size, hidden) if embed else model.embed_size
         model = dataclasses.replace(model, hidden_size=hidden, embed_size=embed_size)

@@ -14,8 +14,8 @@ from charrnn.config import (
     MAX_AUTO_DROPOUT,
     MAX_AUTO_WEIGHT_DECAY,
     MAX_AUTO_WEIGHT_DROP,
-    MAX_TIMED_EPOCHS,
     VAL_BURN_IN,
+    WIDE_FROM_EPOCHS,
     WIDE_HIDDEN_SIZE,
     ModelConfig,
     TrainConfig,
@@ -94,15 +94,16 @@ def test_the_planned_epochs_weigh_the_models_parameters_per_training_character()
     assert memorising_load(2.0, 1000, 2000) == memorising_load(1.0, 1000, 1000)
 
 
-def test_a_time_budget_the_default_model_cannot_fill_widens_it_on_a_text_large_for_it():
+def test_a_time_budget_long_for_the_default_model_widens_it_on_a_text_large_for_it():
     """Tiny Shakespeare's default model (2.5 parameters per character) widens where the time covers
-    more than the epochs it would stop after; the quatrains' (17.8 per character, memorised by epoch
-    ~28 at the default width) never does; a budget within the epochs keeps the default."""
+    more than `WIDE_FROM_EPOCHS` of its epochs; the quatrains' (17.8 per character, memorised by epoch
+    ~28 at the default width) never does; a shorter budget keeps the default."""
     shakespeare = ModelConfig(vocab_size=65).parameter_count()
     quatrains = ModelConfig(vocab_size=6257, embed_size=512).parameter_count()
     default = ModelConfig.hidden_size
     assert auto_hidden_size(45.0, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE > default
-    assert auto_hidden_size(MAX_TIMED_EPOCHS, shakespeare, 1_003_854) == default
+    assert auto_hidden_size(WIDE_FROM_EPOCHS + 1, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
+    assert auto_hidden_size(WIDE_FROM_EPOCHS, shakespeare, 1_003_854) == default
     assert auto_hidden_size(24.0, shakespeare, 1_003_854) == default
     assert auto_hidden_size(119.0, quatrains, 538_289) == default
     assert auto_hidden_size(math.inf, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
