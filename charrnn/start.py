@@ -112,7 +112,8 @@ def new_run(
     `model` and `train` are the settings given (ModelConfig and TrainConfig fields); the others
     are chosen: a budget of `DEFAULT_EPOCHS` when none is given, the device's precision, the
     embedding's width by the vocabulary's size (`auto_embed_size`), a wider model for a time budget
-    that the default one would not fill (`auto_hidden_size`; unless given, or taken from a parent), dropout by
+    long for the default one (`auto_hidden_size`; unless given, or taken from a parent; regularised as the
+    default width's longest timed run), dropout by
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
     `auto_dropout`; unless given, or taken from a parent), weight drop beside it (`auto_weight_drop`;
     unless either is given; one given lowers the chosen dropout as a chosen one does), weight decay by them
