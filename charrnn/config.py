@@ -130,8 +130,8 @@ WIDE_PARAMETERS_PER_CHARACTER = 2 * REFERENCE_PARAMETERS_PER_CHARACTER  # ...and
 def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> int:
     """The width a time budget gets when none is given, from the `epochs` it covers of the default
     model (`parameters` of them): the default, unless the time covers more than `WIDE_FROM_EPOCHS`
-    of them on a text large for it. Past about 30 epochs the default width gains little from more of
-    them (and stops after `MAX_TIMED_EPOCHS`), where a wider model's fewer epochs measured better
+    of them on a text large for it. There the default width gains little from more of them (and
+    stops after `MAX_TIMED_EPOCHS`), where a wider model's fewer epochs measured better
     (docs/text-quality.md, A wider model for a long budget). A text the default model memorises early
     (a large vocabulary's embedding and output) keeps the default: a wider model would only memorise
     it sooner."""

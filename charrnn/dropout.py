@@ -30,8 +30,7 @@ def random_bytes(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def packed_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """<f32>[shape]: 0 where dropped, 1 / keep probability where kept (weight drop's mask)."""
-    threshold = keep_threshold(rate)
-    return jnp.where(random_bytes(key, shape) >= threshold, LEVELS / (LEVELS - threshold), 0.0).astype(jnp.float32)
+    return drop(key, rate, jnp.ones(shape, jnp.float32))
 
 
 def drop(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
