@@ -316,9 +316,10 @@ def _choose_for_the_budget(
         )
         train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
     parameters = model.fitted_parameter_count()
-    load = memorising_load(epochs, parameters, train_characters)
     if widened:  # regularised as the default width's longest timed run: measured best for the wider model
         load = memorising_load(MAX_TIMED_EPOCHS, default_parameters, train_characters)
+    else:
+        load = memorising_load(epochs, parameters, train_characters)
     chosen = []
     if weight_drop:
         model = dataclasses.replace(model, weight_drop=auto_weight_drop(load))
