@@ -125,14 +125,29 @@ def recurrence(
 
 def _recurrence_forward(cell, w, b, params, xp, carry0, keep, mask=None):
     w_operand = _operand(w, cell.compute_dtype)
+    in_place = _saves_over_input(cell, xp, carry0, w_operand, b, params, mask)
 
-    def body(carry, inputs):
-        xp_t, keep_t = inputs
-        new, saved = step(cell, _reset(carry, keep_t), xp_t, w_operand, b, params, mask)
-        return new, (new, saved)
+    def body(state, inputs):
+        carry, buffer = state
+        t, keep_t = inputs
+        new, saved = step(cell, _reset(carry, keep_t), buffer[t], w_operand, b, params, mask)
+        if in_place:  # the step's first saved array replaces the xp_t it has just read
+            buffer, saved = jax.lax.dynamic_update_index_in_dim(buffer, saved[0], t, 0), saved[1:]
+        return (new, buffer), (new, saved)
 
-    carry, (carries, saved) = jax.lax.scan(body, carry0, (xp, keep), unroll=cell.unroll)
+    steps = jnp.arange(xp.shape[0])
+    (carry, buffer), (carries, saved) = jax.lax.scan(body, (carry0, xp), (steps, keep), unroll=cell.unroll)
+    saved = (buffer, *saved) if in_place else saved
     return (carries[0], carry), (w, params, carry0, carries, saved, keep, mask)
+
+
+def _saves_over_input(cell, xp, carry, w, b, params, mask) -> bool:
+    """Whether the step saves, first, an array shaped like its xp_t (the gates' activations of every
+    gated cell). The forward loop then writes it over xp, which no later step reads: the training
+    step holds one [T, B, G*H] array per layer where it would hold two, and XLA allocates, zeroes
+    and faults in that much less memory at every step (docs/measurements.md, Speed)."""
+    _, saved = jax.eval_shape(lambda: step(cell, carry, xp[0], w, b, params, mask))
+    return bool(saved) and (saved[0].shape, saved[0].dtype) == (xp.shape[1:], xp.dtype)
 
 
 def _recurrence_backward(cell, residuals, cotangents):
