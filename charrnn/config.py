@@ -266,7 +266,7 @@ class TrainConfig:
     time_seconds: float | None = None
     patience: int | None = None  # stop after this many evaluations without a new best validation loss
     eval_every: int = 500  # steps between validation passes (and checkpoints)
-    log_every: int = 10  # steps between fetching the loss from the device
+    log_every: int = 20  # steps between fetching the loss from the device
     keep: int = 3  # newest checkpoints kept, besides the best one
     seed: int = 0
     val_fraction: float = 0.1

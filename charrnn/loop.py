@@ -1,9 +1,9 @@
 """The training loop: budgets, evaluation, checkpoints and resume, as a generator of reports.
 
 `fit` never prints. It yields `StepReport`s and `EvalReport`s and ends with a `Finished`; the CLI
-decides how they look. The loop reads top to bottom: stop? -> reset the state at an epoch start
--> next window -> step -> every `log_every` steps fetch the loss -> every `eval_every` steps
-validate and checkpoint.
+decides how they look. The loop reads top to bottom: stop? -> the next windows (a few steps' worth
+per call on one device) -> reset the state at an epoch start -> step -> every `log_every` steps
+fetch the loss -> every `eval_every` steps validate and checkpoint.
 
 Longer than most modules, for a reason: `fit` and the three small pieces it is made of
 (`_Budget`, `_Interval`, `_Checkpoints`), with the reports it yields.
@@ -32,6 +32,7 @@ from charrnn.kinds import kind_of
 from charrnn.placement import Placement, make_placement
 from charrnn.runs import Run
 from charrnn.step import (
+    STEPS_PER_CALL,
     abstract_state,
     evaluate,
     fresh_average,
@@ -39,6 +40,7 @@ from charrnn.step import (
     make_eval_step,
     make_optimizer,
     make_train_step,
+    make_train_steps,
     placed_carry,
     placed_state,
 )
@@ -143,7 +145,9 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
     reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
+    per_call = steps_per_call(tc, placement)
     train_step = make_train_step(model_config, tc, placement, reset_id)
+    train_steps = make_train_steps(model_config, tc, reset_id) if per_call > 1 else None
     checkpoints = _Checkpoints(run, corpus, model_config, tc, placement, windows, reset_id)
     state, progress, notices = checkpoints.start(resume, init_from)
     for notice in notices:
@@ -154,19 +158,27 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     last_saved = step if resume else -1
     with _stop_on_signals() as stop_requested, contextlib.closing(checkpoints.store):
         while not (reason := budget.reason_to_stop(step, progress["bad_evals"], stop_requested)):
-            window = step % windows
-            if window == 0 and step > 0:  # a new epoch: streams restart from their beginning, so does the state
-                state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
-            done = budget.fraction_done(step, budget.clock)
-            learning = learning_rate(tc, step, 0.0 if math.isnan(done) else done)
-            arrays = (placement.put_rows(part, tc.batch_size) for part in kind.split(batcher.chunk(window)))
-            state, metrics = train_step(state, *arrays, np.float32(learning))
-            step += 1
-            interval.add(metrics["loss"], learning)
+            # per_call steps in one program where they start aligned and fit the budget, else one step
+            aligned = step % per_call == 0 and (budget.total_steps is None or step + per_call <= budget.total_steps)
+            steps = range(step, step + (per_call if aligned else 1))
+            # a new epoch: streams restart from their beginning, so does the state
+            fresh = [s % windows == 0 and s > 0 for s in steps]
+            rates = [learning_rate(tc, s, _done(budget, s)) for s in steps]
+            parts = [kind.split(batcher.chunk(s % windows)) for s in steps]
+            if len(steps) == 1:
+                if fresh[0]:
+                    state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
+                arrays = (placement.put_rows(part, tc.batch_size) for part in parts[0])
+                state, metrics = train_step(state, *arrays, np.float32(rates[0]))
+            else:
+                arrays = (np.stack(part) for part in zip(*parts, strict=True))
+                state, metrics = train_steps(state, *arrays, np.float32(rates), np.array(fresh))
+            step = steps[-1] + 1
+            interval.add(metrics["loss"], rates[-1])
             if step % tc.log_every == 0 or step == budget.total_steps:
                 loss, rate = interval.close(step)  # the host waits for the device here, once per log_every steps
                 yield StepReport(
-                    step, step / windows, loss, learning, rate, budget.elapsed(), budget.fraction_done(step)
+                    step, step / windows, loss, rates[-1], rate, budget.elapsed(), budget.fraction_done(step)
                 )
             if step % tc.eval_every == 0:
                 progress, report = checkpoints.save(state, step, progress, budget.elapsed(), interval)
@@ -182,6 +194,22 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     yield Finished(
         reason, step, progress["best_val_loss"], progress["best_step"], stop_requested.signal, progress["bad_evals"]
     )
+
+
+def steps_per_call(tc: TrainConfig, placement: Placement) -> int:
+    """How many steps `fit` runs per call (`make_train_steps`): up to STEPS_PER_CALL, a divisor of
+    both `log_every` and `eval_every`, so that reports, validations and checkpoints fall between
+    calls at the steps they always did; one on several devices (the windows are sharded one step at
+    a time)."""
+    if placement.size > 1 or jax.process_count() > 1:
+        return 1
+    cadence = math.gcd(tc.log_every, tc.eval_every)
+    return max(count for count in range(1, STEPS_PER_CALL + 1) if cadence % count == 0)
+
+
+def _done(budget: "_Budget", step: int) -> float:
+    done = budget.fraction_done(step, budget.clock)
+    return 0.0 if math.isnan(done) else done
 
 
 class _Budget:
@@ -236,7 +264,8 @@ class _Interval:
         self.loss_sum, self.steps, self.started = jnp.zeros(()), 0, time.monotonic()
 
     def add(self, loss: jax.Array, learning: float) -> None:
-        self.loss_sum, self.steps, self.learning_rate = self.loss_sum + loss, self.steps + 1, learning
+        """`loss`: one step's, or one per step of a call (an array); still on the device."""
+        self.loss_sum, self.steps, self.learning_rate = self.loss_sum + loss.sum(), self.steps + loss.size, learning
 
     def close(self, step: int) -> tuple[float, float]:
         """(mean loss, characters per second) of the interval, which starts anew."""

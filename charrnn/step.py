@@ -144,6 +144,44 @@ def make_train_step(
     device the program is the plain single-device one. `reset_id`: the document boundary's id, for
     a corpus of documents.
     """
+    train_step = _train_step(model_config, train_config, reset_id)
+    if placement is None or placement.size == 1:
+        return jax.jit(train_step, donate_argnums=0)
+    shardings = state_shardings(model_config, train_config, placement)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, placement.replicated))
+
+
+STEPS_PER_CALL = 4  # what `fit` runs per call of `make_train_steps` where it can (docs/measurements.md, Speed)
+
+
+def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None = None) -> Callable:
+    """Several training steps as one jitted program, on one device: (state, *windows, learning_rates,
+    fresh) -> (state, metrics), where each window array, the rates and `fresh` are stacked along a
+    leading axis, one entry per step, and so are the metrics. fresh[i]: step i starts an epoch, so the
+    recurrent state is zeroed before it, as `fit` does between single steps.
+
+    The steps are the single step's, run by a loop inside the program: the same numbers (tests), with
+    one call, one set of temporaries and one dispatch for them all. XLA's CPU runtime maps, zeroes and
+    unmaps a program's temporaries at every call, which cost a single small step a fifth of its time
+    (docs/measurements.md, Speed).
+    """
+    train_step = _train_step(model_config, train_config, reset_id)
+
+    def train_steps(state: TrainState, first: jax.Array, second: jax.Array, lrs: jax.Array, fresh: jax.Array):
+        zero = initial_carry(model_config, train_config.batch_size)
+
+        def body(state, inputs):
+            first, second, lr, fresh = inputs
+            carry = jax.tree.map(lambda z, c: jnp.where(fresh, z, c), zero, state.carry)
+            return train_step(state.replace(carry=carry), first, second, lr)
+
+        return jax.lax.scan(body, state, (first, second, lrs, fresh))
+
+    return jax.jit(train_steps, donate_argnums=0)
+
+
+def _train_step(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None) -> Callable:
+    """The training step as a pure function, not yet compiled (see `make_train_step`)."""
     model = build(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
     kind = kind_of(model_config)
     optimizer = make_optimizer(train_config)
@@ -168,10 +206,7 @@ def make_train_step(
         )
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-    if placement is None or placement.size == 1:
-        return jax.jit(train_step, donate_argnums=0)
-    shardings = state_shardings(model_config, train_config, placement)
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, placement.replicated))
+    return train_step
 
 
 def make_eval_step(model_config: ModelConfig, reset_id: int | None = None) -> Callable:

@@ -26,7 +26,9 @@ def bench(
     vocab: Annotated[int, typer.Option("--vocab", help="Vocabulary size.")] = 65,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams.")] = 64,
     seq_len: Annotated[int, typer.Option("--seq-len", "-t", help="Characters per window.")] = 100,
-    steps: Annotated[int, typer.Option(help="Timed training steps per repeat (best of 3 repeats).")] = 5,
+    steps: Annotated[
+        int, typer.Option(help="Timed training steps per repeat, run 4 per call as `train` does (best of 3 repeats).")
+    ] = 5,
     streams: Annotated[int, typer.Option(help="Streams for the batched sampling figure.")] = 64,
     chunk: Annotated[int, typer.Option(help="Characters per compiled sampling chunk.")] = 256,
     score_rows: Annotated[int, typer.Option(help="Lines per compiled scoring chunk.")] = 256,

@@ -27,7 +27,8 @@ from charrnn.config import (
     memorising_load,
 )
 from charrnn.corpus import prepare
-from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit
+from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit, steps_per_call
+from charrnn.placement import make_placement
 from charrnn.runs import Run
 from charrnn.step import create_state, evaluate, learning_rate, make_eval_step, make_train_step
 from charrnn.vocab import Vocabulary
@@ -183,7 +184,7 @@ def test_a_memory_saved_in_float32_resumes_into_a_bfloat16_model_unchanged(tmp_p
 def train_run(tmp_path, name, text_path, *, resume=False, stop_after=None, **train_options):
     prepared, _ = prepare(str(text_path), val_fraction=0.1)
     model_config = ModelConfig(vocab_size=len(prepared.vocab), dropout=0.1, **SMALL)
-    train_config = TrainConfig(batch_size=4, seq_len=10, log_every=1, **train_options)
+    train_config = TrainConfig(**({"batch_size": 4, "seq_len": 10, "log_every": 1} | train_options))
     run = Run(tmp_path / name)
     run.directory.mkdir(exist_ok=True)
     losses, evals = {}, []
@@ -232,6 +233,33 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     a, b = latest_params(run_a, ema=0.9), latest_params(run_b, ema=0.9)
     assert int(a.step) == int(b.step) == 30 and a.ema is not None
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_few_steps_per_call_train_exactly_as_one_step_per_call_and_resume_exactly(tmp_path):
+    text_path = tmp_path / "text.txt"
+    text_path.write_text(periodic_text(600))
+    # 13 windows an epoch: calls of 4 steps cross epoch starts (the state is reset inside a call),
+    # and 30 steps end with two single steps. One step per call where log_every is 1.
+    options = {"steps": 30, "eval_every": 12, "ema": 0.9}
+    assert steps_per_call(TrainConfig(log_every=4, eval_every=12), make_placement()) == 4
+    assert steps_per_call(TrainConfig(log_every=1, eval_every=12), make_placement()) == 1
+    single, single_evals, _, run_a = train_run(tmp_path, "a", text_path, **options)
+    losses, evals, final, run_b = train_run(tmp_path, "b", text_path, log_every=4, **options)
+    assert final.step == 30 and sorted(losses) == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert [(e.step, e.val_loss) for e in evals] == [(e.step, e.val_loss) for e in single_evals]
+    assert losses[8] == pytest.approx(sum(single[k] for k in range(5, 9)) / 4, rel=1e-6)
+    a, b = latest_params(run_a, ema=0.9), latest_params(run_b, ema=0.9)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    # Interrupted after step 20 and resumed from the checkpoint of step 12: the same steps again.
+    train_run(tmp_path, "c", text_path, log_every=4, stop_after=20, **options)
+    resumed, _, final_c, run_c = train_run(tmp_path, "c", text_path, resume=True, log_every=4, **options)
+    assert min(resumed) == 16 and final_c.step == 30
+    assert {k: resumed[k] for k in resumed} == {k: losses[k] for k in resumed}
+    c = latest_params(run_c, ema=0.9)
+    for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
