@@ -6,7 +6,7 @@ one process, timed in turns, with the page faults each way.
 
 XLA's CPU runtime maps a program's temporaries afresh at every call, and the kernel zeroes each
 page on first touch; calls of several steps pay that, and the dispatch, once per call. The
-installed `charrnn` command runs with glibc's huge-page tunable (charrnn/cli/launch.py), which
+installed `charrnn` command runs with glibc's huge-page tunable (cli/launch.py), which
 makes those pages 2 MB; a Python process does not unless started with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1. Run it both ways to see the two costs. Prints the median and
 best characters per second of each (10 rounds of 8 steps) and the minor page faults per step.
