@@ -162,7 +162,7 @@ def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset
 
     The steps are the single step's, run by a loop inside the program: the same numbers (tests), with
     one call, one set of temporaries and one dispatch for them all. XLA's CPU runtime maps, zeroes and
-    unmaps a program's temporaries at every call, which cost a single small step a fifth of its time
+    unmaps a program's temporaries at every call, much of a small step's time without huge pages
     (docs/measurements.md, Speed).
     """
     train_step = _train_step(model_config, train_config, reset_id)
