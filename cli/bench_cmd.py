@@ -27,7 +27,8 @@ def bench(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams.")] = 64,
     seq_len: Annotated[int, typer.Option("--seq-len", "-t", help="Characters per window.")] = 100,
     steps: Annotated[
-        int, typer.Option(help="Timed training steps per repeat, run 4 per call as `train` does (best of 3 repeats).")
+        int,
+        typer.Option(help="Timed training steps per repeat, run several per call as `train` does (best of 3 repeats)."),
     ] = 5,
     streams: Annotated[int, typer.Option(help="Streams for the batched sampling figure.")] = 64,
     chunk: Annotated[int, typer.Option(help="Characters per compiled sampling chunk.")] = 256,
