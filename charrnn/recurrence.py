@@ -22,6 +22,7 @@ Without it (`mask` None) the program is the one without that multiplication.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,29 @@ __all__ = ["Carry", "Cell", "matmul", "project", "recurrence", "step", "weight_g
 
 def matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
     """a @ b with operands in `compute_dtype` and float32 accumulation and result."""
+    if math.prod(a.shape[:-1]) == 1 and b.size > ONE_ROW_PRODUCT_MIN and jax.default_backend() == "cpu":
+        return _one_row_matmul(a, b, compute_dtype)
     if compute_dtype == "float32":
         return jnp.matmul(a, b)
     dtype = jnp.dtype(compute_dtype)
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+ONE_ROW_PRODUCT_MIN = 1 << 19  # weights larger than 2 MB in float32 (no longer in a core's cache)
+
+
+def _one_row_matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
+    """a @ b for a single row (one stream sampled, served or scored), as a product and a sum over b's
+    rows, on a CPU.
+
+    XLA's CPU backend hands a one-row product to no matmul library: it emits a loop of its own,
+    which is quick while the weight stays in cache and several times slower than this form (a
+    reduction, handed to a library) once it does not (docs/measurements.md, Speed). The operands
+    are rounded to `compute_dtype` as the matmul rounds them, and the products summed in float32."""
+    dtype = jnp.dtype(compute_dtype)
+    row = a.reshape(-1, 1).astype(dtype).astype(jnp.float32)
+    product = (row * b.astype(dtype).astype(jnp.float32)).sum(axis=0)
+    return product.reshape(*a.shape[:-1], b.shape[-1])
 
 
 def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str) -> jax.Array:
