@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from charrnn.cells import Carry, Cell, Params
+from charrnn.cells import Carry, Cell, Params, materialised
 
 __all__ = ["Carry", "Cell", "matmul", "project", "recurrence", "step", "weight_gradient"]
 
@@ -203,8 +203,10 @@ def _recurrence_backward(cell, residuals, cotangents):
     )
     d_hp = d_hw.astype(jnp.float32) if d_hp is None else d_hp
     d_xp = d_hp if d_xp is None else d_xp
-    # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H].
-    d_w = weight_gradient(_masked(prevs[0], mask), d_hw, cell.compute_dtype)
+    # Weight gradient for all steps at once: [H, T*B] @ [T*B, G*H]. Its operand is stored first: fused
+    # into the transposing copy the matmul needs, the concatenation and the reset made that copy a
+    # scalar loop (docs/measurements.md, Speed).
+    d_w = weight_gradient(materialised(_operand(_masked(prevs[0], mask), cell.compute_dtype)), d_hw, cell.compute_dtype)
     d_b = d_hp.sum(axis=(0, 1))
     d_keep = None if keep is None else jnp.zeros_like(keep)  # resets are data, not learned
     d_mask = None if mask is None else jnp.zeros_like(mask)  # so is the dropout mask
