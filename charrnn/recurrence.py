@@ -32,17 +32,18 @@ from charrnn.cells import Carry, Cell, Params, materialised
 __all__ = ["Carry", "Cell", "matmul", "project", "recurrence", "step", "weight_gradient"]
 
 
+ONE_ROW_PRODUCT_MIN = 1 << 19  # weights larger than 2 MB in float32 (no longer in a core's cache)
+
+
 def matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
-    """a @ b with operands in `compute_dtype` and float32 accumulation and result."""
+    """a @ b with operands in `compute_dtype` and float32 accumulation and result (a single row times
+    a large weight, on a CPU, as `_one_row_matmul`)."""
     if math.prod(a.shape[:-1]) == 1 and b.size > ONE_ROW_PRODUCT_MIN and jax.default_backend() == "cpu":
         return _one_row_matmul(a, b, compute_dtype)
     if compute_dtype == "float32":
         return jnp.matmul(a, b)
     dtype = jnp.dtype(compute_dtype)
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
-
-
-ONE_ROW_PRODUCT_MIN = 1 << 19  # weights larger than 2 MB in float32 (no longer in a core's cache)
 
 
 def _one_row_matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array:
