@@ -239,9 +239,7 @@ def evaluate(
     else:
         carry = placed_carry(model_config, batch_size, placement)
         windows = [tuple(placement.put_global(part) for part in window) for window in windows]
-    # Python zeros, not arrays: a local array added to a global one is first placed on every
-    # process's devices, a transfer the processes need not order alike (it hung two-process runs).
-    total, count = 0.0, 0.0
+    total, count = jnp.zeros(()), jnp.zeros(())
     for inputs, targets, weights in windows:
         carry, nats, weight = eval_step(params, carry, inputs, targets, weights)
         total, count = total + nats, count + weight
