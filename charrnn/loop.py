@@ -29,7 +29,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import PreparedCorpus, boundary_id
 from charrnn.errors import CharrnnError, RunError
 from charrnn.kinds import kind_of
-from charrnn.placement import Pacer, Placement, make_placement
+from charrnn.placement import Placement, make_placement
 from charrnn.runs import Run
 from charrnn.step import (
     STEPS_PER_CALL,
@@ -156,7 +156,6 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     budget = _Budget(tc, windows, float(progress["elapsed"]))
     interval = _Interval(tc.batch_size * tc.seq_len)
     last_saved = step if resume else -1
-    pacer = Pacer(placement)
     with _stop_on_signals() as stop_requested, contextlib.closing(checkpoints.store):
         while not (reason := budget.reason_to_stop(step, progress["bad_evals"], stop_requested)):
             # per_call steps in one program where they start aligned and fit the budget, else one step
@@ -176,7 +175,6 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
                 state, metrics = train_steps(state, *arrays, np.float32(rates), np.array(fresh))
             step = steps[-1] + 1
             interval.add(metrics["loss"], rates[-1])
-            pacer.dispatched(interval.loss_sum)
             if step % tc.log_every == 0 or step == budget.total_steps:
                 loss, rate = interval.close(step)  # the host waits for the device here, once per log_every steps
                 yield StepReport(

@@ -7,7 +7,6 @@ hosts (`jax.distributed`) the mesh spans every process's devices and each proces
 own rows of the global batch.
 """
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ from charrnn.errors import CharrnnError, ConfigError, UsageError
 
 AXIS = "data"
 HEARTBEAT_TIMEOUT = 10  # seconds without news from a process before the others are ended (JAX: 100)
-PACE_AHEAD = 2  # dispatches the host may run ahead of the devices on a multi-device placement
 
 
 @dataclass(frozen=True)
@@ -73,29 +71,6 @@ class Placement:
     def put_global(self, array: np.ndarray) -> Any:
         """A batch every process holds whole (evaluation windows) -> the global array."""
         return self.put_rows(array[self.local_rows(array.shape[0])], array.shape[0])
-
-
-class Pacer:
-    """Keeps the host at most `ahead` dispatches ahead of the devices when computations span several.
-
-    XLA's CPU client hands each device's share of such a computation to a thread pool about as
-    large as the number of devices, and there the share waits for a free slot among the device's
-    computations in flight (a fixed number). A host that dispatches far ahead (a validation pass,
-    the steps between two loss reports) fills the slots; then every pool thread waits for a slot and
-    the computations that would free one get no thread: two processes of one run hung this way,
-    both at their validation. Waiting on the host instead keeps `ahead` dispatches queued, enough to
-    keep the devices busy. On one device there is no such pool and nothing is waited for."""
-
-    def __init__(self, placement: "Placement | None", ahead: int = PACE_AHEAD) -> None:
-        self.ahead = ahead if placement is not None and placement.size > 1 else 0
-        self.pending: deque = deque()
-
-    def dispatched(self, result: Any) -> None:
-        """`result`: an output of what was just dispatched; waits for the one `ahead` dispatches back."""
-        if self.ahead:
-            self.pending.append(result)
-            if len(self.pending) > self.ahead:
-                jax.block_until_ready(self.pending.popleft())
 
 
 def make_placement(devices: int | None = None) -> Placement:

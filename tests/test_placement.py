@@ -12,9 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
 from conftest import charrnn_in_process
@@ -24,7 +22,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
 from charrnn.errors import UsageError
 from charrnn.loop import fit
-from charrnn.placement import HEARTBEAT_TIMEOUT, Pacer, make_placement
+from charrnn.placement import HEARTBEAT_TIMEOUT, make_placement
 from charrnn.runs import Run
 
 WORKER = Path(__file__).with_name("multidevice_worker.py")
@@ -111,19 +109,6 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_one_clear_error(tmp_pa
     assert not (tmp_path / "runs").exists()
     with pytest.raises(UsageError, match="^devices must be between 1 and 1"):
         make_placement(2)  # this process has one device
-
-
-def test_on_several_devices_the_host_waits_for_the_dispatch_two_back(monkeypatch):
-    """The CPU client deadlocks when a host fills a device's slots for computations in flight (two
-    processes hung at their validation): the host waits instead. One device keeps full overlap."""
-    waited = []
-    monkeypatch.setattr(jax, "block_until_ready", waited.append)
-    several, one = Pacer(SimpleNamespace(size=4), ahead=2), Pacer(SimpleNamespace(size=1), ahead=2)
-    for dispatch in range(6):
-        several.dispatched(dispatch)
-        one.dispatched(dispatch)
-    assert waited == [0, 1, 2, 3] and list(several.pending) == [4, 5]
-    assert not one.pending and not Pacer(None).ahead
 
 
 def free_port() -> int:
