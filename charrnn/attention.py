@@ -140,15 +140,25 @@ def _written(memory: Memory, new: tuple[jax.Array, ...], segment: jax.Array) -> 
     kept = min(length, size)
     last = segment[:, -1:]
     valid = valid * (last == 0)
-    rows = jnp.arange(valid.shape[0])[:, None]
     slots = (slot[:, None] + length - kept + jnp.arange(kept)[None, :]) % size  # [B, kept]
-    # The slots are distinct (kept <= size): saying so spares XLA the pass that orders duplicate writes.
-    stored = [
-        old.at[rows, slots].set(x[:, -kept:].astype(old.dtype), unique_indices=True)
-        for old, x in zip(stored, new, strict=True)
-    ]
-    valid = valid.at[rows, slots].set((segment[:, -kept:] == last).astype(jnp.float32), unique_indices=True)
+    stored = [_write(old, x[:, -kept:].astype(old.dtype), slots) for old, x in zip(stored, new, strict=True)]
+    valid = _write(valid, (segment[:, -kept:] == last).astype(jnp.float32), slots)
     return *stored, valid, (slot + length) % size
+
+
+def _write(rings: jax.Array, entries: jax.Array, slots: jax.Array) -> jax.Array:
+    """Each stream's `entries` [B, kept, ...] written to its ring's `slots` [B, kept].
+
+    Mapped over the streams, the write is a scatter whose streams XLA knows for a batch axis, so
+    that streams split over several devices each write their own: indexed by explicit rows, XLA
+    gathered every stream's entries and slots onto every device first, collectives that a
+    multi-device training step then ran in no fixed order (two processes of one run deadlocked).
+    One stream (a sampled character) is never split and keeps the indexed write, a few per cent
+    faster there. The slots are distinct (kept <= size): saying so spares XLA the pass that orders
+    duplicate writes."""
+    if rings.shape[0] == 1:
+        return rings.at[jnp.zeros((1, 1), jnp.int32), slots].set(entries, unique_indices=True)
+    return jax.vmap(lambda ring, entry, slot: ring.at[slot].set(entry, unique_indices=True))(rings, entries, slots)
 
 
 def _dot(a: jax.Array, b: jax.Array, spec: str, dtype: str) -> jax.Array:

@@ -63,12 +63,14 @@ def _one_row_matmul(a: jax.Array, b: jax.Array, compute_dtype: str) -> jax.Array
 def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str) -> jax.Array:
     """sum over leading axes of inputs^T d_outputs: [..., D], [..., N] -> [D, N], one large matmul.
 
-    The formulation is chosen by measurement on XLA's CPU backend: for float32 a plain 2-D
-    transpose-matmul ran at ~185 GFLOP/s; for bfloat16 only the einsum form reached full speed
-    (290 GFLOP/s against ~120 for the 2-D forms and for what autodiff of a matmul emits).
+    An einsum over the leading axes, not a 2-D matmul of reshaped operands: with the batch split
+    over several devices, merging it with the time axis made XLA gather both operands onto every
+    device (collectives that deadlocked two processes of one run, tests/test_placement.py), and for
+    bfloat16 only the einsum reached full speed on XLA's CPU backend (290 GFLOP/s against ~120 for
+    the 2-D forms and for what autodiff of a matmul emits); for float32 the two run level.
     """
     if compute_dtype == "float32":
-        return inputs.reshape(-1, inputs.shape[-1]).T @ d_outputs.reshape(-1, d_outputs.shape[-1])
+        return jnp.einsum("...d,...n->dn", inputs, d_outputs)
     dtype = jnp.dtype(compute_dtype)
     return jnp.einsum(
         "...d,...n->dn", inputs.astype(dtype), d_outputs.astype(dtype), preferred_element_type=jnp.float32

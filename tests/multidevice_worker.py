@@ -65,6 +65,32 @@ def sharding_facts(ids, mc, tc) -> dict:
     }
 
 
+def collectives(ids, mc, tc) -> dict:
+    """The collectives in the compiled multi-device training step, by kind, for models that exercise
+    its different paths. One all-reduce (of the gradients) and nothing else: XLA's CPU runtime may
+    run independent collectives of one program in a different order on each device, and two
+    processes of one run deadlocked on a step with several (all-gathers of the attention memory's
+    writes and of float32 weight-gradient operands)."""
+    placement = make_placement()
+    local = StreamBatcher(ids, tc.batch_size, tc.seq_len, rows=placement.local_rows(tc.batch_size)).batch(0)
+    inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in local)
+    found = {}
+    variants = {
+        "float32": mc,
+        "bfloat16 attention": dataclasses.replace(mc, dtype="bfloat16", attention=12),
+        "gru attention dropouts": dataclasses.replace(
+            mc, cell="gru", attention=12, recurrent_dropout=0.1, weight_drop=0.1
+        ),
+    }
+    for name, config in variants.items():
+        state = placed_state(config, tc, placement)
+        program = make_train_step(config, tc, placement).lower(state, inputs, targets, np.float32(1e-3))
+        text = program.compile().as_text()
+        kinds = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+        found[name] = {kind: text.count(f" {kind}(") + text.count(f" {kind}-start(") for kind in kinds}
+    return found
+
+
 def main(root: Path, kind: str) -> None:
     """`kind`: "attention" (the model with an attention head, whose memory is split over the devices
     with the recurrent state: it runs every path the plain model does, and more) or "bidirectional"
@@ -82,7 +108,7 @@ def main(root: Path, kind: str) -> None:
         print(json.dumps(result))
         return
     mc = dataclasses.replace(mc, attention=12)
-    result = {"sharding": sharding_facts(prepared.train, mc, tc)}
+    result = {"sharding": sharding_facts(prepared.train, mc, tc), "collectives": collectives(prepared.train, mc, tc)}
     result["one"] = train(root, "one", prepared, mc, tc, 1)
     result["four"] = train(root, "four", prepared, mc, tc, 4)
     # Resume across device counts: the run as it was at its step-3 checkpoint, continued elsewhere.

@@ -81,6 +81,12 @@ def test_batch_rows_and_carry_are_split_over_the_devices(four_devices):
     assert facts["kernel_fully_replicated"] and facts["kernel_devices"] == 4
 
 
+def test_a_training_step_on_several_devices_has_one_collective(four_devices):
+    """The gradients' all-reduce, and no other collective that the devices could run in different orders."""
+    for variant, found in four_devices["collectives"].items():
+        assert {kind: count for kind, count in found.items() if count} == {"all-reduce": 1}, variant
+
+
 @pytest.mark.parametrize("resumed, original", [("four_then_one", "four"), ("one_then_four", "one")])
 def test_resume_on_another_device_count_continues_the_run(four_devices, resumed, original):
     """Written at step 3 on one device count, continued on the other: steps 4-6 as if never stopped."""
