@@ -151,11 +151,9 @@ def _write(rings: jax.Array, entries: jax.Array, slots: jax.Array) -> jax.Array:
 
     Mapped over the streams, the write is a scatter whose streams XLA knows for a batch axis, so
     that streams split over several devices each write their own: indexed by explicit rows, XLA
-    gathered every stream's entries and slots onto every device first, collectives that a
-    multi-device training step then ran in no fixed order (two processes of one run deadlocked).
-    One stream (a sampled character) is never split and keeps the indexed write, a few per cent
-    faster there. The slots are distinct (kept <= size): saying so spares XLA the pass that orders
-    duplicate writes."""
+    gathered every stream's entries and slots onto every device first. One stream (a sampled
+    character) is never split and keeps the indexed write. The slots are distinct (kept <= size):
+    saying so spares XLA the pass that orders duplicate writes."""
     if rings.shape[0] == 1:
         return rings.at[jnp.zeros((1, 1), jnp.int32), slots].set(entries, unique_indices=True)
     return jax.vmap(lambda ring, entry, slot: ring.at[slot].set(entry, unique_indices=True))(rings, entries, slots)

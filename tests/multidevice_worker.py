@@ -67,10 +67,8 @@ def sharding_facts(ids, mc, tc) -> dict:
 
 def collectives(ids, mc, tc) -> dict:
     """The collectives in the compiled multi-device training step, by kind, for models that exercise
-    its different paths. One all-reduce (of the gradients) and nothing else: XLA's CPU runtime may
-    run independent collectives of one program in a different order on each device, and two
-    processes of one run deadlocked on a step with several (all-gathers of the attention memory's
-    writes and of float32 weight-gradient operands)."""
+    its different paths: the gradients' all-reduce should be all that devices exchange (float32
+    weight-gradient operands and the attention memory's writes were once gathered whole)."""
     placement = make_placement()
     local = StreamBatcher(ids, tc.batch_size, tc.seq_len, rows=placement.local_rows(tc.batch_size)).batch(0)
     inputs, targets = (placement.put_rows(rows, tc.batch_size) for rows in local)
