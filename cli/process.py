@@ -13,7 +13,7 @@ def configure_jax() -> None:
     `charrnn sample` or `charrnn train` loads its XLA programs instead of compiling them again.
 
     JAX caches only compiles slower than 1 s by default; most of ours are faster, so the threshold
-    is lowered to 0. ``CHARRNN_NO_COMPILE_CACHE=1`` turns the cache off; JAX's own
+    is lowered to 0. ``CHARRNN_NO_COMPILE_CACHE=1`` turns the cache off (JAX's too); JAX's own
     ``JAX_COMPILATION_CACHE_DIR``, when set, is where it is kept (one cache for several tools, or
     for every process of a test session).
     """
@@ -28,6 +28,8 @@ def configure_jax() -> None:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         _drop_background_io_reports()
     if os.environ.get("CHARRNN_NO_COMPILE_CACHE"):
+        # JAX would still use a cache named by its own JAX_COMPILATION_CACHE_DIR
+        jax.config.update("jax_enable_compilation_cache", False)
         return
     jax.config.update(
         "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir() / "xla")

@@ -581,3 +581,19 @@ def test_a_closed_standard_stream_is_one_line(tmp_path, redirect, args, message)
         ["bash", "-c", f"{shlex.join([*CHARRNN, *args])} {redirect}"], capture_output=True, text=True, cwd=tmp_path
     )
     assert (result.returncode, result.stderr) == (1, f"charrnn: error: {message}\n")
+
+
+def test_no_compile_cache_turns_off_jaxs_own_cache_too(tmp_path):
+    """CHARRNN_NO_COMPILE_CACHE=1 beside JAX_COMPILATION_CACHE_DIR (a test session's, a user's): no
+    program is written there (the two-host tests ran with a cache they meant to turn off)."""
+    script = "from charrnn.cli.process import configure_jax; configure_jax(); import jax; jax.jit(lambda x: x + 1)(1.0)"
+    env = os.environ | {
+        "CHARRNN_NO_COMPILE_CACHE": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    assert not any((tmp_path / "xla").glob("*"))
+    subprocess.run([sys.executable, "-c", script], env=env | {"CHARRNN_NO_COMPILE_CACHE": ""}, check=True, timeout=120)
+    assert any((tmp_path / "xla").glob("*"))  # the same program is cached without the setting
