@@ -65,7 +65,7 @@ def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str)
 
     An einsum over the leading axes, not a 2-D matmul of reshaped operands: with the batch split
     over several devices, merging it with the time axis made XLA gather both operands onto every
-    device, where each can sum its own rows and the gradients' all-reduce adds the rest; and for
+    device (each device can sum its own rows and leave the rest to the gradients' all-reduce); and for
     bfloat16 only the einsum reached full speed on XLA's CPU backend (290 GFLOP/s against ~120 for
     the 2-D forms and for what autodiff of a matmul emits). For float32 the two run within 1%.
     """
