@@ -66,8 +66,8 @@ def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str)
     An einsum over the leading axes, not a 2-D matmul of reshaped operands: with the batch split
     over several devices, merging it with the time axis made XLA gather both operands onto every
     device (each device can sum its own rows and leave the rest to the gradients' all-reduce); and for
-    bfloat16 only the einsum reached full speed on XLA's CPU backend (290 GFLOP/s against ~120 for
-    the 2-D forms and for what autodiff of a matmul emits). For float32 the two run within 1%.
+    bfloat16 only the einsum reached full speed on XLA's CPU backend. For float32 the two forms run
+    about level (docs/measurements.md, Speed).
     """
     if compute_dtype == "float32":
         return jnp.einsum("...d,...n->dn", inputs, d_outputs)

@@ -82,7 +82,7 @@ def test_batch_rows_and_carry_are_split_over_the_devices(four_devices):
 
 
 def test_a_training_step_on_several_devices_has_one_collective(four_devices):
-    """The gradients' all-reduce, and no other collective that the devices could run in different orders."""
+    """The gradients' all-reduce, and no activations gathered onto every device."""
     for variant, found in four_devices["collectives"].items():
         assert {kind: count for kind, count in found.items() if count} == {"all-reduce": 1}, variant
 
