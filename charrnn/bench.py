@@ -147,7 +147,7 @@ def bench_sample(model_config: ModelConfig, streams: int, chunk_size: int = 256,
 
 def bench_score(model_config: ModelConfig, rows: int, length: int, repeats: int = 3) -> dict[str, Any]:
     """Scoring throughput: one compiled chunk of `rows` lines × `length` characters, as `charrnn score`
-    runs it (whole-chunk input projections and logits, only the recurrence stepping through time)."""
+    runs it (whole-chunk logits, only the recurrence stepping through time)."""
     from charrnn.scoring import make_score_chunk
 
     params = create_state(model_config, TrainConfig(batch_size=1, seq_len=1)).params

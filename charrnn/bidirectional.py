@@ -39,10 +39,11 @@ class BiCharRNN(nn.Module):
 
     config: ModelConfig
     unroll: int = 1
+    split_batch: bool = False  # trained with the batch split over devices (charrnn.cells.Cell)
 
     def setup(self) -> None:
         cfg = self.config
-        cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
+        cell = make_cell(cfg.cell, cfg.dtype, self.unroll, self.split_batch)
         self.embed = Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
 
         def stack(prefix: str) -> list[RecurrentLayer]:

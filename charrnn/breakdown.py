@@ -4,11 +4,11 @@ The parts are the step's own functions (charrnn.recurrence, the model's paramete
 each compiled on its own and timed like `charrnn bench` times the whole step:
 
     embedding           the gather of the window's characters and its gradient (a scatter-add)
-    input projections   every layer's x @ W_in over the whole window and its two backward matmuls
-    forward loops       every layer's time loop forward (one h @ W per step, the cell's elementwise step)
-    backward loops      every layer's reverse loop (d_hw @ W^T per step): timed with the weight
-                        gradient, less the weight gradient timed alone
-    weight gradients    every layer's recurrent weight gradient, one large matmul after the loop
+    forward loops       every layer's time loop forward (its products W_in^T x_t and W^T h per step,
+                        one matmul where the cell sums them, and the cell's elementwise step)
+    backward loops      every layer's reverse loop (the products' transposes per step): timed with the
+                        weight gradients, less the weight gradients timed alone
+    weight gradients    every layer's input and recurrent weight gradients, large matmuls after the loop
     output and loss     the output layer, softmax and cross-entropy, forward and backward
     optimizer           clipping, Adam's scaling, weight decay, the update (and the weights' average)
 
@@ -32,12 +32,11 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import ConfigError
 from charrnn.kinds import cross_entropy
 from charrnn.model import init_params
-from charrnn.recurrence import _recurrence_backward, _recurrence_forward, project, weight_gradient
+from charrnn.recurrence import _recurrence_backward, _recurrence_forward, feature_rows_gradient, project
 from charrnn.step import fresh_average, make_optimizer, update_average
 
 PARTS = (
     "embedding",
-    "input projections",
     "forward loops",
     "backward loops",
     "weight gradients",
@@ -71,30 +70,30 @@ def step_breakdown(model_config: ModelConfig, train_config: TrainConfig, repeats
         jax.value_and_grad(lambda e, tokens, d_x: jnp.vdot(e[tokens], d_x)), embedding, tokens, d_x
     )
     for i in range(cfg.layers):
-        layer = params[f"layer{i}"]
-        width, hidden = layer["input_kernel"].shape[1], cfg.hidden_size
-        x, d_xp = normal(length, batch, layer["input_kernel"].shape[0]), normal(length, batch, width)
-        own = {name: layer[name] for name in cell.parameters(hidden)}
-        step_params = {name: own[name] for name in cell.step_parameters}
+        weights = dict(params[f"layer{i}"])  # the layer's parameters by name, as the loop reads them
+        width, hidden = weights["input_kernel"].shape[0], cfg.hidden_size
+        x = normal(length, width, batch)  # feature-major, as the loop reads it
+        carry = tuple(c.T for c in cell.zero_carry(batch, hidden))
 
-        def projected(x, kernel, bias, own, d_xp):
-            return jnp.vdot(cell.project_input(project(x, kernel, cell.compute_dtype), bias, own), d_xp)
+        def forward(weights, x, carry):
+            return _recurrence_forward(cell, weights, x, carry, None)
 
-        grads = jax.value_and_grad(projected, argnums=(0, 1, 2, 3))
-        seconds["input projections"] += timed(grads, x, layer["input_kernel"], layer["bias"], own, d_xp)
-        xp, carry = normal(length, batch, width), cell.zero_carry(batch, hidden)
-        w, b = layer["recurrent_kernel"], layer["recurrent_bias"]
-
-        def forward(w, b, step_params, xp, carry):
-            return _recurrence_forward(cell, w, b, step_params, xp, carry, None)
-
-        seconds["forward loops"] += timed(forward, w, b, step_params, xp, carry)
-        (hs, final), residuals = jax.jit(forward)(w, b, step_params, xp, carry)
-        cotangents = (normal(length, batch, hidden), jax.tree.map(jnp.zeros_like, final))
+        seconds["forward loops"] += timed(forward, weights, x, carry)
+        (hs, final), residuals = jax.jit(forward)(weights, x, carry)
+        cotangents = (normal(length, hidden, batch), jax.tree.map(jnp.zeros_like, final))
         whole = timed(
             lambda residuals, cotangents: _recurrence_backward(cell, residuals, cotangents), residuals, cotangents
         )
-        seconds["weight gradients"] += (after := timed(lambda h, d: weight_gradient(h, d, cell.compute_dtype), hs, xp))
+        inputs = residuals[1]  # every step's [x_t; h], [D + H, T, B]
+        d_pre = normal(cell.gates * hidden, length, batch).astype(inputs.dtype)
+
+        def gradients(inputs, d_pre, width=width):
+            if cell.sums_products:
+                return feature_rows_gradient(inputs, d_pre, cell.compute_dtype)
+            parts = (inputs[:width], inputs[width:])
+            return [feature_rows_gradient(part, d_pre, cell.compute_dtype) for part in parts]
+
+        seconds["weight gradients"] += (after := timed(gradients, inputs, d_pre))
         seconds["backward loops"] += whole - after
     h, targets = normal(batch, length, cfg.hidden_size), jnp.asarray(tokens.T)
 
@@ -129,11 +128,10 @@ def _matmul_flops(cfg: ModelConfig, gates: int, chars: int) -> dict[str, float]:
     """Matmul FLOPs per step of the parts that have matmuls (2 per multiply-add)."""
     width = gates * cfg.hidden_size
     inputs = cfg.embed_size + (cfg.layers - 1) * cfg.hidden_size
-    recurrent = cfg.layers * cfg.hidden_size * width * chars * 2
+    products = (inputs + cfg.layers * cfg.hidden_size) * width * chars * 2  # W_in^T x_t and W^T h, all layers
     return {
-        "input projections": 3 * inputs * width * chars * 2,  # forward, and the backward's two
-        "forward loops": recurrent,
-        "backward loops": recurrent,
-        "weight gradients": recurrent,
+        "forward loops": products,
+        "backward loops": products,
+        "weight gradients": products,
         "output and loss": 3 * cfg.hidden_size * cfg.vocab_size * chars * 2,
     }

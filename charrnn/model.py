@@ -6,6 +6,7 @@ recurrent state handed back and forth explicitly.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from charrnn.attention import Attention, Memory, empty_memory
 from charrnn.cells import Carry, Cell, make_cell
 from charrnn.config import ModelConfig
 from charrnn.dropout import Dropout, packed_keep_mask
-from charrnn.recurrence import project, recurrence, step
+from charrnn.recurrence import operands, project, recurrence, step
 
 ModelCarry = tuple[Carry | Memory, ...]  # one carry per layer, then the attention's memory if any
 
@@ -72,7 +73,7 @@ class Embed(nn.Embed):
 
 
 class RecurrentLayer(nn.Module):
-    """One recurrent layer. The input projection of the whole window is a single matmul.
+    """One recurrent layer: its input projections and its time loop (charrnn.recurrence).
 
     Parameters: input_kernel [D, G*H], recurrent_kernel [H, G*H], bias and recurrent_bias [G*H],
     then the cell's own (`Cell.parameters`), created in that order.
@@ -104,37 +105,40 @@ class RecurrentLayer(nn.Module):
         weight_mask: jax.Array | None = None,
         *,
         frozen: bool = False,
+        feature_major: bool = False,
     ) -> tuple[jax.Array, Carry]:
-        """x: [T, B, D] time-major -> ([T, B, H], carry). keep: None or [T, B, 1], 0 to reset before
-        step t; mask: None or [B, H], recurrent dropout (see charrnn.recurrence). `frozen`: no
-        gradient flows to the parameters or inputs, so autodiff runs no backward pass over this
-        read (a bidirectional model's look-ahead)."""
-        if frozen:
-            x, carry = jax.lax.stop_gradient((x, carry))
-        xp = self._input(x, frozen)  # [T, B, G*H]
-        params = jax.lax.stop_gradient(self._step_params()) if frozen else self._step_params()
-        w, b = (self.recurrent_kernel, self.recurrent_bias)
-        if frozen:
-            w, b = jax.lax.stop_gradient((w, b))
+        """x: [T, B, D] time-major -> ([T, B, H], carry); with `feature_major`, x [T, D, B] -> [T, H, B],
+        the loop's own layout (a stack of layers passes it on without transposing). carry: [B, H] each;
+        keep: None or [T, B, 1], 0 to reset before step t; mask: None or [B, H], recurrent dropout (see
+        charrnn.recurrence). `frozen`: no gradient flows to the parameters or inputs, so autodiff runs
+        no backward pass over this read (a bidirectional model's look-ahead)."""
+        weights = self.weights()
         if weight_mask is not None:
-            w = w * weight_mask
-        return recurrence(self.cell, w, b, params, xp, carry, keep, mask)
-
-    def step(self, x: jax.Array, carry: Carry) -> Carry:
-        """x: [B, D], one time step (sampling)."""
-        carry, _ = step(
-            self.cell, carry, self._input(x), self.recurrent_kernel, self.recurrent_bias, self._step_params()
-        )
-        return carry
-
-    def _input(self, x: jax.Array, frozen: bool = False) -> jax.Array:
-        kernel, bias, own = self.input_kernel, self.bias, self.own
+            weights["recurrent_kernel"] = weights["recurrent_kernel"] * weight_mask
         if frozen:
-            kernel, bias, own = jax.lax.stop_gradient((kernel, bias, own))
-        return self.cell.project_input(project(x, kernel, self.cell.compute_dtype), bias, own)
+            x, carry, weights = jax.lax.stop_gradient((x, carry, weights))
+        x = x if feature_major else _feature_major(x)
+        keep, mask = _feature_major(keep), None if mask is None else mask.T
+        hs, carry = recurrence(self.cell, weights, x, tuple(c.T for c in carry), keep, mask)
+        return (hs if feature_major else _feature_major(hs)), tuple(c.T for c in carry)
 
-    def _step_params(self) -> dict:
-        return {name: self.own[name] for name in self.cell.step_parameters}
+    def step(self, x: jax.Array, carry: Carry, prepared: Any = None) -> Carry:
+        """x: [B, D], one time step (sampling); `prepared`: `step_operands(B)`, made once for many steps."""
+        return tuple(c.T for c in step(self.cell, self.weights(), x.T, tuple(c.T for c in carry), prepared))
+
+    def step_operands(self, batch: int) -> Any:
+        """The weights as `step` reads them for `batch` streams (charrnn.recurrence.operands)."""
+        return operands(self.cell, self.weights(), batch)
+
+    def weights(self) -> dict[str, jax.Array]:
+        """The layer's parameters by name, as charrnn.recurrence reads them."""
+        four = {"input_kernel": self.input_kernel, "recurrent_kernel": self.recurrent_kernel}
+        return four | {"bias": self.bias, "recurrent_bias": self.recurrent_bias, **self.own}
+
+
+def _feature_major(x: jax.Array | None) -> jax.Array | None:
+    """[T, B, F] <-> [T, F, B]."""
+    return None if x is None else jnp.swapaxes(x, 1, 2)
 
 
 class CharRNN(nn.Module):
@@ -142,10 +146,11 @@ class CharRNN(nn.Module):
 
     config: ModelConfig
     unroll: int = 1
+    split_batch: bool = False  # trained with the batch split over devices (charrnn.cells.Cell)
 
     def setup(self) -> None:
         cfg = self.config
-        cell = make_cell(cfg.cell, cfg.dtype, self.unroll)
+        cell = make_cell(cfg.cell, cfg.dtype, self.unroll, self.split_batch)
         # N(0, 1) embeddings, as in torch and char-rnn: Flax's default (std 1/sqrt(embed)) makes the
         # input signal so faint that the model sits at the unigram loss for the first ~100 steps.
         self.embed = Embed(cfg.vocab_size, cfg.embed_size, embedding_init=nn.initializers.normal(1.0))
@@ -167,17 +172,19 @@ class CharRNN(nn.Module):
         resets: None, or bool/float [B, T], true where every layer's state is zeroed before reading
         tokens[:, t] (a document boundary): from there on the outputs are those of a fresh state.
         """
-        x = self.embed(tokens.T)  # [T, B, E]: time-major inside, so each scan step reads contiguous memory
+        # Time-major and feature-major between the layers, [T, F, B], the loop's own layout
+        # (charrnn.recurrence): each scan step reads contiguous memory, and nothing is transposed
+        # between one layer and the next.
+        x = jnp.swapaxes(self.embed(tokens.T), 1, 2)  # [T, E, B]
         keep = None if resets is None else (1.0 - jnp.asarray(resets, jnp.float32).T)[:, :, None]  # [T, B, 1]
-        new_carry = []
+        new_carry, batch = [], tokens.shape[0]
         for depth, (layer, layer_carry) in enumerate(zip(self.layers, carry[: len(self.layers)], strict=True)):
-            x, layer_carry = layer(
-                x, layer_carry, keep, recurrent_mask(self, x.shape[1], train), recurrent_weight_mask(self, layer, train)
-            )
+            masks = recurrent_mask(self, batch, train), recurrent_weight_mask(self, layer, train)
+            x, layer_carry = layer(x, layer_carry, keep, *masks, feature_major=True)
             new_carry.append(layer_carry)
             if depth < len(self.layers) - 1 or not self.config.attention:
                 x = self.dropout(x, deterministic=not train)
-        x = jnp.swapaxes(x, 0, 1)  # [B, T, H]
+        x = jnp.transpose(x, (2, 0, 1))  # [B, T, H]
         if self.config.attention:  # the memory: the carry's last entry
             # The head reads the top layer's outputs as they are: its layer norms would scale dropped-out
             # ones differently in training than whole ones in evaluation. The dropout comes after it.
@@ -186,12 +193,13 @@ class CharRNN(nn.Module):
             new_carry.append(memory)
         return self._logits(x), tuple(new_carry)
 
-    def step(self, token: jax.Array, carry: ModelCarry) -> tuple[jax.Array, ModelCarry]:
-        """token: <int>[B] -> (logits [B, V], carry): one character, for sampling."""
+    def step(self, token: jax.Array, carry: ModelCarry, prepared: tuple | None = None) -> tuple[jax.Array, ModelCarry]:
+        """token: <int>[B] -> (logits [B, V], carry): one character, for sampling. `prepared`:
+        `step_operands(B)`, made once before a loop of steps (None: each layer makes its own)."""
         x = self.embed(token)
-        new_carry = []
-        for layer, layer_carry in zip(self.layers, carry[: len(self.layers)], strict=True):
-            layer_carry = layer.step(x, layer_carry)
+        new_carry, prepared = [], prepared or (None,) * len(self.layers)
+        for layer, layer_carry, ready in zip(self.layers, carry[: len(self.layers)], prepared, strict=True):
+            layer_carry = layer.step(x, layer_carry, ready)
             x = layer_carry[0]
             new_carry.append(layer_carry)
         if self.config.attention:  # a window of one character
@@ -199,6 +207,11 @@ class CharRNN(nn.Module):
             x = x[:, 0]
             new_carry.append(memory)
         return self._logits(x), tuple(new_carry)
+
+    def step_operands(self, batch: int) -> tuple:
+        """Every layer's weights as `step` reads them for `batch` streams: made once, outside a loop of
+        steps, not at each."""
+        return tuple(layer.step_operands(batch) for layer in self.layers)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return project(x, self.head_kernel, self.config.dtype) + self.head_bias
@@ -234,13 +247,13 @@ def recurrent_weight_mask(module: nn.Module, layer: RecurrentLayer, train: bool)
     return packed_keep_mask(module.make_rng("dropout"), rate, (layer.hidden_size, layer.cell.gates * layer.hidden_size))
 
 
-def build(config: ModelConfig, unroll: int = 1) -> nn.Module:
+def build(config: ModelConfig, unroll: int = 1, split_batch: bool = False) -> nn.Module:
     """The module for `config`: `CharRNN`, or for a bidirectional model `charrnn.bidirectional.BiCharRNN`."""
     if config.bidirectional:
         from charrnn.bidirectional import BiCharRNN
 
-        return BiCharRNN(config, unroll=unroll)
-    return CharRNN(config, unroll=unroll)
+        return BiCharRNN(config, unroll=unroll, split_batch=split_batch)
+    return CharRNN(config, unroll=unroll, split_batch=split_batch)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -73,12 +73,13 @@ def make_sample_chunk(
 
     def sample_chunk(params, carry, token, key):
         params = matmul_operands(params, model_config.dtype)
+        prepared = model.apply({"params": params}, token.shape[0], method=CharRNN.step_operands)
 
         def body(state, _):
             carry, token, key = state
             carry = reset_at(carry, token, reset_id)
             key, subkey = jax.random.split(key)
-            logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            logits, carry = model.apply({"params": params}, token, carry, prepared, method=CharRNN.step)
             if never is not None:
                 logits = logits.at[:, never].set(-jnp.inf)
             token = pick(logits, subkey, options).astype(jnp.int32)

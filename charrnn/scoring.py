@@ -5,8 +5,8 @@ Two ways to read text:
 * **line by line** (`score_lines`): each line from a fresh state, its first character predicted
   after a newline (as sampling starts) and its own newline predicted last. Lines are independent,
   so they are batched: padded to a length bucket (a power of two), masked, and run as one compiled
-  chunk of `rows × length` characters — the input projection of the whole chunk and the logits of
-  every position are each one matmul. A ragged file compiles a handful of programs (one per bucket
+  chunk of `rows × length` characters — the logits of every position are one matmul, and each step
+  of the recurrence one matmul over the chunk's rows. A ragged file compiles a handful of programs (one per bucket
   and row count), and results come back in input order, streamed: a line is yielded as soon as it
   and every line before it are scored.
 * **as one document** (`score_document`, `evaluate_text`): the state carried from line to line.
@@ -43,7 +43,7 @@ MIN_LENGTH = 8  # shortest length bucket
 MAX_LENGTH = 512  # longest compiled chunk; longer lines are scored in several chunks with carried state
 ROW_STEPS = (8, 64, 256)  # rows of a chunk: the first chunk is small (a quick first line), then larger
 LOGITS_BYTES = 1 << 28  # cap on a chunk's float32 logits (rows × length × vocabulary × 4)
-CHUNK_CHARS = 1 << 15  # cap on rows × length: each layer's input projection is 4H floats per character
+CHUNK_CHARS = 1 << 15  # cap on rows × length: each layer's states are H floats per character
 POOL_LINES = 8192  # lines read ahead of the output, at most
 
 
@@ -148,8 +148,8 @@ def start_id(vocab: Vocabulary) -> int:
 @functools.lru_cache(maxsize=16)
 def make_score_chunk(model_config: ModelConfig, details: bool) -> Callable:
     """Jitted (params, carry, inputs [B, T], targets [B, T]) -> (log p(target) [B, T], carry[, top ids,
-    top probabilities [B, T, TOP]]). Embedding, each layer's input projection and the logits are
-    whole-chunk matmuls (`CharRNN.__call__`); only the recurrence steps through time."""
+    top probabilities [B, T, TOP]]). The embedding and the logits are whole-chunk operations
+    (`CharRNN.__call__`); only the recurrence steps through time."""
     model = CharRNN(model_config)
 
     def score_chunk(params, carry, inputs, targets):

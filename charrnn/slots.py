@@ -46,13 +46,14 @@ def make_slots_chunk(model_config: ModelConfig, chunk_size: int, reset_id: int |
     def chunk(params, carry, token, keys, temperature, top_p, top_k, busy):
         params = matmul_operands(params, model_config.dtype)
         options = temperature[:busy], top_p[:busy], top_k[:busy]
+        prepared = model.apply({"params": params}, busy, method=CharRNN.step_operands)
 
         def body(state, _):
             carry, token, keys = state
             carry = reset_at(carry, token, reset_id)
             split = jax.vmap(jax.random.split)(keys)
             keys, subkeys = split[:, 0], split[:, 1]
-            logits, carry = model.apply({"params": params}, token, carry, method=CharRNN.step)
+            logits, carry = model.apply({"params": params}, token, carry, prepared, method=CharRNN.step)
             logits = logits.astype(jnp.float32)
             if never is not None:
                 logits = logits.at[:, never].set(-jnp.inf)

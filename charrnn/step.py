@@ -144,8 +144,9 @@ def make_train_step(
     device the program is the plain single-device one. `reset_id`: the document boundary's id, for
     a corpus of documents.
     """
-    train_step = _train_step(model_config, train_config, reset_id)
-    if placement is None or placement.size == 1:
+    split = placement is not None and placement.size > 1
+    train_step = _train_step(model_config, train_config, reset_id, split_batch=split)
+    if not split:
         return jax.jit(train_step, donate_argnums=0)
     shardings = state_shardings(model_config, train_config, placement)
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, placement.replicated))
@@ -180,9 +181,12 @@ def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset
     return jax.jit(train_steps, donate_argnums=0)
 
 
-def _train_step(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None) -> Callable:
+def _train_step(
+    model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None, split_batch: bool = False
+) -> Callable:
     """The training step as a pure function, not yet compiled (see `make_train_step`)."""
-    model = build(model_config, unroll=train_config.unroll or REGISTRY[model_config.cell].default_unroll)
+    unroll = train_config.unroll or REGISTRY[model_config.cell].default_unroll
+    model = build(model_config, unroll=unroll, split_batch=split_batch)
     kind = kind_of(model_config)
     optimizer = make_optimizer(train_config)
 

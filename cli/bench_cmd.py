@@ -47,7 +47,7 @@ def bench(
         bool,
         typer.Option(
             "--breakdown",
-            help="Also where a training step's time goes: each part (embedding, input projections, forward and "
+            help="Also where a training step's time goes: each part (embedding, forward and "
             "backward loops, weight gradients, output and loss, optimizer) run alone at the step's shapes.",
         ),
     ] = False,

@@ -1,6 +1,6 @@
 """The installed `charrnn` command: start the process with huge-page-backed memory, then run the CLI.
 
-XLA allocates the train step's large buffers afresh on every call (the input projections of a
+XLA allocates the train step's large buffers afresh on every call (the gates' activations of a
 window alone are 52 MB per layer for the 2×512 LSTM), and each new 4 KB page costs a page fault
 on first touch. glibc backs large allocations with 2 MB transparent huge pages when
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which made the training step faster (docs/measurements.md,

@@ -338,7 +338,7 @@ def assert_breakdown(model, tmp_path):
     assert all(p["seconds"] > 0 for name, p in parts["parts"].items() if name != "backward loops")
     total = sum(p["seconds"] for p in parts["parts"].values()) + parts["rest_seconds"]
     assert total == pytest.approx(parts["step_seconds"])
-    for name in ("input projections", "forward loops", "weight gradients", "output and loss"):
+    for name in ("forward loops", "weight gradients", "output and loss"):
         assert parts["parts"][name]["fraction_of_peak"] > 0, name
     assert list((tmp_path / "trace" / "lstm-ln-float32").rglob("*.xplane.pb"))  # XLA's profiler trace
 
