@@ -307,10 +307,14 @@ def _recurrence_backward(cell, residuals, cotangents):
         # Per stream, summed over the streams after the loop: with the batch split over devices, a sum
         # over it here would be a collective at every step.
         step_sums = {"recurrent_bias": d_hp, **grads.d_params, **d_input}
-        sums = {name: total + step_sums[name] if name in step_sums else total for name, total in sums.items()}
+        sums = {name: total + step_sums[name] for name, total in sums.items()}
         return (_reset(d_prev, keep_t), sums, stored), d_x
 
-    names = ("bias", "recurrent_bias", *own)
+    # A bias whose gradient is the sum of an array the loop stores anyway is summed from it after the
+    # loop (in the compute dtype, as the weight gradients read it); the others are accumulated.
+    from_stored = {"bias": 0} if not _normalises_input(cell) else {}
+    from_stored |= {"recurrent_bias": 0} if stacked else {}
+    names = [name for name in ("bias", "recurrent_bias", *own) if name not in from_stored]
     sums0 = {name: jnp.zeros((*weights[name].shape, batch), jnp.float32) for name in names}
     gates = weights["recurrent_kernel"].shape[1]
     stored0 = tuple(jnp.zeros((gates, steps, batch), jnp.dtype(dtype)) for _ in range(1 if stacked else 2))
@@ -328,7 +332,9 @@ def _recurrence_backward(cell, residuals, cotangents):
     else:
         d_input_kernel = feature_rows_gradient(inputs[:width], stored[0], dtype, cell.split_batch)
         d_recurrent_kernel = feature_rows_gradient(inputs[width:], stored[1], dtype, cell.split_batch)
-    sums = {name: total.sum(axis=-1).astype(weights[name].dtype) for name, total in sums.items()}
+    sums = {name: total.sum(axis=-1) for name, total in sums.items()}
+    sums |= {name: stored[i].astype(jnp.float32).sum(axis=(1, 2)) for name, i in from_stored.items()}
+    sums = {name: total.astype(weights[name].dtype) for name, total in sums.items()}
     d_weights = {"input_kernel": d_input_kernel, "recurrent_kernel": d_recurrent_kernel, **sums}
     d_keep = None if keep is None else jnp.zeros_like(keep)  # resets are data, not learned
     d_mask = None if mask is None else jnp.zeros_like(mask)  # so is the dropout mask
