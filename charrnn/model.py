@@ -184,14 +184,15 @@ class CharRNN(nn.Module):
             new_carry.append(layer_carry)
             if depth < len(self.layers) - 1 or not self.config.attention:
                 x = self.dropout(x, deterministic=not train)
-        x = jnp.transpose(x, (2, 0, 1))  # [B, T, H]
-        if self.config.attention:  # the memory: the carry's last entry
-            # The head reads the top layer's outputs as they are: its layer norms would scale dropped-out
-            # ones differently in training than whole ones in evaluation. The dropout comes after it.
-            x, memory = self.attention(x, carry[-1], resets, train=train)
-            x = self.dropout(x, deterministic=not train)
-            new_carry.append(memory)
-        return self._logits(x), tuple(new_carry)
+        if not self.config.attention:
+            # [T, H, B] -> [T, B, H] is a transpose of each step's small block; the logits' batch and time
+            # axes swap after the projection, where each position is V wide, not H.
+            return jnp.swapaxes(self._logits(jnp.swapaxes(x, 1, 2)), 0, 1), tuple(new_carry)
+        # The head reads the top layer's outputs as they are: its layer norms would scale dropped-out
+        # ones differently in training than whole ones in evaluation. The dropout comes after it.
+        x, memory = self.attention(jnp.transpose(x, (2, 0, 1)), carry[-1], resets, train=train)  # x: [B, T, H]
+        x = self.dropout(x, deterministic=not train)
+        return self._logits(x), (*new_carry, memory)  # the memory: the carry's last entry
 
     def step(self, token: jax.Array, carry: ModelCarry, prepared: tuple | None = None) -> tuple[jax.Array, ModelCarry]:
         """token: <int>[B] -> (logits [B, V], carry): one character, for sampling. `prepared`:
