@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from charrnn.attention import Attention, Memory, empty_memory
-from charrnn.cells import Carry, Cell, make_cell
+from charrnn.cells import Carry, Cell, make_cell, materialised
 from charrnn.config import ModelConfig
 from charrnn.dropout import Dropout, packed_keep_mask
 from charrnn.recurrence import operands, project, recurrence, step
@@ -190,7 +190,7 @@ class CharRNN(nn.Module):
             return jnp.swapaxes(self._logits(jnp.swapaxes(x, 1, 2)), 0, 1), tuple(new_carry)
         # The head reads the top layer's outputs as they are: its layer norms would scale dropped-out
         # ones differently in training than whole ones in evaluation. The dropout comes after it.
-        x, memory = self.attention(jnp.transpose(x, (2, 0, 1)), carry[-1], resets, train=train)  # x: [B, T, H]
+        x, memory = self.attention(batch_first(x), carry[-1], resets, train=train)
         x = self.dropout(x, deterministic=not train)
         return self._logits(x), (*new_carry, memory)  # the memory: the carry's last entry
 
@@ -216,6 +216,16 @@ class CharRNN(nn.Module):
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return project(x, self.head_kernel, self.config.dtype) + self.head_bias
+
+
+@jax.custom_vjp
+def batch_first(x: jax.Array) -> jax.Array:
+    """[T, H, B] -> [B, T, H], whose gradient is transposed back into an array of its own: fused into
+    its readers (the backward loop's steps), that transpose made each of them a strided read."""
+    return jnp.transpose(x, (2, 0, 1))
+
+
+batch_first.defvjp(lambda x: (batch_first(x), None), lambda _, d: (materialised(jnp.transpose(d, (1, 2, 0))),))
 
 
 def initial_carry(config: ModelConfig, batch_size: int) -> ModelCarry:
