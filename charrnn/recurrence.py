@@ -185,6 +185,9 @@ def _products(cell: Cell, prepared: _Operands, z: jax.Array) -> tuple[jax.Array,
         return matmul(x_t.T, prepared.input_kernel, dtype).T, matmul(h.T, prepared.recurrent_kernel, dtype).T
     if prepared.stacked is not None:
         return matmul(prepared.stacked, z, dtype), 0.0
+    # z stored first: its halves are then row blocks of one array, not the transposed x_t and h that
+    # XLA would otherwise fold into the products (which it then runs in float32, off the fast path).
+    z = materialised(z)
     return matmul(prepared.input_t, z[:width], dtype), matmul(prepared.recurrent_t, z[width:], dtype)
 
 
