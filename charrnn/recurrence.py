@@ -9,15 +9,16 @@ last axis everywhere in the loop, so that each step's products have the weights 
 
 and where the cell reads the two only through their sum (the LSTMs, the Elman RNN), one matmul over
 [x_t; h_{t-1}] computes it. On a CPU the matmul library packs its right operand at every call: with
-the state on the right that is a [H, B] array, not the 2 MB weight it was when the loop computed
-h @ W; and the input projection, computed inside the loop, needs no transposing copy of a window's
-worth of pre-activations (docs/measurements.md, Speed).
+the state on the right that is a [H, B] array, not the weight it was when the loop computed h @ W;
+and the input projection, computed inside the loop, needs no transposing copy of a window's worth
+of pre-activations (docs/measurements.md, Speed).
 
 The backward pass keeps that shape: each reverse step runs the cell's hand-written backward step and
-the transposed products (W d_hw, W_in d_xw, with the weights on the left again), the small gradients
-of the cell's own parameters (peepholes, norm gains) and the biases are summed over the batch and
-accumulated in the reverse scan's carry, and each weight gradient, sum over t of d_t x_t^T, is one
-large matmul after the loop, instead of T small ones.
+the transposed products (W d_hw, W_in d_xw, with the weights on the left again); the small gradients
+of the cell's own parameters (peepholes, norm gains) are accumulated per stream in the reverse
+scan's carry and summed over the streams after it; each weight gradient, sum over t of d_t x_t^T, is
+one large matmul after the loop, instead of T small ones, and a bias whose gradient is the sum of
+an array stored for it is summed from that array.
 
 One stream (B = 1) computes the products as rows, x_t^T W_in and h^T W (`matmul`'s one-row form),
 the fastest form for a single stream (sampling, serving and scoring one text).
@@ -155,12 +156,16 @@ class _Operands(NamedTuple):
     the float32 kernels as they are (`matmul`'s one-row form), else the transposed kernels, stacked
     into one [G*H, D + H] where the cell sums the products."""
 
-    rows: bool  # one stream: x_t^T W_in and h^T W
     stacked: jax.Array | None  # [W_in; W]^T, where the cell sums the products (B > 1)
     input_t: jax.Array | None  # W_in^T (B > 1, products kept apart)
     recurrent_t: jax.Array | None  # W^T (B > 1, products kept apart)
     input_kernel: jax.Array  # W_in [D, G*H]
     recurrent_kernel: jax.Array  # W [H, G*H]
+
+    @property
+    def rows(self) -> bool:
+        """One stream: the products are rows, x_t^T W_in and h^T W."""
+        return self.stacked is None and self.input_t is None
 
 
 def operands(cell: Cell, weights: Weights, batch: int) -> _Operands:
@@ -168,12 +173,12 @@ def operands(cell: Cell, weights: Weights, batch: int) -> _Operands:
     loop of steps (sampling's chunk passes them to every `step`)."""
     w_in, w = weights["input_kernel"], weights["recurrent_kernel"]
     if batch == 1:
-        return _Operands(True, None, None, None, w_in, w)
+        return _Operands(None, None, None, w_in, w)
     if cell.sums_products:
         stacked = materialised(_operand(jnp.concatenate([w_in, w], axis=0).T, cell.compute_dtype))
-        return _Operands(False, stacked, None, None, w_in, w)
+        return _Operands(stacked, None, None, w_in, w)
     transposed = (materialised(_operand(k.T, cell.compute_dtype)) for k in (w_in, w))
-    return _Operands(False, None, *transposed, w_in, w)
+    return _Operands(None, *transposed, w_in, w)
 
 
 def _products(cell: Cell, prepared: _Operands, z: jax.Array) -> tuple[jax.Array, jax.Array | float]:
