@@ -43,12 +43,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from charrnn.cells import materialised
 from charrnn.dropout import Dropout
 from charrnn.recurrence import project
 
 # (keys [B, M, K], values [B, M, H], valid [B, M] (0.0 / 1.0), next slot [B]); without the keys for
 # a head whose keys are its values (`keys` 0)
 Memory = tuple[jax.Array, ...]
+_EPSILON = 1e-6  # the layer norms' (flax's LayerNorm's, which the head used before)
 
 
 def empty_memory(batch: int, size: int, hidden: int, dtype: str = "float32", keys: int = 0) -> Memory:
@@ -83,9 +85,9 @@ class Attention(nn.Module):
             self.value_gate = self.param("value_gate", nn.initializers.zeros_init(), (hidden,))
         else:
             self.gates = self.param("gates", nn.initializers.zeros_init(), (3, hidden))  # query, key, value scales
-        self.input_norm = nn.LayerNorm(epsilon=1e-6, name="input_norm")
-        self.memory_norm = nn.LayerNorm(epsilon=1e-6, name="memory_norm")
-        self.query_norm = nn.LayerNorm(epsilon=1e-6, name="query_norm")
+        self.input_norm = _NormAffine(hidden, name="input_norm")
+        self.memory_norm = _NormAffine(hidden, name="memory_norm")
+        self.query_norm = _NormAffine(width, name="query_norm")
         self.drop = Dropout(self.dropout)
 
     def __call__(
@@ -94,9 +96,9 @@ class Attention(nn.Module):
         *_, entries, valid, slot = memory  # entries: the values
         keys = memory[0]
         size, length = entries.shape[1], y.shape[1]
-        new = self.memory_norm(y)  # [B, T, H]: the values this window adds to the memory
-        h = self.input_norm(y)
-        query = self.query_norm(project(h, self.query_kernel, self.dtype) + self.query_bias)
+        # new [B, T, H]: the values this window adds to the memory; h: the residual path
+        new, h = layer_norms(y, (self.memory_norm(), self.input_norm()))
+        (query,) = layer_norms(project(h, self.query_kernel, self.dtype) + self.query_bias, (self.query_norm(),))
         gates = jax.nn.sigmoid(self.gates)
         query = query * gates[0] * gates[1] / jnp.sqrt(jnp.float32(query.shape[-1]))  # the keys' gate, moved here
         if self.key_size:
@@ -104,10 +106,6 @@ class Attention(nn.Module):
             written, gate_v = (new_keys, new), jax.nn.sigmoid(self.value_gate)
         else:  # the values are the keys
             new_keys, written, gate_v = new, (new,), gates[2]
-        scores = jnp.concatenate(
-            [_dot(query, keys, "btk,bsk->bts", self.dtype), _dot(query, new_keys, "btk,bsk->bts", self.dtype)], axis=2
-        )  # [B, T, M + T]
-
         # Which position t may attend to: the M ending at itself, none from before a reset. A slot's
         # age: how many positions before the window its entry was written (1 ... M).
         segment = jnp.zeros(y.shape[:2], jnp.int32) if resets is None else jnp.cumsum(resets.astype(jnp.int32), 1)
@@ -118,11 +116,50 @@ class Attention(nn.Module):
         band = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - size)  # [T, T]
         within = band[None] & (segment[:, :, None] == segment[:, None, :])
         allowed = jnp.concatenate([before, within], axis=2)
-        weights = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)  # every row sees itself
-        mixed = _dot(weights[..., :size], entries, "bts,bsh->bth", self.dtype)
-        mixed = (mixed + _dot(weights[..., size:], new, "bts,bsh->bth", self.dtype)) * gate_v
+        mixed = attend(query, (keys, new_keys), (entries, new), allowed, self.dtype) * gate_v
         out = h + self.drop(mixed, deterministic=not train)
         return out, _written(memory, written, segment)
+
+
+class _NormAffine(nn.Module):
+    """A layer norm's scale and bias, named as flax's `nn.LayerNorm` names them (checkpoints keep
+    their parameter tree): the normalisation itself is `layer_norms`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        scale = self.param("scale", nn.initializers.ones_init(), (self.features,))
+        return scale, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
+@jax.custom_vjp
+def layer_norms(y: jax.Array, affines: tuple[tuple[jax.Array, jax.Array], ...]) -> tuple[jax.Array, ...]:
+    """z * scale + bias for each (scale, bias) of `affines`, z = y normalised over its last axis.
+
+    One normalisation for several layer norms of the same input (the head's memory and residual
+    norms), and a hand-written backward that reads the stored z: autodiff through flax's LayerNorm
+    recomputed y - mean in each of its backward's passes, every one a strided read of the loop's
+    transposed outputs."""
+    return _layer_norms_forward(y, affines)[0]
+
+
+def _layer_norms_forward(y, affines):
+    centered = y - y.mean(axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + _EPSILON)
+    z = centered * rstd
+    return tuple(z * scale + bias for scale, bias in affines), (z, rstd, affines)
+
+
+def _layer_norms_backward(residuals, d_outs):
+    z, rstd, affines = residuals
+    d_z = sum(d * scale for d, (scale, _) in zip(d_outs, affines, strict=True))
+    d_y = rstd * (d_z - d_z.mean(axis=-1, keepdims=True) - z * jnp.mean(d_z * z, axis=-1, keepdims=True))
+    rows = tuple(range(z.ndim - 1))
+    return d_y, tuple(((d * z).sum(rows), d.sum(rows)) for d in d_outs)
+
+
+layer_norms.defvjp(_layer_norms_forward, _layer_norms_backward)
 
 
 def _leading_features(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -159,34 +196,66 @@ def _write(rings: jax.Array, entries: jax.Array, slots: jax.Array) -> jax.Array:
     return jax.vmap(lambda ring, entry, slot: ring.at[slot].set(entry, unique_indices=True))(rings, entries, slots)
 
 
-def _dot(a: jax.Array, b: jax.Array, spec: str, dtype: str) -> jax.Array:
-    """einsum with operands in `dtype`, float32 accumulation and result (as recurrence.matmul)."""
-    if dtype == "float32":
-        return jnp.einsum(spec, a, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attend(
+    query: jax.Array,
+    keys: tuple[jax.Array, jax.Array],
+    values: tuple[jax.Array, jax.Array],
+    allowed: jax.Array,
+    dtype: str,
+) -> jax.Array:
+    """softmax(query keys^T, where allowed) values: query [B, T, K]; keys ([B, M, K] remembered,
+    [B, T, K] the window's), values likewise ([B, M, H], [B, T, H]); allowed [B, T, M + T] -> [B, T, H].
+
+    Matmuls in the compute `dtype` (float32 accumulation), softmax in float32, and a hand-written
+    backward whose every matmul contracts the operands' last or middle axes as XLA:CPU runs them in
+    bf16: autodiff's transposed forms (weights^T d_out) ran in float32, their operands converted up,
+    and so did the products that shared an operand with them."""
+    return _attend_forward(query, keys, values, allowed, dtype)[0]
+
+
+def _attend_forward(query, keys, values, allowed, dtype):
+    low = _lowered(dtype)
+    kinds = jax.tree.map(lambda x: jnp.zeros((), x.dtype), (query, keys, values))  # the cotangents' dtypes
+    query, keys, values = low(query), tuple(map(low, keys)), tuple(map(low, values))
+    scores = jnp.concatenate([_matmul(query, k, "btk,bsk->bts") for k in keys], axis=2)
+    weights = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)  # every row sees itself
+    remembered = keys[0].shape[1]
+    mixing = low(weights)
+    out = _matmul(mixing[..., :remembered], values[0], "bts,bsh->bth")
+    out = out + _matmul(mixing[..., remembered:], values[1], "bts,bsh->bth")
+    return out, (query, keys, values, weights, mixing, kinds)
+
+
+def _attend_backward(dtype, residuals, d_out):
+    query, keys, values, weights, mixing, kinds = residuals
+    low, remembered = _lowered(dtype), keys[0].shape[1]
+    d_out = low(d_out)
+    d_weights = jnp.concatenate([_matmul(d_out, v, "bth,bsh->bts") for v in values], axis=2)
+    d_scores = weights * (d_weights - jnp.sum(d_weights * weights, axis=-1, keepdims=True))
+    d_scores = low(d_scores)
+    d_query = _matmul(d_scores[..., :remembered], keys[0], "bts,bsk->btk")
+    d_query = d_query + _matmul(d_scores[..., remembered:], keys[1], "bts,bsk->btk")
+    # [B, s, t] transposes of the [B, t, s] blocks, stored, make these "NN" products. Training never
+    # reads the memory's two (its gradient is cut at the window's edge): XLA drops them there.
+    parts = (slice(None, remembered), slice(remembered, None))
+    d_keys = tuple(_matmul(_transposed(d_scores[..., part]), query, "bst,btk->bsk") for part in parts)
+    d_values = tuple(_matmul(_transposed(mixing[..., part]), d_out, "bst,bth->bsh") for part in parts)
+    d_inputs = jax.tree.map(lambda d, kind: d.astype(kind.dtype), (d_query, d_keys, d_values), kinds)
+    return (*d_inputs, None)
+
+
+attend.defvjp(_attend_forward, _attend_backward)
+
+
+def _lowered(dtype: str):
     compute = jnp.dtype(dtype)
-    return _low_dot(a.astype(compute), b.astype(compute), spec)
+    return lambda x: x.astype(compute)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _low_dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
-    """`_dot` of operands already in a low precision, with a backward pass in that precision too:
-    autodiff would contract the float32 cotangent with an operand cast back up, running both of
-    the backward's matmuls at float32 speed. The cotangent is rounded once, as the operands were."""
+def _matmul(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
-def _low_dot_forward(a, b, spec):
-    return _low_dot(a, b, spec), (a, b)
-
-
-def _low_dot_backward(spec, operands, d_out):
-    a, b = operands
-    a_axes, rest = spec.split(",")
-    b_axes, out_axes = rest.split("->")  # every axis is in two of the three: each is the others' contraction
-    d_out = d_out.astype(a.dtype)
-    d_a = jnp.einsum(f"{out_axes},{b_axes}->{a_axes}", d_out, b, preferred_element_type=jnp.float32)
-    d_b = jnp.einsum(f"{a_axes},{out_axes}->{b_axes}", a, d_out, preferred_element_type=jnp.float32)
-    return d_a.astype(a.dtype), d_b.astype(b.dtype)
-
-
-_low_dot.defvjp(_low_dot_forward, _low_dot_backward)
+def _transposed(x: jax.Array) -> jax.Array:
+    return materialised(jnp.swapaxes(x, 1, 2))

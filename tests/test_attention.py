@@ -176,7 +176,7 @@ def test_a_bfloat16_model_keeps_its_memory_in_bfloat16_with_the_same_numbers():
 
 
 def test_a_bfloat16_head_has_the_float32_heads_gradients_to_bfloat16_precision():
-    """The attention's bf16 matmuls have a hand-written backward pass (`attention._low_dot`)."""
+    """The attention's bf16 matmuls have a hand-written backward pass (`attention.attend`)."""
     config = ModelConfig(vocab_size=7, attention=5, layers=1, hidden_size=32, embed_size=8)
     params = init_params(config, jax.random.key(3))
     rng = np.random.default_rng(3)
