@@ -173,7 +173,11 @@ def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset
 
         def body(state, inputs):
             first, second, lr, fresh = inputs
-            carry = jax.tree.map(lambda z, c: jnp.where(fresh, z, c), zero, state.carry)
+            start = zero
+            if model_config.attention:  # a memory without a valid slot is empty whatever its keys and values
+                *layers, memory = zero  # hold: they stay, not rewritten at every step
+                start = (*layers, (*state.carry[-1][:-2], *memory[-2:]))
+            carry = jax.tree.map(lambda z, c: jnp.where(fresh, z, c), start, state.carry)
             return train_step(state.replace(carry=carry), first, second, lr)
 
         return jax.lax.scan(body, state, (first, second, lrs, fresh))
