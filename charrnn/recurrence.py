@@ -18,7 +18,8 @@ the transposed products (W d_hw, W_in d_xw, with the weights on the left again);
 of the cell's own parameters (peepholes, norm gains) are accumulated per stream in the reverse
 scan's carry and summed over the streams after it; each weight gradient, sum over t of d_t x_t^T, is
 one large matmul after the loop, instead of T small ones, and a bias whose gradient is the sum of
-an array stored for it is summed from that array.
+an array stored for it is summed from that array. Below float32 what the forward keeps of each step
+for the backward (`_kept`) is float16.
 
 One stream (B = 1) computes the products as rows, x_t^T W_in and h^T W (`matmul`'s one-row form),
 the fastest form for a single stream (sampling, serving and scoring one text).
@@ -35,7 +36,7 @@ Without it (`mask` None) the program is the one without that multiplication.
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -252,6 +253,15 @@ def recurrence(
     return hs, carry
 
 
+def _kept(cell: Cell, saved: Any) -> Any:
+    """What the forward loop keeps of a step for the backward one. Below float32, in float16: the
+    activations and norms fit its range, it rounds 8 times finer than the bf16 operands the
+    matmuls read, and the forward writes, and the backward reads, half the bytes."""
+    if cell.compute_dtype == "float32":
+        return saved
+    return jax.tree.map(lambda a: a.astype(jnp.float16), saved)
+
+
 def _recurrence_forward(cell, weights, x, carry0, keep, mask=None):
     prepared, own = operands(cell, weights, x.shape[-1]), _own(cell, weights)
     keeps_xw = _normalises_input(cell)
@@ -266,7 +276,7 @@ def _recurrence_forward(cell, weights, x, carry0, keep, mask=None):
         carry = _reset(carry, keep_t)
         new, saved, xw, z = _step(cell, prepared, weights, own, carry, x_t, mask)
         inputs = jax.lax.dynamic_update_index_in_dim(inputs, z, t, 1)
-        return (new, inputs), (new, saved, xw if keeps_xw else None)
+        return (new, inputs), (new, _kept(cell, saved), xw if keeps_xw else None)
 
     (carry, inputs), (carries, saved, xw) = jax.lax.scan(
         body, (carry0, inputs), (x, keep, jnp.arange(steps)), unroll=cell.unroll
@@ -292,6 +302,7 @@ def _recurrence_backward(cell, residuals, cotangents):
         d_carry, sums, stored = state
         d_h_out, saved_t, prev_t, new_t, xw_t, keep_t, t = xs
         d_carry = (d_carry[0] + d_h_out, *d_carry[1:])
+        saved_t = jax.tree.map(lambda a: a.astype(jnp.float32), saved_t)
         grads = cell.step_backward(saved_t, prev_t, new_t, d_carry, own)
         d_hp = grads.d_xp if grads.d_hp is None else grads.d_hp
         d_xw, d_input = cell.project_input_backward(xw_t, grads.d_xp, own)
