@@ -85,7 +85,11 @@ def test_echo_with_logprobs_scores_the_prompt_as_charrnn_score_does(client, mode
     assert result.choices[0].text == "\n" + line + "\n"
     assert logprobs.tokens == list("\n" + line + "\n") and logprobs.token_logprobs[0] is None
     assert logprobs.text_offset == list(range(len(line) + 2))
-    assert math.isclose(sum(logprobs.token_logprobs[1:]), model.score([line])[0].logprob, rel_tol=1e-4)
+    # The server steps one character at a time, score runs the line as one window: in bf16 the two
+    # orders of summation round the state differently (a few 1e-4 nats a character), in float32 not.
+    exact = model.model_config.dtype == "float32"
+    tolerance = {"rel_tol": 1e-4} if exact else {"abs_tol": 0.02}
+    assert math.isclose(sum(logprobs.token_logprobs[1:]), model.score([line])[0].logprob, **tolerance)
     top = logprobs.top_logprobs[5]
     assert len(top) == 3 and max(top.values()) >= logprobs.token_logprobs[5] - 1e-6
 
