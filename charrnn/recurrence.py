@@ -94,14 +94,19 @@ def weight_gradient(inputs: jax.Array, d_outputs: jax.Array, compute_dtype: str)
     over several devices, merging it with the time axis made XLA gather both operands onto every
     device (each device can sum its own rows and leave the rest to the gradients' all-reduce); and for
     bfloat16 only the einsum reached full speed on XLA's CPU backend. For float32 the two forms run
-    about level (docs/measurements.md, Speed).
+    about level (docs/measurements.md, Speed). In bf16 the narrower operand is the transposed one.
     """
     if compute_dtype == "float32":
         return jnp.einsum("...d,...n->dn", inputs, d_outputs)
     dtype = jnp.dtype(compute_dtype)
-    return jnp.einsum(
-        "...d,...n->dn", inputs.astype(dtype), d_outputs.astype(dtype), preferred_element_type=jnp.float32
-    )
+    inputs, d_outputs = inputs.astype(dtype), d_outputs.astype(dtype)
+    if d_outputs.shape[-1] < inputs.shape[-1]:
+        # XLA copies the operands transposed first: then [N, D]^T of the narrower one (the logits' 65
+        # columns, the attention's 128-wide keys), and the small product transposed after. Stored
+        # first: a transpose folded into the dot sends it to a thunk without bf16.
+        product = jnp.einsum("...n,...d->nd", d_outputs, inputs, preferred_element_type=jnp.float32)
+        return materialised(product).T
+    return jnp.einsum("...d,...n->dn", inputs, d_outputs, preferred_element_type=jnp.float32)
 
 
 def feature_rows_gradient(
