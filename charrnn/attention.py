@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from charrnn.cells import materialised
+from charrnn.cells import layer_norm, layer_norm_backward, materialised
 from charrnn.dropout import Dropout
 from charrnn.recurrence import project
 
@@ -145,21 +145,26 @@ def layer_norms(y: jax.Array, affines: tuple[tuple[jax.Array, jax.Array], ...]) 
 
 
 def _layer_norms_forward(y, affines):
-    centered = y - y.mean(axis=-1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + _EPSILON)
-    z = centered * rstd
+    z, rstd = layer_norm(y, axis=-1, epsilon=_EPSILON)
     return tuple(z * scale + bias for scale, bias in affines), (z, rstd, affines)
 
 
 def _layer_norms_backward(residuals, d_outs):
     z, rstd, affines = residuals
     d_z = sum(d * scale for d, (scale, _) in zip(d_outs, affines, strict=True))
-    d_y = rstd * (d_z - d_z.mean(axis=-1, keepdims=True) - z * jnp.mean(d_z * z, axis=-1, keepdims=True))
+    d_y = layer_norm_backward(d_z, z, rstd, axis=-1)
     rows = tuple(range(z.ndim - 1))
     return d_y, tuple(((d * z).sum(rows), d.sum(rows)) for d in d_outs)
 
 
 layer_norms.defvjp(_layer_norms_forward, _layer_norms_backward)
+
+
+def cleared(memory: Memory) -> Memory:
+    """`memory` emptied: no slot valid, the next entry to slot 0. Its keys and values stay as they are:
+    a slot not valid is never read, so rewriting them (a pass over the whole memory) changes nothing."""
+    *stored, valid, slot = memory
+    return *stored, jnp.zeros_like(valid), jnp.zeros_like(slot)
 
 
 def _leading_features(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:

@@ -152,16 +152,17 @@ def per_feature(v: jax.Array) -> jax.Array:
     return v[:, None]
 
 
-def layer_norm(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(x - mean) / sqrt(var + eps) over the features (axis 0), and 1 / sqrt(var + eps) [1, B]."""
-    centered = x - x.mean(axis=0, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=0, keepdims=True) + LAYER_NORM_EPSILON)
+def layer_norm(x: jax.Array, axis: int = 0, epsilon: float = LAYER_NORM_EPSILON) -> tuple[jax.Array, jax.Array]:
+    """(x - mean) / sqrt(var + eps) over the features (`axis`: 0 in the feature-major loop), and
+    1 / sqrt(var + eps), kept along that axis ([1, B] there)."""
+    centered = x - x.mean(axis=axis, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=axis, keepdims=True) + epsilon)
     return centered * rstd, rstd
 
 
-def layer_norm_backward(d_y: jax.Array, y: jax.Array, rstd: jax.Array) -> jax.Array:
-    """d x from d y for y = layer_norm(x)[0], given y and rstd (exact, eps included)."""
-    return rstd * (d_y - d_y.mean(axis=0, keepdims=True) - y * jnp.mean(d_y * y, axis=0, keepdims=True))
+def layer_norm_backward(d_y: jax.Array, y: jax.Array, rstd: jax.Array, axis: int = 0) -> jax.Array:
+    """d x from d y for y = layer_norm(x, axis)[0], given y and rstd (exact, eps included)."""
+    return rstd * (d_y - d_y.mean(axis=axis, keepdims=True) - y * jnp.mean(d_y * y, axis=axis, keepdims=True))
 
 
 def _normalised_input_backward(xw: jax.Array, d_xp: jax.Array, params: Params) -> tuple[jax.Array, Params]:

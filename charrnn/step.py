@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from charrnn.attention import cleared
 from charrnn.cells import REGISTRY
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.kinds import kind_of
@@ -173,10 +174,7 @@ def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset
 
         def body(state, inputs):
             first, second, lr, fresh = inputs
-            start = zero
-            if model_config.attention:  # a memory without a valid slot is empty whatever its keys and values
-                *layers, memory = zero  # hold: they stay, not rewritten at every step
-                start = (*layers, (*state.carry[-1][:-2], *memory[-2:]))
+            start = (*zero[:-1], cleared(state.carry[-1])) if model_config.attention else zero
             carry = jax.tree.map(lambda z, c: jnp.where(fresh, z, c), start, state.carry)
             return train_step(state.replace(carry=carry), first, second, lr)
 

@@ -181,9 +181,9 @@ def test_a_memory_saved_in_float32_resumes_into_a_bfloat16_model_unchanged(tmp_p
     assert float(original["loss"]) == float(again["loss"])
 
 
-def train_run(tmp_path, name, text_path, *, resume=False, stop_after=None, **train_options):
+def train_run(tmp_path, name, text_path, *, resume=False, stop_after=None, attention=0, **train_options):
     prepared, _ = prepare(str(text_path), val_fraction=0.1)
-    model_config = ModelConfig(vocab_size=len(prepared.vocab), dropout=0.1, **SMALL)
+    model_config = ModelConfig(vocab_size=len(prepared.vocab), dropout=0.1, attention=attention, **SMALL)
     train_config = TrainConfig(**({"batch_size": 4, "seq_len": 10, "log_every": 1} | train_options))
     run = Run(tmp_path / name)
     run.directory.mkdir(exist_ok=True)
@@ -261,6 +261,21 @@ def test_a_few_steps_per_call_train_exactly_as_one_step_per_call_and_resume_exac
     c = latest_params(run_c, ema=0.9)
     for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_with_attention_a_few_steps_per_call_train_as_one_step_per_call_across_an_epoch_start(tmp_path):
+    """Inside a call an epoch start empties the attention memory by its valid flags and next slot
+    alone (`attention.cleared`), keeping the stale keys and values: one step per call starts from a
+    memory of zeros, and the two must train alike."""
+    text_path = tmp_path / "text.txt"
+    text_path.write_text(periodic_text(600))  # 13 windows an epoch: steps 13-16 cross the epoch start
+    options = {"steps": 16, "eval_every": 16, "attention": 6}
+    single, single_evals, _, _ = train_run(tmp_path, "a", text_path, **options)
+    losses, evals, _, _ = train_run(tmp_path, "b", text_path, log_every=4, **options)
+    assert sorted(losses) == [4, 8, 12, 16]
+    for step, loss in losses.items():
+        assert loss == pytest.approx(sum(single[k] for k in range(step - 3, step + 1)) / 4, rel=1e-6), step
+    assert [e.val_loss for e in evals] == [e.val_loss for e in single_evals]
 
 
 def test_weight_decay_shrinks_the_matrices_by_the_learning_rate_and_nothing_else():
