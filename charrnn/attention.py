@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from charrnn.cells import layer_norm, layer_norm_backward, materialised
+from charrnn.cells import layer_norm, layer_norm_backward, materialised, row_major
 from charrnn.dropout import Dropout
 from charrnn.recurrence import project
 
@@ -263,4 +263,4 @@ def _matmul(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
 
 
 def _transposed(x: jax.Array) -> jax.Array:
-    return materialised(jnp.swapaxes(x, 1, 2))
+    return materialised(row_major(jnp.swapaxes(x, 1, 2)))

@@ -52,6 +52,15 @@ def materialised(x: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(x)
 
 
+def row_major(x: jax.Array) -> jax.Array:
+    """`x` (a transpose) marked as laid out row-major from the start. XLA:CPU decides whether a bf16
+    matmul runs in bf16 before it assigns layouts, from the layouts its operands carry then; a
+    transpose carries the permuted layout that makes it a bitcast, and so does every elementwise op
+    after it, and a matmul reading one ran in float32. A sum over a new axis of 1 carries the default
+    layout; XLA removes it later, after that decision."""
+    return jnp.sum(x[None], axis=0)
+
+
 class StepGradients(NamedTuple):
     """What one backward step returns, given d(new carry).
 

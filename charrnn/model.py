@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from charrnn.attention import Attention, Memory, empty_memory
-from charrnn.cells import Carry, Cell, make_cell, materialised
+from charrnn.cells import Carry, Cell, make_cell, materialised, row_major
 from charrnn.config import ModelConfig
 from charrnn.dropout import Dropout, packed_keep_mask
 from charrnn.recurrence import operands, project, recurrence, step
@@ -222,7 +222,7 @@ class CharRNN(nn.Module):
 def batch_first(x: jax.Array) -> jax.Array:
     """[T, H, B] -> [B, T, H], whose gradient is transposed back into an array of its own: fused into
     its readers (the backward loop's steps), that transpose made each of them a strided read."""
-    return jnp.transpose(x, (2, 0, 1))
+    return row_major(jnp.transpose(x, (2, 0, 1)))  # the head's matmuls run in bf16
 
 
 batch_first.defvjp(lambda x: (batch_first(x), None), lambda _, d: (materialised(jnp.transpose(d, (1, 2, 0))),))
