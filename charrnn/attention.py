@@ -117,6 +117,10 @@ class Attention(nn.Module):
         within = band[None] & (segment[:, :, None] == segment[:, None, :])
         allowed = jnp.concatenate([before, within], axis=2)
         mixed = attend(query, (keys, new_keys), (entries, new), allowed, self.dtype) * gate_v
+        # The rings are written in place only where XLA sees that the write comes after every read of
+        # them (attend's matmuls); without a path from those reads to the write, it copied the whole
+        # memory twice per window (per character in sampling).
+        written, mixed = jax.lax.optimization_barrier((written, mixed))
         out = h + self.drop(mixed, deterministic=not train)
         return out, _written(memory, written, segment)
 
