@@ -116,7 +116,9 @@ class Attention(nn.Module):
         band = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - size)  # [T, T]
         within = band[None] & (segment[:, :, None] == segment[:, None, :])
         allowed = jnp.concatenate([before, within], axis=2)
-        mixed = attend(query, (keys, new_keys), (entries, new), allowed, self.dtype) * gate_v
+        if length == 1:  # one row: XLA:CPU ran its matmuls in float32, converting the memory at each step
+            query, allowed = (jnp.concatenate([x, x], axis=1) for x in (query, allowed))
+        mixed = attend(query, (keys, new_keys), (entries, new), allowed, self.dtype)[:, :length] * gate_v
         # The rings are written in place only where XLA sees that the write comes after every read of
         # them (attend's matmuls); without a path from those reads to the write, it copied the whole
         # memory twice per window (per character in sampling).
