@@ -157,10 +157,13 @@ def _layer_norms_forward(y, affines):
 
 def _layer_norms_backward(residuals, d_outs):
     z, rstd, affines = residuals
+    shape, width = z.shape, z.shape[-1]
+    # As rows [N, H]: the forward's broadcasts of the scales and rstd are [B, T, H]; the same shape
+    # here would let XLA share one broadcast between the passes and store it whole.
+    z, rstd, d_outs = z.reshape(-1, width), rstd.reshape(-1, 1), [d.reshape(-1, width) for d in d_outs]
     d_z = sum(d * scale for d, (scale, _) in zip(d_outs, affines, strict=True))
     d_y = layer_norm_backward(d_z, z, rstd, axis=-1)
-    rows = tuple(range(z.ndim - 1))
-    return d_y, tuple(((d * z).sum(rows), d.sum(rows)) for d in d_outs)
+    return d_y.reshape(shape), tuple(((d * z).sum(0), d.sum(0)) for d in d_outs)
 
 
 layer_norms.defvjp(_layer_norms_forward, _layer_norms_backward)
