@@ -7,8 +7,10 @@ call, each a loop of 100 steps whose bf16 matmul [2048, 512] · [512, 64] writes
 rows into a [100, 2048, 64] array, read after the loop. The rows are written as `lax.scan`'s stacked
 outputs (what the recurrence does), into a fresh zeros array (as its `inputs` buffer), or into a
 buffer carried from step to step and donated between calls, which nothing fills: the loop writes
-every element. The difference is what XLA's zero fill costs at each step. Prints the best and
-median milliseconds per call of each, twice, alternating.
+every element. The difference is what XLA's zero fill costs at each step of this model, where
+nothing else runs beside the fill; in the training step the fills overlap other work and making
+them cheaper did not shorten it (docs/measurements.md, "Leads for the time loop that did not pay").
+Prints the best and median milliseconds per call of each, twice, alternating.
 """
 
 import time
