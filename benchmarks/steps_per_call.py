@@ -38,7 +38,7 @@ def main() -> None:
     window = [rng.integers(0, 65, (args.batch_size, args.seq_len), dtype=np.int32) for _ in range(2)]
     stacked = [np.stack([part] * STEPS_PER_CALL) for part in window]
     rate = np.float32(1e-3)
-    rates, fresh = np.full(STEPS_PER_CALL, rate), np.zeros(STEPS_PER_CALL, bool)
+    rates, fresh = np.full(STEPS_PER_CALL, rate), np.zeros((STEPS_PER_CALL, args.batch_size), bool)
     one, several = make_train_step(model, train), make_train_steps(model, train)
     calls = {
         "1 step per call": (lambda state: one(state, *window, rate), 1),

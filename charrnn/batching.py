@@ -3,6 +3,12 @@
 The training ids are cut into `batch_size` contiguous streams laid side by side; step k takes
 window k (`seq_len` characters) of every stream. Row b of window k+1 continues row b of window k,
 so the recurrent state at the end of one window is the right initial state for the next.
+
+Every stream's state restarts from zero at each epoch's start, and, where an epoch is longer than
+`restart_every` characters per stream, every that many characters besides (`restarts`): sampling,
+scoring and each validation stream start from a zero state, and a model that never starts there
+again (one epoch of a large corpus is thousands of windows) can come to read some beginnings into
+a state it never leaves (docs/text-quality.md, "Restarts").
 """
 
 from typing import NamedTuple
@@ -24,10 +30,17 @@ class StreamBatcher:
     hosts); the streams themselves are those of the whole batch, so any split gives the same data.
     `extra`: characters each window reads past its last one (1: the last target; a bidirectional
     model's look-ahead), taken from the text that follows, which the next stream also reads.
+    `restart_every`: characters between a stream's restarts within an epoch (0: none; see `restarts`).
     """
 
     def __init__(
-        self, ids: np.ndarray, batch_size: int, seq_len: int, rows: slice = slice(None), extra: int = 1
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        rows: slice = slice(None),
+        extra: int = 1,
+        restart_every: int = 0,
     ) -> None:
         stream_len = (len(ids) - extra) // batch_size  # the last stream's last window reads `extra` more
         self.windows_per_epoch = stream_len // seq_len
@@ -39,6 +52,9 @@ class StreamBatcher:
                 settings={"batch_size": batch_size, "seq_len": seq_len},
             )
         self.batch_size, self.seq_len, self.extra = batch_size, seq_len, extra
+        # windows between a stream's restarts; none where the epoch's own restart comes first
+        interval = max(1, restart_every // seq_len) if restart_every else 0
+        self.restart_interval = interval if 0 < interval < self.windows_per_epoch else 0
         used = self.windows_per_epoch * seq_len
         # streams[b] = ids[b*stream_len : b*stream_len + used + extra]; a strided view, nothing copied.
         self.streams = np.lib.stride_tricks.as_strided(
@@ -49,6 +65,19 @@ class StreamBatcher:
         """<int32>[rows, seq_len + extra]: window `window` of every stream and what it reads past it."""
         start = window * self.seq_len
         return np.asarray(self.streams[:, start : start + self.seq_len + self.extra], dtype=np.int32)
+
+    def restarts(self, window: int) -> np.ndarray:
+        """<bool>[batch_size]: the streams (all of them, not only `rows`) whose state starts from zero
+        before window `window` of an epoch. All at window 0; stream b also at every window k > 0 with
+        k = b * interval // batch_size (mod interval), so that a few streams restart at each step and
+        none reads more than `restart_interval` windows without."""
+        if window == 0:
+            return np.ones(self.batch_size, bool)
+        interval = self.restart_interval
+        if not interval:
+            return np.zeros(self.batch_size, bool)
+        phase = np.arange(self.batch_size) * interval // self.batch_size
+        return (window - phase) % interval == 0
 
     def batch(self, window: int) -> Batch:
         chunk = self.chunk(window)

@@ -86,7 +86,7 @@ def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int
     # As `fit` trains on one device: STEPS_PER_CALL steps per call; `steps` rounded up to whole calls.
     calls = max(1, math.ceil(steps / STEPS_PER_CALL))
     arrays = [np.stack([part] * STEPS_PER_CALL) for part in window]
-    rates, fresh = np.full(STEPS_PER_CALL, 1e-3, np.float32), np.zeros(STEPS_PER_CALL, bool)
+    rates, fresh = np.full(STEPS_PER_CALL, 1e-3, np.float32), np.zeros((STEPS_PER_CALL, batch), bool)
     train_steps = make_train_steps(model_config, train_config)
     state = create_state(model_config, train_config)
     start = time.perf_counter()

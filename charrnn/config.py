@@ -48,6 +48,7 @@ MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 ATTENTION_KEYS = 128  # the attention head's query and key width (attention.py)
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
+RESTART_EVERY = 32_768  # characters between a training stream's restarts from a zero state (batching.restarts)
 # Defaults that `charrnn train` chooses by the budget's length (charrnn.start), in planned epochs
 # weighed by the model's size against the text's (`memorising_load`).
 REFERENCE_PARAMETERS_PER_CHARACTER = 2.5  # tiny Shakespeare's default model, where the rules were measured
@@ -272,6 +273,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_val_chars: int = 1_000_000  # a validation pass reads at most this much of the split (its start)
     val_burn_in: int = VAL_BURN_IN  # context each validation stream reads before it counts (batching.py)
+    # characters a stream reads before its state restarts from zero, staggered over the streams, where
+    # an epoch is longer (batching.py); 0: only at each epoch's start
+    restart_every: int = RESTART_EVERY
     unroll: int | None = None  # lax.scan unroll of the time loop; None: the cell's default_unroll
 
     def __post_init__(self) -> None:
@@ -323,6 +327,11 @@ class TrainConfig:
             0 <= self.val_burn_in <= 1 << 20, "val_burn_in", f"must be between 0 and {1 << 20}, not {self.val_burn_in}"
         )
         _check(self.unroll is None or 1 <= self.unroll <= 64, "unroll", f"must be between 1 and 64, not {self.unroll}")
+        _check(
+            0 <= self.restart_every <= 1 << 40,
+            "restart_every",
+            f"must be between 0 and {1 << 40}, not {self.restart_every}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ Longer than most modules, for a reason: `fit` and the three small pieces it is m
 """
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -43,6 +44,7 @@ from charrnn.step import (
     make_train_steps,
     placed_carry,
     placed_state,
+    restarted,
 )
 from charrnn.transfer import extend_params
 
@@ -140,13 +142,16 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
     tc = train_config
     kind = kind_of(model_config)
     rows = placement.local_rows(tc.batch_size)
-    batcher = StreamBatcher(corpus.train, tc.batch_size, tc.seq_len, rows=rows, extra=kind.extra)
+    batcher = StreamBatcher(
+        corpus.train, tc.batch_size, tc.seq_len, rows=rows, extra=kind.extra, restart_every=tc.restart_every
+    )
     windows = batcher.windows_per_epoch
     if len(corpus.val) > tc.max_val_chars:
         yield Notice(f"validation reads the first {tc.max_val_chars:,} of {len(corpus.val):,} validation characters")
     reset_id = boundary_id(corpus)  # documents: the state is reset where their boundary is read
     per_call = steps_per_call(tc, placement)
     train_step = make_train_step(model_config, tc, placement, reset_id)
+    restart = jax.jit(functools.partial(restarted, model_config))
     train_steps = make_train_steps(model_config, tc, reset_id) if per_call > 1 else None
     checkpoints = _Checkpoints(run, corpus, model_config, tc, placement, windows, reset_id)
     state, progress, notices = checkpoints.start(resume, init_from)
@@ -161,13 +166,16 @@ def _fit(run, corpus, model_config, train_config, *, resume, placement, init_fro
             # per_call steps in one program where they start aligned and fit the budget, else one step
             aligned = step % per_call == 0 and (budget.total_steps is None or step + per_call <= budget.total_steps)
             steps = range(step, step + (per_call if aligned else 1))
-            # a new epoch: streams restart from their beginning, so does the state
-            fresh = [s % windows == 0 and s > 0 for s in steps]
+            # streams whose state starts from zero: all at an epoch's start (they restart from their
+            # beginning), a few at a time within a long one (batching.StreamBatcher.restarts)
+            fresh = [batcher.restarts(s % windows) & (s > 0) for s in steps]
             rates = [learning_rate(tc, s, _done(budget, s)) for s in steps]
             parts = [kind.split(batcher.chunk(s % windows)) for s in steps]
             if len(steps) == 1:
-                if fresh[0]:
+                if fresh[0].all():
                     state = state.replace(carry=placed_carry(model_config, tc.batch_size, placement))
+                elif fresh[0].any():
+                    state = state.replace(carry=restart(state.carry, fresh[0]))
                 arrays = (placement.put_rows(part, tc.batch_size) for part in parts[0])
                 state, metrics = train_step(state, *arrays, np.float32(rates[0]))
             else:

@@ -45,7 +45,7 @@ ADDED_KEYS = {
         "direction_heads": False,
         "direction_weight": 0.0,
     },
-    "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0},
+    "train": {"ema": 0.0, "val_burn_in": 0, "weight_decay": 0.0, "restart_every": 0},
 }
 CORPUS_TYPES = {"source": str, "sha256": str, "characters": int}
 # Written only by some runs: a corpus of documents (source is then a list of paths), --min-count,

@@ -130,6 +130,20 @@ def placed_carry(model_config: ModelConfig, batch_size: int, placement: Placemen
     return jax.jit(lambda: initial_carry(model_config, batch_size), out_shardings=placement.carry)()
 
 
+def restarted(model_config: ModelConfig, carry: ModelCarry, fresh: jax.Array) -> ModelCarry:
+    """`carry` with the streams where `fresh` (bool [batch], or one bool for them all) start afresh:
+    a zero state and an empty attention memory (batching.StreamBatcher.restarts)."""
+    batch = jax.tree.leaves(carry)[0].shape[0]
+    zero = initial_carry(model_config, batch)
+    start = (*zero[:-1], cleared(carry[-1])) if model_config.attention else zero
+    fresh = jnp.asarray(fresh)
+
+    def pick(z: jax.Array, c: jax.Array) -> jax.Array:
+        return jnp.where(fresh.reshape(fresh.shape + (1,) * (c.ndim - fresh.ndim)), z, c)
+
+    return jax.tree.map(pick, start, carry)
+
+
 def make_train_step(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -159,8 +173,9 @@ STEPS_PER_CALL = 4  # what `fit` runs per call of `make_train_steps` where it ca
 def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset_id: int | None = None) -> Callable:
     """Several training steps as one jitted program, on one device: (state, *windows, learning_rates,
     fresh) -> (state, metrics), where each window array, the rates and `fresh` are stacked along a
-    leading axis, one entry per step, and so are the metrics. fresh[i]: step i starts an epoch, so the
-    recurrent state is zeroed before it, as `fit` does between single steps.
+    leading axis, one entry per step, and so are the metrics. fresh[i]: which streams restart before
+    step i (bool [batch], or one bool for all), their state zeroed as `fit` does between single steps
+    (`restarted`).
 
     The steps are the single step's, run by a loop inside the program: the same numbers (tests), with
     one call, one set of temporaries and one dispatch for them all. XLA's CPU runtime maps, zeroes and
@@ -170,12 +185,9 @@ def make_train_steps(model_config: ModelConfig, train_config: TrainConfig, reset
     train_step = _train_step(model_config, train_config, reset_id)
 
     def train_steps(state: TrainState, first: jax.Array, second: jax.Array, lrs: jax.Array, fresh: jax.Array):
-        zero = initial_carry(model_config, train_config.batch_size)
-
         def body(state, inputs):
             first, second, lr, fresh = inputs
-            start = (*zero[:-1], cleared(state.carry[-1])) if model_config.attention else zero
-            carry = jax.tree.map(lambda z, c: jnp.where(fresh, z, c), start, state.carry)
+            carry = restarted(model_config, state.carry, fresh)
             return train_step(state.replace(carry=carry), first, second, lr)
 
         return jax.lax.scan(body, state, (first, second, lrs, fresh))

@@ -21,6 +21,26 @@ def test_windows_tile_each_stream_exactly():
     assert inputs.dtype == np.int32
 
 
+@pytest.mark.parametrize(("batch", "restart_every"), [(4, 30), (32, 256), (5, 70), (3, 7)])
+def test_each_stream_restarts_every_interval_staggered_over_the_streams(batch, restart_every):
+    batcher = StreamBatcher(np.arange(20_000, dtype=np.uint16), batch, 10, restart_every=restart_every)
+    interval = max(1, restart_every // 10)
+    assert batcher.restart_interval == interval
+    fresh = np.array([batcher.restarts(k) for k in range(batcher.windows_per_epoch)])  # [window, stream]
+    assert fresh[0].all()  # an epoch's start: every stream from its beginning
+    for b in range(batch):
+        starts = np.flatnonzero(fresh[:, b])
+        assert np.diff(starts).max() <= interval and set(np.diff(starts)[1:]) <= {interval}
+    assert fresh[1:].sum(axis=1).max() <= -(-batch // interval)  # a few streams at a time, not all at once
+
+
+def test_no_restarts_within_an_epoch_shorter_than_the_interval():
+    batcher = StreamBatcher(np.arange(1000, dtype=np.uint16), 4, 10, restart_every=300)  # 24 windows, every 30
+    assert batcher.restart_interval == 0
+    assert batcher.restarts(0).all() and not any(batcher.restarts(k).any() for k in range(1, 24))
+    assert not StreamBatcher(np.arange(20_000), 4, 10).restarts(7).any()  # restart_every 0: epoch starts only
+
+
 def test_too_small_corpus_says_how_long_it_must_be():
     with pytest.raises(CorpusError, match="at least 641") as raised:
         StreamBatcher(np.arange(100), batch_size=64, seq_len=10)

@@ -28,9 +28,10 @@ from charrnn.config import (
 )
 from charrnn.corpus import prepare
 from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit, steps_per_call
+from charrnn.model import initial_carry
 from charrnn.placement import make_placement
 from charrnn.runs import Run
-from charrnn.step import create_state, evaluate, learning_rate, make_eval_step, make_train_step
+from charrnn.step import create_state, evaluate, learning_rate, make_eval_step, make_train_step, restarted
 from charrnn.vocab import Vocabulary
 
 SMALL = {"layers": 1, "hidden_size": 32, "embed_size": 8}
@@ -276,6 +277,39 @@ def test_with_attention_a_few_steps_per_call_train_as_one_step_per_call_across_a
     for step, loss in losses.items():
         assert loss == pytest.approx(sum(single[k] for k in range(step - 3, step + 1)) / 4, rel=1e-6), step
     assert [e.val_loss for e in evals] == [e.val_loss for e in single_evals]
+
+
+def test_streams_restarted_within_an_epoch_train_alike_in_calls_of_several_steps_and_resume_exactly(tmp_path):
+    """A few streams restart from a zero state at most steps (restart_every 30 = 3 windows, 13 windows
+    an epoch): between single steps `fit` zeroes their rows, inside a call of several the step does;
+    with attention, the memory of those rows is emptied either way. Same losses, same weights."""
+    text_path = tmp_path / "text.txt"
+    text_path.write_text(periodic_text(600))
+    options = {"steps": 20, "eval_every": 8, "attention": 6, "restart_every": 30}
+    single, single_evals, _, run_a = train_run(tmp_path, "a", text_path, **options)
+    losses, evals, _, run_b = train_run(tmp_path, "b", text_path, log_every=4, **options)
+    for step, loss in losses.items():
+        assert loss == pytest.approx(sum(single[k] for k in range(step - 3, step + 1)) / 4, rel=1e-6), step
+    assert [e.val_loss for e in evals] == [e.val_loss for e in single_evals]
+    plain, _, _, _ = train_run(tmp_path, "p", text_path, **(options | {"restart_every": 0}))
+    assert plain[1] == single[1] and plain[2] != single[2]  # the first restart (stream 2) comes before step 2
+    train_run(tmp_path, "c", text_path, stop_after=13, **options)
+    resumed, _, _, _ = train_run(tmp_path, "c", text_path, resume=True, **options)
+    assert min(resumed) == 9 and resumed == {k: single[k] for k in resumed}
+
+
+def test_restarted_zeroes_the_chosen_streams_and_empties_their_memory():
+    config = ModelConfig(vocab_size=9, attention=4, **SMALL)
+    carry = jax.tree.map(jnp.ones_like, initial_carry(config, 3))
+    out = restarted(config, carry, np.array([False, True, False]))
+    for leaf in jax.tree.leaves(out[:-1]):  # the layers' states: stream 1 zeroed, the others kept
+        np.testing.assert_array_equal(leaf[np.array([0, 2])], 1)
+        np.testing.assert_array_equal(leaf[1], 0)
+    *stored, valid, slot = out[-1]  # the memory: stream 1 emptied (no slot valid, the next entry to 0)
+    np.testing.assert_array_equal(valid, [[1] * 4, [0] * 4, [1] * 4])
+    np.testing.assert_array_equal(slot, [1, 0, 1])
+    for leaf in stored:  # keys and values not rewritten: a slot not valid is never read
+        np.testing.assert_array_equal(leaf, 1)
 
 
 def test_weight_decay_shrinks_the_matrices_by_the_learning_rate_and_nothing_else():
