@@ -26,15 +26,15 @@ the top recurrent layer. What we took from it, and why:
   character) and its several attention layers.
 
 Each position attends to the last M (`ModelConfig.attention`) positions, itself included, back to
-the last reset (epoch start, document boundary). The memory holds the M normalised outputs before
-the window, carried from window to window like the recurrent state (its gradient stopped at the
-window edge): a ring of M slots per stream, with a 0/1 `valid` flag per slot and the slot the next
-entry goes to, so that adding an entry (one per sampled character) writes one slot instead of
-moving the M. Within a window, the attention over the memory and over the window's own positions
-is a pair of matmuls over all positions at once under a banded causal mask; the recurrence keeps
-its one matmul per step. So windows read one after another give what one pass over their
-concatenation gives, whatever their lengths, and sampling runs the same code with windows of one
-character.
+the last reset (epoch start, a restart within a long one, document boundary). The memory holds
+the M normalised outputs before the window, carried from window to window like the recurrent
+state (its gradient stopped at the window edge): a ring of M slots per stream, with a 0/1 `valid`
+flag per slot and the slot the next entry goes to, so that adding an entry (one per sampled
+character) writes one slot instead of moving the M. Within a window, the attention over the
+memory and over the window's own positions is a pair of matmuls over all positions at once under a
+banded causal mask; the recurrence keeps its one matmul per step. So windows read one after
+another give what one pass over their concatenation gives, whatever their lengths, and sampling
+runs the same code with windows of one character.
 """
 
 import functools
