@@ -48,7 +48,7 @@ MAX_SEED = (1 << 63) - 1  # what jax.random.key accepts
 DTYPES = ("float32", "bfloat16")
 ATTENTION_KEYS = 128  # the attention head's query and key width (attention.py)
 VAL_BURN_IN = 256  # characters of context before each stream of a validation pass (batching.evaluation_windows)
-RESTART_EVERY = 32_768  # characters between a training stream's restarts from a zero state (batching.restarts)
+RESTART_EVERY = 32_768  # characters between a training stream's restarts from zero (StreamBatcher.restarts)
 # Defaults that `charrnn train` chooses by the budget's length (charrnn.start), in planned epochs
 # weighed by the model's size against the text's (`memorising_load`).
 REFERENCE_PARAMETERS_PER_CHARACTER = 2.5  # tiny Shakespeare's default model, where the rules were measured
