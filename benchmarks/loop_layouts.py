@@ -37,19 +37,25 @@ def _product(w: jax.Array, z: jax.Array) -> jax.Array:
     return jnp.matmul(w, z, preferred_element_type=jnp.float32)
 
 
-def concat(w, x, c, h):
-    steps, width, batch = x.shape
+def _column_loop(x, c, h, width, gates, store_first=False):
+    """The loop with [x_t; h] written into a [D + H, T, B] array, each step's gates `gates(z)`."""
+    steps, _, batch = x.shape
 
     def body(state, xs):
         (c, h), inputs = state
         x_t, t = xs
         z = jnp.concatenate([x_t.astype(BF16), h.astype(BF16)])
-        c, h = _cell(_product(w, z), c)
+        z = jax.lax.optimization_barrier(z) if store_first else z
+        c, h = _cell(gates(z), c)
         return ((c, h), jax.lax.dynamic_update_index_in_dim(inputs, z, t, 1)), h
 
-    inputs = jnp.zeros((w.shape[1], steps, batch), BF16)
+    inputs = jnp.zeros((width, steps, batch), BF16)
     (_, inputs), hs = jax.lax.scan(body, ((c, h), inputs), (x, jnp.arange(steps)))
     return hs, inputs
+
+
+def concat(w, x, c, h):
+    return _column_loop(x, c, h, w.shape[1], lambda z: _product(w, z))
 
 
 def time_major(w, x, c, h):
@@ -67,19 +73,12 @@ def time_major(w, x, c, h):
 
 
 def rows(w, x, c, h):
-    steps, width, batch = x.shape
-    top, bottom = jnp.split(w, 2)
+    top, bottom = jnp.split(w, 2)  # z stored first, or XLA would split each product again
 
-    def body(state, xs):
-        (c, h), inputs = state
-        x_t, t = xs
-        z = jax.lax.optimization_barrier(jnp.concatenate([x_t.astype(BF16), h.astype(BF16)]))
-        c, h = _cell(jnp.concatenate([_product(top, z), _product(bottom, z)]), c)
-        return ((c, h), jax.lax.dynamic_update_index_in_dim(inputs, z, t, 1)), h
+    def gates(z):
+        return jnp.concatenate([_product(top, z), _product(bottom, z)])
 
-    inputs = jnp.zeros((w.shape[1], steps, batch), BF16)
-    (_, inputs), hs = jax.lax.scan(body, ((c, h), inputs), (x, jnp.arange(steps)))
-    return hs, inputs
+    return _column_loop(x, c, h, w.shape[1], gates, store_first=True)
 
 
 def halves(w, x, c, h):
