@@ -27,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers
 from charrnn.errors import CharrnnError, RunError
 
 NOT_EVALUATED = 1e9  # val_loss recorded for a checkpoint saved without a validation pass (e.g. on Ctrl-C)
+_SETTLE_SECONDS = 0.5  # after a failed write, before telling a deleted run from a full disk
 
 
 class CheckpointWriteError(CharrnnError):
@@ -300,6 +301,7 @@ class CheckpointStore:
             raise
         except Exception as error:
             earlier = [step for step in self._earlier if step != self._writing]
+            time.sleep(_SETTLE_SECONDS)  # a deletion under way when the write failed: let it finish
             if earlier and not any((self.directory / str(step)).is_dir() for step in earlier):
                 raise CheckpointWriteError(
                     f"{what}: the checkpoints in {self.directory} are gone (the run directory was moved or "
