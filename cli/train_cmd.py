@@ -155,7 +155,7 @@ def train(
         typer.Option(
             help=with_default(
                 f"Matmul precision: {', '.join(DTYPES)}.",
-                "bfloat16 on GPU/TPU and on CPUs with native bf16 instructions, else float32",
+                "bfloat16 on GPU/TPU and on CPUs where it trains faster (AMX, or AMD's AVX-512-BF16), else float32",
             )
         ),
     ] = None,

@@ -136,12 +136,14 @@ def test_dropout_drops_at_the_rate_keeps_the_mean_and_the_dtype(dtype):
     [
         ("gpu", "", "bfloat16"),
         ("tpu", "", "bfloat16"),
-        ("cpu", "flags : fpu avx2 avx512f avx512_bf16", "bfloat16"),
-        ("cpu", "flags : fpu avx2 amx_bf16", "bfloat16"),
-        ("cpu", "flags : fpu avx2 fma", "float32"),
+        ("cpu", "vendor_id : AuthenticAMD\nflags : fpu avx2 avx512f avx512_bf16", "bfloat16"),
+        ("cpu", "vendor_id : GenuineIntel\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "bfloat16"),
+        ("cpu", "vendor_id : GenuineIntel\nflags : fpu avx2 avx512f avx512_bf16 avx512_fp16", "float32"),
+        ("cpu", "vendor_id : AuthenticAMD\nflags : fpu avx2 fma", "float32"),
+        ("cpu", "vendor_id : GenuineIntel\nflags : fpu avx2 fma\nbugs : avx512_bf16", "float32"),
     ],
 )
-def test_the_default_precision_is_bf16_on_accelerators_and_on_cpus_with_bf16_instructions(
+def test_the_default_precision_is_bf16_on_accelerators_and_on_cpus_where_it_pays(
     monkeypatch, tmp_path, backend, cpu_flags, expected
 ):
     import builtins
