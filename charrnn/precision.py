@@ -27,7 +27,7 @@ def bf16_pays(cpuinfo: str) -> bool:
     AVX-512-BF16 on AMD (Zen 4, Zen 5). Not on an Intel CPU with AVX-512-BF16 but no AMX (Cooper
     Lake, or a virtual machine whose host hides AMX): XLA's bf16 matmuls ran slower than its float32
     ones there, and without native bf16 instructions bf16 is only emulated."""
-    flags = set(re.findall(r"[\w.]+", " ".join(re.findall(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE))))
+    flags = set(" ".join(re.findall(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)).split())
     if "amx_bf16" in flags:
         return True
     return "avx512_bf16" in flags and "GenuineIntel" not in cpuinfo

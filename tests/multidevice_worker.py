@@ -101,8 +101,16 @@ def main(root: Path, kind: str) -> None:
     mc = ModelConfig(vocab_size=len(prepared.vocab), layers=1, hidden_size=16, embed_size=8, dropout=0.1)
     # restart_every 16: half the streams restart from zero at each step (their rows of a carry split over
     # the devices), between single steps (log_every 1)
-    tc = TrainConfig(batch_size=8, seq_len=8, steps=6, eval_every=3, log_every=1, warmup_steps=2, learning_rate=1e-2)
-    tc = dataclasses.replace(tc, restart_every=16)
+    tc = TrainConfig(
+        batch_size=8,
+        seq_len=8,
+        steps=6,
+        eval_every=3,
+        log_every=1,
+        warmup_steps=2,
+        learning_rate=1e-2,
+        restart_every=16,
+    )
     if kind == "bidirectional":  # the other kind of model, alike
         both = dataclasses.replace(mc, bidirectional=True, lookahead=4)
         result = {name: train(root, name, prepared, both, tc, devices) for name, devices in (("one", 1), ("four", 4))}
