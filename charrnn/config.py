@@ -70,9 +70,12 @@ def memorising_load(epochs: float, parameters: int, train_characters: int) -> fl
 def _per_doubling(epochs: float, flat: float, start: float, step: float, most: float) -> float:
     """`start` up to `flat` planned epochs, then `step` more per doubling of them, to the nearest
     0.05, at most `most`: the shape of every regulariser chosen by the budget."""
-    if not epochs > flat:
-        return start
-    return round(min(most, start + step * math.log2(epochs / flat)) * 20) / 20
+    return round((start + _grown(epochs, flat, step, most - start)) * 20) / 20
+
+
+def _grown(epochs: float, flat: float, step: float, most: float) -> float:
+    """0 up to `flat` planned epochs, then `step` more per doubling of them, at most `most`: unrounded."""
+    return min(most, step * math.log2(epochs / flat)) if epochs > flat else 0.0
 
 
 def auto_dropout(epochs: float, weight_drop: float = 0.0) -> float:
@@ -80,21 +83,33 @@ def auto_dropout(epochs: float, weight_drop: float = 0.0) -> float:
     given: it grows with the log of the epochs, as the memorising it must hold back does. Beside a
     `weight_drop` over `ADDED_WEIGHT_DROP`, less by the excess: in long runs, dropout moved to weight
     drop beat either one added to the other (docs/text-quality.md, Weight drop)."""
-    full = _per_doubling(epochs, DROPOUT_FREE_EPOCHS, 0.0, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
+    full = _grown(epochs, DROPOUT_FREE_EPOCHS, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
     return max(0.0, round((full - max(0.0, weight_drop - ADDED_WEIGHT_DROP)) * 20) / 20)
 
 
-WEIGHT_DROP_FREE_EPOCHS = 16.0  # up to this, no weight drop: its mask costs steps a short run cannot spare...
+WEIGHT_DROP_FREE_EPOCHS = 14.0  # up to this, no weight drop: its mask costs steps a short run cannot spare...
 WEIGHT_DROP_PER_DOUBLING = 0.15  # ...then this much more for each doubling of the planned epochs...
 MAX_AUTO_WEIGHT_DROP = 0.2  # ...up to this, the most measured better (docs/text-quality.md, Weight drop)
-ADDED_WEIGHT_DROP = 0.1  # up to this, weight drop comes on top of the dropout; past it, out of it
+ADDED_WEIGHT_DROP = 0.12  # up to this, weight drop comes on top of the dropout; past it, out of it
 
 
 def auto_weight_drop(epochs: float) -> float:
     """The weight drop a run of `epochs` planned epochs (counted by `memorising_load`) gets where its
     dropout is chosen too: dropping single recurrent connections keeps the recurrence from leaning on
     any one of them, which dropout between the layers does not reach."""
-    return _per_doubling(epochs, WEIGHT_DROP_FREE_EPOCHS, 0.0, WEIGHT_DROP_PER_DOUBLING, MAX_AUTO_WEIGHT_DROP)
+    return round(_grown_weight_drop(epochs) * 20) / 20
+
+
+def _grown_weight_drop(epochs: float) -> float:
+    return _grown(epochs, WEIGHT_DROP_FREE_EPOCHS, WEIGHT_DROP_PER_DOUBLING, MAX_AUTO_WEIGHT_DROP)
+
+
+def auto_dropout_and_weight_drop(epochs: float) -> tuple[float, float]:
+    """The dropout and the weight drop a run of `epochs` planned epochs gets when it is given neither:
+    the dropout less the weight drop's excess as both grow, before either is rounded, so that no band
+    of epochs keeps a dropout rounded up beside a weight drop rounded down (0.3 and 0.1, measured
+    worse than 0.25 and 0.15: docs/text-quality.md, The rule again)."""
+    return auto_dropout(epochs, _grown_weight_drop(epochs)), auto_weight_drop(epochs)
 
 
 FLAT_DECAY_EPOCHS = 6.0  # up to this, the weight decay TrainConfig defaults to (0.1)...
@@ -501,7 +516,7 @@ AUTO_WEIGHT_DROP_RULE = (
     f"0 up to {WEIGHT_DROP_FREE_EPOCHS:g} planned epochs (counted as for dropout) or where a dropout is given, "
     f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest 0.05, at most "
     f"{MAX_AUTO_WEIGHT_DROP:g}; past {ADDED_WEIGHT_DROP:g}, out of the dropout ({auto_weight_drop(30.0):g} at 30: "
-    f"dropout {auto_dropout(30.0, auto_weight_drop(30.0)):g} instead of {auto_dropout(30.0):g})"
+    f"dropout {auto_dropout_and_weight_drop(30.0)[0]:g} instead of {auto_dropout(30.0):g})"
 )
 AUTO_HIDDEN_RULE = (
     f"{ModelConfig.hidden_size}; {WIDE_HIDDEN_SIZE} for a time budget alone that covers more than {WIDE_FROM_EPOCHS:g} "

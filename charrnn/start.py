@@ -35,10 +35,10 @@ from charrnn.config import (
     ModelConfig,
     TrainConfig,
     auto_dropout,
+    auto_dropout_and_weight_drop,
     auto_embed_size,
     auto_hidden_size,
     auto_weight_decay,
-    auto_weight_drop,
     memorising_load,
 )
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
@@ -115,8 +115,9 @@ def new_run(
     long for the default one (`auto_hidden_size`; unless given, or taken from a parent; regularised as the
     default width's longest timed run), dropout by
     the planned epochs weighed by the model's size against the text's (`memorising_load`,
-    `auto_dropout`; unless given, or taken from a parent), weight drop beside it (`auto_weight_drop`;
-    unless either is given; one given lowers the chosen dropout as a chosen one does), weight decay by them
+    `auto_dropout`; unless given, or taken from a parent), weight drop beside it
+    (`auto_dropout_and_weight_drop`; unless either is given; one given lowers the chosen dropout as a
+    chosen one does), weight decay by them
     (`auto_weight_decay`, unless given) and, for runs over
     `LONG_RUN_EPOCHS` epochs, a moving average of the weights (unless `ema` is given). A time budget
     alone (`time_seconds`, no `epochs` or `steps`) stops after `MAX_TIMED_EPOCHS` epochs if it covers
@@ -288,7 +289,7 @@ def _choose_for_the_budget(
     weight_decay: bool,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout, weight drop, weight decay and the weights' average for runs long enough to memorise the
-    text (see `auto_dropout`, `auto_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
+    text (see `auto_dropout_and_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
     the width (`width`: not given; `auto_hidden_size`) and the epochs of a time budget that covers more
     than `MAX_TIMED_EPOCHS` (`embed`: the embedding's width was not given, so it follows the model's);
     and what was chosen, in words."""
@@ -321,10 +322,12 @@ def _choose_for_the_budget(
     else:
         load = memorising_load(epochs, parameters, train_characters)
     chosen = []
-    if weight_drop:
-        model = dataclasses.replace(model, weight_drop=auto_weight_drop(load))
-    if dropout:  # less where the weight drop is over its first share, chosen or given
+    if weight_drop:  # chosen only beside a chosen dropout
+        chosen_dropout, chosen_weight_drop = auto_dropout_and_weight_drop(load)
+        model = dataclasses.replace(model, dropout=chosen_dropout, weight_drop=chosen_weight_drop)
+    elif dropout:  # less where a given weight drop is over its first share
         model = dataclasses.replace(model, dropout=auto_dropout(load, model.weight_drop))
+    if dropout:
         chosen.append(f"dropout {model.dropout:g}")
     if weight_drop and model.weight_drop:
         chosen.append(f"weight drop {model.weight_drop:g}")

@@ -20,6 +20,7 @@ from charrnn.config import (
     ModelConfig,
     TrainConfig,
     auto_dropout,
+    auto_dropout_and_weight_drop,
     auto_embed_size,
     auto_hidden_size,
     auto_weight_decay,
@@ -69,21 +70,38 @@ def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
 
 
 def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_then_takes_over_dropout():
-    """None for runs too short to pay for its mask; then the same step for every doubling; past 0.1, the
+    """None for runs too short to pay for its mask; then the same step for every doubling; past 0.12, the
     dropout less by as much: 30 epochs get the 0.25 and 0.15 measured best there (dropout 0.3 alone, 0.3 +
     0.1), 40 the 0.25 and 0.2 measured best there (dropout 0.35 alone), chosen or given."""
     epochs = (0.5, 6.7, 12.0, 15.0, 24.0, 30.0, 40.0, 120.0)
-    drops = [auto_weight_drop(e) for e in epochs]
-    assert drops == [0.0, 0.0, 0.0, 0.0, 0.1, 0.15, 0.2, 0.2]
-    dropouts = [auto_dropout(e, d) for e, d in zip(epochs, drops, strict=True)]
-    assert dropouts == [0.0, 0.1, 0.2, 0.2, 0.25, 0.25, 0.25, 0.4]
+    chosen = [auto_dropout_and_weight_drop(e) for e in epochs]
+    assert [drop for _, drop in chosen] == [auto_weight_drop(e) for e in epochs] == [0, 0, 0, 0, 0.1, 0.15, 0.2, 0.2]
+    assert [dropout for dropout, _ in chosen] == [0.0, 0.1, 0.2, 0.2, 0.25, 0.25, 0.25, 0.4]
     assert auto_dropout(40.0, 0.2) == 0.25
     assert all(auto_dropout(e, ADDED_WEIGHT_DROP) == auto_dropout(e) for e in epochs)
-    many = np.geomspace(0.5, 1000.0, 80)
-    chosen = [auto_weight_drop(e) for e in many]
-    assert chosen == sorted(chosen) and max(chosen) == MAX_AUTO_WEIGHT_DROP
-    together = [round(auto_dropout(e, auto_weight_drop(e)) + auto_weight_drop(e), 2) for e in many]
+    many = np.geomspace(0.5, 1000.0, 2000)
+    drops = [auto_weight_drop(e) for e in many]
+    assert drops == sorted(drops) and max(drops) == MAX_AUTO_WEIGHT_DROP
+    both = [auto_dropout_and_weight_drop(e) for e in many]
+    together = [round(dropout + drop, 2) for dropout, drop in both]
     assert together == sorted(together)  # moved from one to the other, never less in all
+
+
+def test_no_band_of_planned_epochs_keeps_the_dropout_rounded_up_beside_a_weight_drop_rounded_down():
+    """The weight drop's excess is taken before rounding: from 17 to 46 planned epochs (tiny
+    Shakespeare's 20 minutes to two hours) the dropout stays the 0.25 measured best beside 0.05 to
+    0.2 of weight drop; 0.3 beside 0.1 (what 25-28 epochs got) measured worse than 0.25 beside 0.15."""
+    span = np.geomspace(17.0, 46.0, 3000)
+    assert {auto_dropout_and_weight_drop(e)[0] for e in span} == {0.25}
+    assert [auto_dropout_and_weight_drop(e) for e in (18.0, 22.0, 26.1, 27.2, 33.0)] == [
+        (0.25, 0.05),
+        (0.25, 0.1),
+        (0.25, 0.15),
+        (0.25, 0.15),
+        (0.25, 0.2),
+    ]
+    dropouts = [auto_dropout_and_weight_drop(e)[0] for e in np.geomspace(0.5, 1000.0, 20000)]
+    assert dropouts == sorted(dropouts)
 
 
 def test_the_planned_epochs_weigh_the_models_parameters_per_training_character():
