@@ -75,38 +75,66 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
     return 2.0 * size**3 / seconds / 1e9
 
 
-def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int, repeats: int = 3) -> dict[str, Any]:
-    """Steady-state training throughput on random tokens (the work does not depend on the text)."""
+def _train_calls(model_config: ModelConfig, train_config: TrainConfig) -> tuple[Callable[[], Any], float]:
+    """One compiled call of `fit`'s training program on random tokens (the work does not depend on the
+    text), as `fit` runs it on one device: STEPS_PER_CALL steps per call. (run one call and wait for
+    it, the seconds its compilation took)."""
     from charrnn.kinds import kind_of
 
     batch, length = train_config.batch_size, train_config.seq_len
     rng = np.random.default_rng(0)
     kind = kind_of(model_config)
     window = kind.split(rng.integers(0, model_config.vocab_size, (batch, length + kind.extra), dtype=np.int32))
-    # As `fit` trains on one device: STEPS_PER_CALL steps per call; `steps` rounded up to whole calls.
-    calls = max(1, math.ceil(steps / STEPS_PER_CALL))
     arrays = [np.stack([part] * STEPS_PER_CALL) for part in window]
     rates, fresh = np.full(STEPS_PER_CALL, 1e-3, np.float32), np.zeros((STEPS_PER_CALL, batch), bool)
     train_steps = make_train_steps(model_config, train_config)
     state = create_state(model_config, train_config)
+
+    def call() -> Any:
+        nonlocal state
+        state, metrics = train_steps(state, *arrays, rates, fresh)
+        return metrics
+
     start = time.perf_counter()
-    state, metrics = train_steps(state, *arrays, rates, fresh)
-    jax.block_until_ready(metrics)
-    compile_seconds = time.perf_counter() - start
+    jax.block_until_ready(call())
+    return call, time.perf_counter() - start
+
+
+def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int, repeats: int = 3) -> dict[str, Any]:
+    """Steady-state training throughput: the best of `repeats` timings of `steps` steps, rounded up
+    to whole calls."""
+    call, compile_seconds = _train_calls(model_config, train_config)
+    calls = max(1, math.ceil(steps / STEPS_PER_CALL))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
-            state, metrics = train_steps(state, *arrays, rates, fresh)
+            metrics = call()
         jax.block_until_ready(metrics)
         best = min(best, (time.perf_counter() - start) / (calls * STEPS_PER_CALL))
-    chars = batch * length / best
+    chars = train_config.batch_size * train_config.seq_len / best
     return {
         "compile_seconds": compile_seconds,
         "step_seconds": best,
         "chars_per_second": chars,
-        "gflops": chars * train_flops_per_char(model_config, length) / 1e9,
+        "gflops": chars * train_flops_per_char(model_config, train_config.seq_len) / 1e9,
     }
+
+
+def steady_train_rate(
+    model_config: ModelConfig, train_config: TrainConfig, seconds: float, most_calls: int = 64
+) -> float:
+    """Training characters per second of the machine undisturbed: one-call timings for about
+    `seconds` (at least four calls), the fastest quarter's. A shared host has slow spells of a few
+    seconds; one short timing lands in one now and then, and moves a plan by a fifth, where the fast
+    quarter of a longer look gives the same figure from one process to the next."""
+    call, _ = _train_calls(model_config, train_config)
+    timings: list[float] = []
+    while len(timings) < 4 or (sum(timings) < seconds and len(timings) < most_calls):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        timings.append(time.perf_counter() - start)
+    return STEPS_PER_CALL * train_config.batch_size * train_config.seq_len / float(np.quantile(timings, 0.25))
 
 
 def bench_check(model_config: ModelConfig, rows: int, length: int, repeats: int = 3) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from charrnn.paths import check_new_run_dir
 from charrnn.runs import Run, fresh_run_dir
 
 BUDGETS = ("steps", "epochs", "time_seconds", "patience")  # what a resumed run may change
+PLAN_SECONDS = 2.0  # timing a --time budget's steps, after compiling them (docs/text-quality.md, The plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,7 +349,7 @@ def _choose_for_the_budget(
 
 def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:
     """How many passes over the training split the run's budget allows. A --time budget is turned
-    into characters by timing a few compiled steps of this very model (a few seconds)."""
+    into characters by timing compiled steps of this very model (compiling them, then `PLAN_SECONDS`)."""
     windows = max(1, (train_characters - 1) // train_config.batch_size // train_config.seq_len)
     chars_per_epoch = windows * train_config.batch_size * train_config.seq_len
     estimates = []
@@ -357,9 +358,9 @@ def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_c
     if budget := step_budget(train_config, windows):
         estimates.append(budget / windows)
     if train_config.time_seconds:
-        from charrnn.bench import bench_train
+        from charrnn.bench import steady_train_rate
 
-        rate = bench_train(model_config, train_config, steps=3, repeats=1)["chars_per_second"]
+        rate = steady_train_rate(model_config, train_config, PLAN_SECONDS)
         estimates.append(train_config.time_seconds * rate / chars_per_epoch)
     return min(estimates) if estimates else math.inf
 

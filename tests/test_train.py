@@ -475,3 +475,27 @@ def test_a_run_is_said_to_have_peaked_early_only_when_it_used_its_budget_memoris
     reason, best_step, since_best, peaked
 ):
     assert Finished(reason, 9490, 4.767, best_step, evals_since_best=since_best).peaked_early is peaked
+
+
+def test_a_time_budgets_plan_reads_the_machines_speed_past_a_slow_spell(monkeypatch):
+    """The plan times calls for a while and takes the fast quarter's speed: a few calls slowed by a
+    busy host at the start do not move it, where one timing alone would have read the host slow."""
+    import time
+
+    from charrnn import bench
+    from charrnn.step import STEPS_PER_CALL
+
+    durations = iter([0.08] * 4 + [0.02] * 1000)
+
+    def fake_calls(model_config, train_config):
+        def call():
+            time.sleep(next(durations))
+            return jnp.zeros(())
+
+        return call, 0.0
+
+    monkeypatch.setattr(bench, "_train_calls", fake_calls)
+    train = TrainConfig(batch_size=4, seq_len=8)
+    rate = bench.steady_train_rate(ModelConfig(vocab_size=5), train, seconds=0.6)
+    per_fast_call = STEPS_PER_CALL * 4 * 8 / 0.02
+    assert per_fast_call / 1.5 < rate <= per_fast_call * 1.01
