@@ -76,9 +76,9 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
 
 
 def _train_calls(model_config: ModelConfig, train_config: TrainConfig) -> tuple[Callable[[], Any], float]:
-    """One compiled call of `fit`'s training program on random tokens (the work does not depend on the
-    text), as `fit` runs it on one device: STEPS_PER_CALL steps per call. (run one call and wait for
-    it, the seconds its compilation took)."""
+    """`fit`'s training program as it runs on one device (STEPS_PER_CALL steps per call), on random
+    tokens, since the work does not depend on the text: (a function that runs one more call, the
+    seconds the first call took to compile and run)."""
     from charrnn.kinds import kind_of
 
     batch, length = train_config.batch_size, train_config.seq_len
@@ -126,7 +126,7 @@ def steady_train_rate(
 ) -> float:
     """Training characters per second of the machine undisturbed: one-call timings for about
     `seconds` (at least four calls), the fastest quarter's. A shared host has slow spells of a few
-    seconds; one short timing lands in one now and then, and moves a plan by a fifth, where the fast
+    seconds; one short timing lands in one now and then and reads the machine slow, where the fast
     quarter of a longer look gives the same figure from one process to the next."""
     call, _ = _train_calls(model_config, train_config)
     timings: list[float] = []

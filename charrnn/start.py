@@ -47,7 +47,8 @@ from charrnn.paths import check_new_run_dir
 from charrnn.runs import Run, fresh_run_dir
 
 BUDGETS = ("steps", "epochs", "time_seconds", "patience")  # what a resumed run may change
-PLAN_SECONDS = 2.0  # timing a --time budget's steps, after compiling them (docs/text-quality.md, The plan)
+# timing a --time budget's steps, after compiling them: this long, at most this share of the budget
+PLAN_SECONDS, PLAN_SHARE = 4.0, 0.01  # longer than a shared host's slow spells (docs/text-quality.md, The plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +350,8 @@ def _choose_for_the_budget(
 
 def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_characters: int) -> float:
     """How many passes over the training split the run's budget allows. A --time budget is turned
-    into characters by timing compiled steps of this very model (compiling them, then `PLAN_SECONDS`)."""
+    into characters by timing compiled steps of this very model (compiling them, then a few
+    seconds)."""
     windows = max(1, (train_characters - 1) // train_config.batch_size // train_config.seq_len)
     chars_per_epoch = windows * train_config.batch_size * train_config.seq_len
     estimates = []
@@ -360,7 +362,8 @@ def planned_epochs(model_config: ModelConfig, train_config: TrainConfig, train_c
     if train_config.time_seconds:
         from charrnn.bench import steady_train_rate
 
-        rate = steady_train_rate(model_config, train_config, PLAN_SECONDS)
+        seconds = min(PLAN_SECONDS, PLAN_SHARE * train_config.time_seconds)
+        rate = steady_train_rate(model_config, train_config, seconds)
         estimates.append(train_config.time_seconds * rate / chars_per_epoch)
     return min(estimates) if estimates else math.inf
 
