@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from charrnn.bench import _train_calls
+from charrnn.bench import train_calls
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.step import STEPS_PER_CALL
 
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     model = ModelConfig(vocab_size=65, hidden_size=args.hidden, dtype=args.dtype)
     train = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len)
-    call, _ = _train_calls(model, train)
+    call, _ = train_calls(model, train)
     chars = STEPS_PER_CALL * args.batch_size * args.seq_len
     timings: list[float] = []
     begun = time.perf_counter()

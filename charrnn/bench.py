@@ -75,7 +75,7 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> f
     return 2.0 * size**3 / seconds / 1e9
 
 
-def _train_calls(model_config: ModelConfig, train_config: TrainConfig) -> tuple[Callable[[], Any], float]:
+def train_calls(model_config: ModelConfig, train_config: TrainConfig) -> tuple[Callable[[], Any], float]:
     """`fit`'s training program as it runs on one device (STEPS_PER_CALL steps per call), on random
     tokens, since the work does not depend on the text: (a function that runs one more call, the
     seconds the first call took to compile and run)."""
@@ -103,7 +103,7 @@ def _train_calls(model_config: ModelConfig, train_config: TrainConfig) -> tuple[
 def bench_train(model_config: ModelConfig, train_config: TrainConfig, steps: int, repeats: int = 3) -> dict[str, Any]:
     """Steady-state training throughput: the best of `repeats` timings of `steps` steps, rounded up
     to whole calls."""
-    call, compile_seconds = _train_calls(model_config, train_config)
+    call, compile_seconds = train_calls(model_config, train_config)
     calls = max(1, math.ceil(steps / STEPS_PER_CALL))
     best = float("inf")
     for _ in range(repeats):
@@ -128,7 +128,7 @@ def steady_train_rate(
     `seconds` (at least four calls), the fastest quarter's. A shared host has slow spells of a few
     seconds; one short timing lands in one now and then and reads the machine slow, where the fast
     quarter of a longer look gives the same figure from one process to the next."""
-    call, _ = _train_calls(model_config, train_config)
+    call, _ = train_calls(model_config, train_config)
     timings: list[float] = []
     while len(timings) < 4 or (sum(timings) < seconds and len(timings) < most_calls):
         start = time.perf_counter()

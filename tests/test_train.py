@@ -494,7 +494,7 @@ def test_a_time_budgets_plan_reads_the_machines_speed_past_a_slow_spell(monkeypa
 
         return call, 0.0
 
-    monkeypatch.setattr(bench, "_train_calls", fake_calls)
+    monkeypatch.setattr(bench, "train_calls", fake_calls)
     train = TrainConfig(batch_size=4, seq_len=8)
     rate = bench.steady_train_rate(ModelConfig(vocab_size=5), train, seconds=0.6)
     per_fast_call = STEPS_PER_CALL * 4 * 8 / 0.02
