@@ -67,10 +67,14 @@ def memorising_load(epochs: float, parameters: int, train_characters: int) -> fl
     return epochs * parameters / max(1, train_characters) / REFERENCE_PARAMETERS_PER_CHARACTER
 
 
+RULE_DECIMALS = 2  # the chosen regularisers are rounded this finely, no coarser: a rule that moved by steps
+# let a plan a few percent off flip a run from one step to the next (docs/text-quality.md, Continuous rules)
+
+
 def _per_doubling(epochs: float, flat: float, start: float, step: float, most: float) -> float:
-    """`start` up to `flat` planned epochs, then `step` more per doubling of them, to the nearest
-    0.05, at most `most`: the shape of every regulariser chosen by the budget."""
-    return round((start + _grown(epochs, flat, step, most - start)) * 20) / 20
+    """`start` up to `flat` planned epochs, then `step` more per doubling of them, at most `most`:
+    the shape of every regulariser chosen by the budget."""
+    return round(start + _grown(epochs, flat, step, most - start), RULE_DECIMALS)
 
 
 def _grown(epochs: float, flat: float, step: float, most: float) -> float:
@@ -84,20 +88,22 @@ def auto_dropout(epochs: float, weight_drop: float = 0.0) -> float:
     `weight_drop` over `ADDED_WEIGHT_DROP`, less by the excess: in long runs, dropout moved to weight
     drop beat either one added to the other (docs/text-quality.md, Weight drop)."""
     full = _grown(epochs, DROPOUT_FREE_EPOCHS, DROPOUT_PER_DOUBLING, MAX_AUTO_DROPOUT)
-    return max(0.0, round((full - max(0.0, weight_drop - ADDED_WEIGHT_DROP)) * 20) / 20)
+    return max(0.0, round(full - max(0.0, weight_drop - ADDED_WEIGHT_DROP), RULE_DECIMALS))
 
 
 WEIGHT_DROP_FREE_EPOCHS = 14.0  # up to this, no weight drop: its mask costs steps a short run cannot spare...
 WEIGHT_DROP_PER_DOUBLING = 0.15  # ...then this much more for each doubling of the planned epochs...
 MAX_AUTO_WEIGHT_DROP = 0.2  # ...up to this, the most measured better (docs/text-quality.md, Weight drop)
 ADDED_WEIGHT_DROP = 0.12  # up to this, weight drop comes on top of the dropout; past it, out of it
+LEAST_WEIGHT_DROP = 0.05  # below this, none: its mask costs a step's few percent at any rate
 
 
 def auto_weight_drop(epochs: float) -> float:
     """The weight drop a run of `epochs` planned epochs (counted by `memorising_load`) gets where its
     dropout is chosen too: dropping single recurrent connections keeps the recurrence from leaning on
-    any one of them, which dropout between the layers does not reach."""
-    return round(_grown_weight_drop(epochs) * 20) / 20
+    any one of them, which dropout between the layers does not reach. None below `LEAST_WEIGHT_DROP`."""
+    drop = round(_grown_weight_drop(epochs), RULE_DECIMALS)
+    return drop if drop >= LEAST_WEIGHT_DROP else 0.0
 
 
 def _grown_weight_drop(epochs: float) -> float:
@@ -106,9 +112,9 @@ def _grown_weight_drop(epochs: float) -> float:
 
 def auto_dropout_and_weight_drop(epochs: float) -> tuple[float, float]:
     """The dropout and the weight drop a run of `epochs` planned epochs gets when it is given neither:
-    the dropout less the weight drop's excess as both grow, before either is rounded, so that no band
-    of epochs keeps a dropout rounded up beside a weight drop rounded down (0.3 and 0.1, measured
-    worse than 0.25 and 0.15: docs/text-quality.md, The rule again)."""
+    the dropout less the weight drop's excess as both grow, before either is rounded. So from ~17 to
+    ~46 planned epochs the dropout stays within 0.03 of the 0.25 measured best there beside a growing
+    weight drop, never at the 0.3 beside 0.1 measured worse (docs/text-quality.md, The rule again)."""
     return auto_dropout(epochs, _grown_weight_drop(epochs)), auto_weight_drop(epochs)
 
 
@@ -158,7 +164,7 @@ def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> i
 AUTO_DROPOUT_RULE = (
     f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs (times the model's parameters per training character over "
     f"{REFERENCE_PARAMETERS_PER_CHARACTER:g}), then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
-    f"to the nearest 0.05 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
+    f"to the nearest 0.01 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
     f"at most {MAX_AUTO_DROPOUT:g}; less whatever a weight drop, chosen or given, adds past {ADDED_WEIGHT_DROP:g}"
 )
 
@@ -509,12 +515,13 @@ def _from_dict(cls: type, data: Any) -> Any:
 AUTO_WEIGHT_DECAY_RULE = (
     f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs (counted as for dropout), "
     f"then {DECAY_PER_DOUBLING:g} more "
-    f"per doubling of them, to the nearest 0.05 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
+    f"per doubling of them, to the nearest 0.01 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
     f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
 )
 AUTO_WEIGHT_DROP_RULE = (
     f"0 up to {WEIGHT_DROP_FREE_EPOCHS:g} planned epochs (counted as for dropout) or where a dropout is given, "
-    f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest 0.05, at most "
+    f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest 0.01 (none below "
+    f"{LEAST_WEIGHT_DROP:g}), at most "
     f"{MAX_AUTO_WEIGHT_DROP:g}; past {ADDED_WEIGHT_DROP:g}, out of the dropout ({auto_weight_drop(30.0):g} at 30: "
     f"dropout {auto_dropout_and_weight_drop(30.0)[0]:g} instead of {auto_dropout(30.0):g})"
 )

@@ -440,8 +440,8 @@ def test_shell_completion_completes_commands_and_options_without_jax():
     # A weight drop of 0.2 given takes its 0.08 past 0.12 from the full dropout (0.3 at 31 epochs).
     [
         ("16", "2", 0.0, 0.0, 0.1, 0.0, 0.0),
-        ("16", "12", 0.1, 0.0, 0.1, 0.999, 0.0),
-        ("64", "6", 0.25, 0.15, 0.35, 0.999, 0.2),
+        ("16", "12", 0.08, 0.0, 0.1, 0.999, 0.0),
+        ("64", "6", 0.25, 0.17, 0.34, 0.999, 0.22),
     ],
 )
 def test_regularisation_and_the_average_follow_the_budget_unless_given(

@@ -11,6 +11,7 @@ from charrnn.cells import REGISTRY
 from charrnn.checkpoint import CheckpointStore
 from charrnn.config import (
     ADDED_WEIGHT_DROP,
+    LEAST_WEIGHT_DROP,
     MAX_AUTO_DROPOUT,
     MAX_AUTO_WEIGHT_DECAY,
     MAX_AUTO_WEIGHT_DROP,
@@ -60,48 +61,60 @@ def test_small_model_learns_a_periodic_text(cell):
 
 
 def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
-    """None for short runs; the same step for every doubling beyond; capped; no budget known: the cap.
-    Tiny Shakespeare's 30 minutes on a bf16 CPU (22.4 epochs) get the 0.25 measured best there."""
-    assert [auto_dropout(e) for e in (0.5, 3.0, 6.0, 12.0, 22.4, 110.0)] == [0.0, 0.0, 0.1, 0.2, 0.25, 0.45]
+    """None for short runs; the same growth for every doubling beyond; capped; no budget known: the cap.
+    Tiny Shakespeare's 30 minutes on a bf16 CPU (22.4 epochs) get about the 0.25 measured best there."""
+    assert [auto_dropout(e) for e in (0.5, 3.0, 6.0, 12.0, 22.4, 110.0)] == [0.0, 0.0, 0.09, 0.18, 0.26, 0.47]
     assert auto_dropout(1e6) == auto_dropout(math.inf) == MAX_AUTO_DROPOUT
     epochs = np.geomspace(3.0, 100.0, 50)  # never less for a longer run
     chosen = [auto_dropout(e) for e in epochs]
     assert chosen == sorted(chosen)
 
 
+def test_the_chosen_regularisers_move_continuously_with_the_planned_epochs():
+    """No step a plan's few percent can flip: 3% more planned epochs never move a chosen dropout,
+    weight drop or weight decay by more than 0.01 (the rules' rounding), but where the weight drop
+    starts, at `LEAST_WEIGHT_DROP`."""
+    many = np.geomspace(0.5, 1000.0, 4000)
+    starts = [e for e in many if auto_weight_drop(e) == 0 < auto_weight_drop(1.03 * e)]
+    assert starts and all(LEAST_WEIGHT_DROP <= auto_weight_drop(1.03 * e) <= LEAST_WEIGHT_DROP + 0.0101 for e in starts)
+    rules = (auto_weight_decay, auto_weight_drop, *[lambda e, i=i: auto_dropout_and_weight_drop(e)[i] for i in (0, 1)])
+    for rule in rules:
+        assert max(abs(rule(1.03 * e) - rule(e)) for e in many if e not in starts) <= 0.0101
+
+
 def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_then_takes_over_dropout():
-    """None for runs too short to pay for its mask; then the same step for every doubling; past 0.12, the
-    dropout less by as much: 30 epochs get the 0.25 and 0.15 measured best there (dropout 0.3 alone, 0.3 +
-    0.1), 40 the 0.25 and 0.2 measured best there (dropout 0.35 alone), chosen or given."""
+    """None for runs too short to pay for its mask; then the same growth for every doubling; past 0.12,
+    the dropout less by as much: 30 epochs get about the 0.25 and 0.15 measured best there (dropout 0.3
+    alone, 0.3 + 0.1), 40 the 0.25 and 0.2 measured best there (dropout 0.35 alone), chosen or given."""
     epochs = (0.5, 6.7, 12.0, 15.0, 24.0, 30.0, 40.0, 120.0)
     chosen = [auto_dropout_and_weight_drop(e) for e in epochs]
-    assert [drop for _, drop in chosen] == [auto_weight_drop(e) for e in epochs] == [0, 0, 0, 0, 0.1, 0.15, 0.2, 0.2]
-    assert [dropout for dropout, _ in chosen] == [0.0, 0.1, 0.2, 0.2, 0.25, 0.25, 0.25, 0.4]
-    assert auto_dropout(40.0, 0.2) == 0.25
+    assert [drop for _, drop in chosen] == [auto_weight_drop(e) for e in epochs] == [0, 0, 0, 0, 0.12, 0.16, 0.2, 0.2]
+    assert [dropout for dropout, _ in chosen] == [0.0, 0.1, 0.18, 0.21, 0.27, 0.25, 0.26, 0.4]
+    assert auto_dropout(40.0, 0.2) == 0.26
     assert all(auto_dropout(e, ADDED_WEIGHT_DROP) == auto_dropout(e) for e in epochs)
     many = np.geomspace(0.5, 1000.0, 2000)
     drops = [auto_weight_drop(e) for e in many]
     assert drops == sorted(drops) and max(drops) == MAX_AUTO_WEIGHT_DROP
+    assert min(d for d in drops if d) == LEAST_WEIGHT_DROP
     both = [auto_dropout_and_weight_drop(e) for e in many]
     together = [round(dropout + drop, 2) for dropout, drop in both]
-    assert together == sorted(together)  # moved from one to the other, never less in all
+    assert np.diff(together).min() >= -0.0101  # moved from one to the other, never less in all (but for rounding)
 
 
-def test_no_band_of_planned_epochs_keeps_the_dropout_rounded_up_beside_a_weight_drop_rounded_down():
+def test_no_band_of_planned_epochs_keeps_the_dropout_at_0_3_beside_a_weight_drop_of_0_1():
     """The weight drop's excess is taken before rounding: from 17 to 46 planned epochs (tiny
-    Shakespeare's 20 minutes to two hours) the dropout stays the 0.25 measured best beside 0.05 to
-    0.2 of weight drop; 0.3 beside 0.1 (what 25-28 epochs got) measured worse than 0.25 beside 0.15."""
+    Shakespeare's 20 minutes to two hours) the dropout stays within 0.03 of the 0.25 measured best
+    beside 0.05 to 0.2 of weight drop; 0.3 beside 0.1 (what 25-28 epochs once got) measured worse than
+    0.25 beside 0.15."""
     span = np.geomspace(17.0, 46.0, 3000)
-    assert {auto_dropout_and_weight_drop(e)[0] for e in span} == {0.25}
+    assert all(0.22 <= auto_dropout_and_weight_drop(e)[0] <= 0.28 for e in span)
     assert [auto_dropout_and_weight_drop(e) for e in (18.0, 22.0, 26.1, 27.2, 33.0)] == [
-        (0.25, 0.05),
-        (0.25, 0.1),
-        (0.25, 0.15),
-        (0.25, 0.15),
-        (0.25, 0.2),
+        (0.23, 0.05),
+        (0.26, 0.1),
+        (0.27, 0.13),
+        (0.26, 0.14),
+        (0.25, 0.19),
     ]
-    dropouts = [auto_dropout_and_weight_drop(e)[0] for e in np.geomspace(0.5, 1000.0, 20000)]
-    assert dropouts == sorted(dropouts)
 
 
 def test_the_planned_epochs_weigh_the_models_parameters_per_training_character():
@@ -137,8 +150,8 @@ def test_the_chosen_embedding_grows_with_the_log_of_the_vocabulary_up_to_the_hid
 
 
 def test_the_chosen_weight_decay_grows_with_the_log_of_the_planned_epochs():
-    """The default for short runs; the same step for every doubling beyond; capped; never less for a longer run."""
-    assert [auto_weight_decay(e) for e in (0.5, 6.0, 12.0, 22.4, 96.0)] == [0.1, 0.1, 0.2, 0.3, 0.5]
+    """The default for short runs; the same growth for every doubling beyond; capped; never less for a longer run."""
+    assert [auto_weight_decay(e) for e in (0.5, 6.0, 12.0, 22.4, 96.0)] == [0.1, 0.1, 0.2, 0.29, 0.5]
     assert auto_weight_decay(math.inf) == MAX_AUTO_WEIGHT_DECAY
     chosen = [auto_weight_decay(e) for e in np.geomspace(1.0, 100.0, 50)]
     assert chosen == sorted(chosen)
