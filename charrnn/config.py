@@ -69,6 +69,7 @@ def memorising_load(epochs: float, parameters: int, train_characters: int) -> fl
 
 RULE_DECIMALS = 2  # the chosen regularisers are rounded this finely, no coarser: a rule that moved by steps
 # let a plan a few percent off flip a run from one step to the next (docs/text-quality.md, Continuous rules)
+RULE_STEP = 10.0**-RULE_DECIMALS
 
 
 def _per_doubling(epochs: float, flat: float, start: float, step: float, most: float) -> float:
@@ -164,7 +165,7 @@ def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> i
 AUTO_DROPOUT_RULE = (
     f"0 up to {DROPOUT_FREE_EPOCHS:g} planned epochs (times the model's parameters per training character over "
     f"{REFERENCE_PARAMETERS_PER_CHARACTER:g}), then {DROPOUT_PER_DOUBLING:g} more per doubling of them, "
-    f"to the nearest 0.01 ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
+    f"to the nearest {RULE_STEP:g} ({auto_dropout(2 * DROPOUT_FREE_EPOCHS):g} at {2 * DROPOUT_FREE_EPOCHS:g}), "
     f"at most {MAX_AUTO_DROPOUT:g}; less whatever a weight drop, chosen or given, adds past {ADDED_WEIGHT_DROP:g}"
 )
 
@@ -515,12 +516,12 @@ def _from_dict(cls: type, data: Any) -> Any:
 AUTO_WEIGHT_DECAY_RULE = (
     f"{TrainConfig.weight_decay:g} up to {FLAT_DECAY_EPOCHS:g} planned epochs (counted as for dropout), "
     f"then {DECAY_PER_DOUBLING:g} more "
-    f"per doubling of them, to the nearest 0.01 ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
+    f"per doubling of them, to the nearest {RULE_STEP:g} ({auto_weight_decay(4 * FLAT_DECAY_EPOCHS):g} at "
     f"{4 * FLAT_DECAY_EPOCHS:g}), at most {MAX_AUTO_WEIGHT_DECAY:g}"
 )
 AUTO_WEIGHT_DROP_RULE = (
     f"0 up to {WEIGHT_DROP_FREE_EPOCHS:g} planned epochs (counted as for dropout) or where a dropout is given, "
-    f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest 0.01 (none below "
+    f"then {WEIGHT_DROP_PER_DOUBLING:g} more per doubling of them, to the nearest {RULE_STEP:g} (none below "
     f"{LEAST_WEIGHT_DROP:g}), at most "
     f"{MAX_AUTO_WEIGHT_DROP:g}; past {ADDED_WEIGHT_DROP:g}, out of the dropout ({auto_weight_drop(30.0):g} at 30: "
     f"dropout {auto_dropout_and_weight_drop(30.0)[0]:g} instead of {auto_dropout(30.0):g})"
