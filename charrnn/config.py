@@ -113,9 +113,9 @@ def _grown_weight_drop(epochs: float) -> float:
 
 def auto_dropout_and_weight_drop(epochs: float) -> tuple[float, float]:
     """The dropout and the weight drop a run of `epochs` planned epochs gets when it is given neither:
-    the dropout less the weight drop's excess as both grow, before either is rounded. So from ~17 to
-    ~46 planned epochs the dropout stays within 0.03 of the 0.25 measured best there beside a growing
-    weight drop, never at the 0.3 beside 0.1 measured worse (docs/text-quality.md, The rule again)."""
+    the dropout less the weight drop's excess as both grow, before either is rounded, so that the
+    dropout stays near what measured best beside a growing weight drop, never the high dropout beside
+    a low weight drop that measured worse (docs/text-quality.md, The rule again)."""
     return auto_dropout(epochs, _grown_weight_drop(epochs)), auto_weight_drop(epochs)
 
 
