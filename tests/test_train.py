@@ -15,6 +15,8 @@ from charrnn.config import (
     MAX_AUTO_DROPOUT,
     MAX_AUTO_WEIGHT_DECAY,
     MAX_AUTO_WEIGHT_DROP,
+    RULE_DECIMALS,
+    RULE_STEP,
     VAL_BURN_IN,
     WIDE_FROM_EPOCHS,
     WIDE_HIDDEN_SIZE,
@@ -74,12 +76,14 @@ def test_the_chosen_regularisers_move_continuously_with_the_planned_epochs():
     """No step a plan's few percent can flip: 3% more planned epochs never move a chosen dropout,
     weight drop or weight decay by more than 0.01 (the rules' rounding), but where the weight drop
     starts, at `LEAST_WEIGHT_DROP`."""
+    one_step = RULE_STEP * 1.01  # the rounding's step, and room for the floats' last bit
     many = np.geomspace(0.5, 1000.0, 4000)
     starts = [e for e in many if auto_weight_drop(e) == 0 < auto_weight_drop(1.03 * e)]
-    assert starts and all(LEAST_WEIGHT_DROP <= auto_weight_drop(1.03 * e) <= LEAST_WEIGHT_DROP + 0.0101 for e in starts)
+    assert starts
+    assert all(LEAST_WEIGHT_DROP <= auto_weight_drop(1.03 * e) <= LEAST_WEIGHT_DROP + one_step for e in starts)
     rules = (auto_weight_decay, auto_weight_drop, *[lambda e, i=i: auto_dropout_and_weight_drop(e)[i] for i in (0, 1)])
     for rule in rules:
-        assert max(abs(rule(1.03 * e) - rule(e)) for e in many if e not in starts) <= 0.0101
+        assert max(abs(rule(1.03 * e) - rule(e)) for e in many if e not in starts) <= one_step
 
 
 def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_then_takes_over_dropout():
@@ -97,8 +101,8 @@ def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_the
     assert drops == sorted(drops) and max(drops) == MAX_AUTO_WEIGHT_DROP
     assert min(d for d in drops if d) == LEAST_WEIGHT_DROP
     both = [auto_dropout_and_weight_drop(e) for e in many]
-    together = [round(dropout + drop, 2) for dropout, drop in both]
-    assert np.diff(together).min() >= -0.0101  # moved from one to the other, never less in all (but for rounding)
+    together = [round(dropout + drop, RULE_DECIMALS) for dropout, drop in both]
+    assert np.diff(together).min() >= -RULE_STEP * 1.01  # moved from one to the other, never less in all but rounding
 
 
 def test_no_band_of_planned_epochs_keeps_the_dropout_at_0_3_beside_a_weight_drop_of_0_1():
