@@ -32,6 +32,7 @@ from charrnn.config import (
     LONG_RUN_EPOCHS,
     MAX_TIMED_EPOCHS,
     WIDE_FROM_EPOCHS,
+    WIDENED_EPOCH_WEIGHT,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -319,8 +320,8 @@ def _choose_for_the_budget(
         )
         train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
     parameters = model.fitted_parameter_count()
-    if widened:  # regularised as the default width's longest timed run: measured best for the wider model
-        load = memorising_load(MAX_TIMED_EPOCHS, default_parameters, train_characters)
+    if widened:  # more than the default width's epochs, less than its own parameters would weigh them
+        load = WIDENED_EPOCH_WEIGHT * memorising_load(epochs, default_parameters, train_characters)
     else:
         load = memorising_load(epochs, parameters, train_characters)
     chosen = []
@@ -343,8 +344,7 @@ def _choose_for_the_budget(
     per_character = parameters / max(1, train_characters)
     why = f"the budget covers about {epochs:.1f} epochs, with {per_character:.2g} parameters per training character"
     if widened:
-        default = f"{ModelConfig.hidden_size}-unit model's {MAX_TIMED_EPOCHS:g} epochs"
-        why = f"as the {default}; the budget covers about {epochs:.1f}"
+        why = f"the budget covers about {epochs:.1f} epochs, weighed for the wider model as {load:.1f}"
     return model, train, notes + ([f"{', '.join(chosen)} ({why})"] if chosen else [])
 
 

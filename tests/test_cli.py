@@ -14,7 +14,7 @@ import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
-from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, ModelConfig, auto_embed_size
+from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, WIDENED_EPOCH_WEIGHT, ModelConfig, auto_embed_size
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -493,7 +493,8 @@ def test_a_time_budget_alone_stops_after_the_epochs_past_which_a_text_is_memoris
 def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a_width_is_given(tmp_path, monkeypatch):
     """Where the time covers more than `MAX_TIMED_EPOCHS` epochs of the default width on a text large
     for it, the run trains `WIDE_HIDDEN_SIZE` units instead, says so, and plans that model's epochs;
-    a width given is kept. (The epochs a time covers are stubbed here: a test's text is small for any
+    a width given is kept, and its regularisation counts each of its epochs `WIDENED_EPOCH_WEIGHT`
+    times, weighed as the default width's. (The epochs a time covers are stubbed here: a test's text is small for any
     model, and minutes of training are not what is tested.)"""
     from charrnn import config, start
 
@@ -506,8 +507,8 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     loads = []
 
     def weighed(epochs, parameters, train_characters):
-        loads.append((epochs, parameters))
-        return config.memorising_load(epochs, parameters, train_characters)
+        loads.append((epochs, parameters, config.memorising_load(epochs, parameters, train_characters)))
+        return loads[-1][-1]
 
     monkeypatch.setattr(start, "planned_epochs", stub)
     monkeypatch.setattr(start, "memorising_load", weighed)
@@ -519,10 +520,12 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     assert f"a 1×{WIDE_HIDDEN_SIZE} model: the time given covers about 1000 epochs of the" in result.stderr
     config_json = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
     assert (config_json["model"]["hidden_size"], config_json["train"]["epochs"]) == (WIDE_HIDDEN_SIZE, MAX_TIMED_EPOCHS)
-    # Its regularisation is the default width's for those epochs (the wider model measured best so).
     default_width = ModelConfig(vocab_size=config_json["model"]["vocab_size"], layers=1, embed_size=64)
-    assert loads[-1] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
-    assert f"(as the {ModelConfig.hidden_size}-unit model's {MAX_TIMED_EPOCHS:g} epochs;" in result.stderr
+    assert loads[-1][:2] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
+    load = WIDENED_EPOCH_WEIGHT * loads[-1][2]
+    assert config_json["train"]["weight_decay"] == config.auto_weight_decay(load)
+    why = f"(the budget covers about {MAX_TIMED_EPOCHS:.1f} epochs, weighed for the wider model as {load:.1f})"
+    assert why in result.stderr
     given = charrnn_in_process("train", "text.txt", *small, "--hidden", "32", cwd=tmp_path)
     assert "model: the time given covers" not in given.stderr
     assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["model"]["hidden_size"] == 32
