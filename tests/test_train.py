@@ -141,7 +141,7 @@ def test_a_time_budget_long_for_the_default_model_widens_it_on_a_text_large_for_
     assert auto_hidden_size(45.0, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE > default
     assert auto_hidden_size(WIDE_FROM_EPOCHS + 1, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
     assert auto_hidden_size(WIDE_FROM_EPOCHS, shakespeare, 1_003_854) == default
-    assert auto_hidden_size(24.0, shakespeare, 1_003_854) == default
+    assert auto_hidden_size(12.0, shakespeare, 1_003_854) == default
     assert auto_hidden_size(119.0, quatrains, 538_289) == default
     assert auto_hidden_size(math.inf, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
 
