@@ -491,7 +491,7 @@ def test_a_time_budget_alone_stops_after_the_epochs_past_which_a_text_is_memoris
 
 
 def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a_width_is_given(tmp_path, monkeypatch):
-    """Where the time covers more than `MAX_TIMED_EPOCHS` epochs of the default width on a text large
+    """Where the time covers more than `WIDE_FROM_EPOCHS` epochs of the default width on a text large
     for it, the run trains `WIDE_HIDDEN_SIZE` units instead, says so, and plans that model's epochs;
     a width given is kept, and its regularisation counts each of its epochs `WIDENED_EPOCH_WEIGHT`
     times, weighed as the default width's. (The epochs a time covers are stubbed here: a test's text is small for any

@@ -62,6 +62,9 @@ def test_small_model_learns_a_periodic_text(cell):
     assert step._cache_size() == 1  # compiled once, never retraced
 
 
+ONE_RULE_STEP = RULE_STEP * 1.01  # the rules' rounding step, and room for the floats' last bit
+
+
 def test_the_chosen_dropout_grows_with_the_log_of_the_planned_epochs():
     """None for short runs; the same growth for every doubling beyond; capped; no budget known: the cap.
     Tiny Shakespeare's 30 minutes on a bf16 CPU (22.4 epochs) get about the 0.25 measured best there."""
@@ -76,14 +79,13 @@ def test_the_chosen_regularisers_move_continuously_with_the_planned_epochs():
     """No step a plan's few percent can flip: 3% more planned epochs never move a chosen dropout,
     weight drop or weight decay by more than 0.01 (the rules' rounding), but where the weight drop
     starts, at `LEAST_WEIGHT_DROP`."""
-    one_step = RULE_STEP * 1.01  # the rounding's step, and room for the floats' last bit
     many = np.geomspace(0.5, 1000.0, 4000)
     starts = [e for e in many if auto_weight_drop(e) == 0 < auto_weight_drop(1.03 * e)]
     assert starts
-    assert all(LEAST_WEIGHT_DROP <= auto_weight_drop(1.03 * e) <= LEAST_WEIGHT_DROP + one_step for e in starts)
+    assert all(LEAST_WEIGHT_DROP <= auto_weight_drop(1.03 * e) <= LEAST_WEIGHT_DROP + ONE_RULE_STEP for e in starts)
     rules = (auto_weight_decay, auto_weight_drop, *[lambda e, i=i: auto_dropout_and_weight_drop(e)[i] for i in (0, 1)])
     for rule in rules:
-        assert max(abs(rule(1.03 * e) - rule(e)) for e in many if e not in starts) <= one_step
+        assert max(abs(rule(1.03 * e) - rule(e)) for e in many if e not in starts) <= ONE_RULE_STEP
 
 
 def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_then_takes_over_dropout():
@@ -102,7 +104,7 @@ def test_the_chosen_weight_drop_grows_with_the_log_of_the_planned_epochs_and_the
     assert min(d for d in drops if d) == LEAST_WEIGHT_DROP
     both = [auto_dropout_and_weight_drop(e) for e in many]
     together = [round(dropout + drop, RULE_DECIMALS) for dropout, drop in both]
-    assert np.diff(together).min() >= -RULE_STEP * 1.01  # moved from one to the other, never less in all but rounding
+    assert np.diff(together).min() >= -ONE_RULE_STEP  # moved from one to the other, never less in all but rounding
 
 
 def test_no_band_of_planned_epochs_keeps_the_dropout_at_0_3_beside_a_weight_drop_of_0_1():
