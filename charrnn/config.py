@@ -146,9 +146,9 @@ def auto_embed_size(vocab_size: int, hidden_size: int) -> int:
 
 
 WIDE_HIDDEN_SIZE = 768  # the width a time budget long for the default model trains instead...
-WIDE_FROM_EPOCHS = 24.0  # ...where it covers more than this many epochs of the default model...
+WIDE_FROM_EPOCHS = 20.0  # ...where it covers more than this many epochs of the default model...
 WIDE_PARAMETERS_PER_CHARACTER = 2 * REFERENCE_PARAMETERS_PER_CHARACTER  # ...and that model is this small for its text
-WIDENED_EPOCH_WEIGHT = 1.5  # ...and the rules count the wider model's epochs as this many of the default's
+WIDENED_EPOCH_WEIGHT = 1.5  # ...and the rules count its epochs as this many of the default's (at least the edge's)
 
 
 def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> int:

@@ -320,8 +320,10 @@ def _choose_for_the_budget(
         )
         train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
     parameters = model.fitted_parameter_count()
-    if widened:  # more than the default width's epochs, less than its own parameters would weigh them
-        load = WIDENED_EPOCH_WEIGHT * memorising_load(epochs, default_parameters, train_characters)
+    if widened:  # more than the default width's epochs, less than its own parameters would weigh them,
+        # and never less than the default width's at the widening's edge: its fewer epochs still memorise
+        weighed = WIDENED_EPOCH_WEIGHT * memorising_load(epochs, default_parameters, train_characters)
+        load = max(weighed, memorising_load(WIDE_FROM_EPOCHS, default_parameters, train_characters))
     else:
         load = memorising_load(epochs, parameters, train_characters)
     chosen = []

@@ -14,7 +14,14 @@ import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
-from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, WIDENED_EPOCH_WEIGHT, ModelConfig, auto_embed_size
+from charrnn.config import (
+    MAX_TIMED_EPOCHS,
+    WIDE_FROM_EPOCHS,
+    WIDE_HIDDEN_SIZE,
+    WIDENED_EPOCH_WEIGHT,
+    ModelConfig,
+    auto_embed_size,
+)
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -494,15 +501,16 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     """Where the time covers more than `WIDE_FROM_EPOCHS` epochs of the default width on a text large
     for it, the run trains `WIDE_HIDDEN_SIZE` units instead, says so, and plans that model's epochs;
     a width given is kept, and its regularisation counts each of its epochs `WIDENED_EPOCH_WEIGHT`
-    times, weighed as the default width's. (The epochs a time covers are stubbed here: a test's text is small for any
-    model, and minutes of training are not what is tested.)"""
+    times, weighed as the default width's, and never less than the default width's `WIDE_FROM_EPOCHS`.
+    (The epochs a time covers are stubbed here: a test's text is small for any model, and minutes of
+    training are not what is tested.)"""
     from charrnn import config, start
 
-    planned = []
+    planned, wide_epochs = [], [1000.0]
 
     def stub(model_config, train_config, train_characters):
         planned.append(model_config.hidden_size)
-        return 1000.0
+        return 1000.0 if model_config.hidden_size == ModelConfig.hidden_size else wide_epochs[0]
 
     loads = []
 
@@ -521,14 +529,23 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     config_json = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
     assert (config_json["model"]["hidden_size"], config_json["train"]["epochs"]) == (WIDE_HIDDEN_SIZE, MAX_TIMED_EPOCHS)
     default_width = ModelConfig(vocab_size=config_json["model"]["vocab_size"], layers=1, embed_size=64)
-    assert loads[-1][:2] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
-    load = WIDENED_EPOCH_WEIGHT * loads[-1][2]
+    own, edge = loads[-2:]
+    assert own[:2] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
+    assert edge[:2] == (WIDE_FROM_EPOCHS, default_width.fitted_parameter_count())
+    load = WIDENED_EPOCH_WEIGHT * own[2]
+    assert load > edge[2]
     assert config_json["train"]["weight_decay"] == config.auto_weight_decay(load)
     why = f"(the budget covers about {MAX_TIMED_EPOCHS:.1f} epochs, weighed for the wider model as {load:.1f})"
     assert why in result.stderr
+    # Fewer epochs of the wider model than the edge's weigh: regularised as the default width at the edge.
+    wide_epochs[0] = WIDE_FROM_EPOCHS / WIDENED_EPOCH_WEIGHT / 2
+    fewer = charrnn_in_process("train", "text.txt", *small, cwd=tmp_path)
+    assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["train"]["epochs"] is None
+    why = f"(the budget covers about {wide_epochs[0]:.1f} epochs, weighed for the wider model as {loads[-1][2]:.1f})"
+    assert why in fewer.stderr
     given = charrnn_in_process("train", "text.txt", *small, "--hidden", "32", cwd=tmp_path)
     assert "model: the time given covers" not in given.stderr
-    assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["model"]["hidden_size"] == 32
+    assert json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())["model"]["hidden_size"] == 32
 
 
 def test_the_embedding_widens_with_the_vocabulary_unless_given(tmp_path):
