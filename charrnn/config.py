@@ -151,6 +151,15 @@ WIDE_PARAMETERS_PER_CHARACTER = 2 * REFERENCE_PARAMETERS_PER_CHARACTER  # ...and
 WIDENED_EPOCH_WEIGHT = 1.5  # ...and the rules count its epochs as this many of the default's (at least the edge's)
 
 
+def widened_load(epochs: float, default_parameters: int, train_characters: int) -> float:
+    """A widened model's `epochs` as the rules count them: each as `WIDENED_EPOCH_WEIGHT` of the
+    default width's (more than its own count, less than its parameters would weigh them), and never
+    less than the default width's load at `WIDE_FROM_EPOCHS`, so that the regularisation does not
+    drop where the model widens (docs/text-quality.md, Widening from 20 planned epochs)."""
+    weighed = WIDENED_EPOCH_WEIGHT * memorising_load(epochs, default_parameters, train_characters)
+    return max(weighed, memorising_load(WIDE_FROM_EPOCHS, default_parameters, train_characters))
+
+
 def auto_hidden_size(epochs: float, parameters: int, train_characters: int) -> int:
     """The width a time budget gets when none is given, from the `epochs` it covers of the default
     model (`parameters` of them): the default, unless the time covers more than `WIDE_FROM_EPOCHS`

@@ -32,7 +32,6 @@ from charrnn.config import (
     LONG_RUN_EPOCHS,
     MAX_TIMED_EPOCHS,
     WIDE_FROM_EPOCHS,
-    WIDENED_EPOCH_WEIGHT,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -41,6 +40,7 @@ from charrnn.config import (
     auto_hidden_size,
     auto_weight_decay,
     memorising_load,
+    widened_load,
 )
 from charrnn.corpus import BUILTIN_NAME, PreparedCorpus, find_prepared, prepare, rereadable
 from charrnn.errors import ConfigError, CorpusError, RunError, Warn
@@ -320,10 +320,8 @@ def _choose_for_the_budget(
         )
         train, epochs = dataclasses.replace(train, epochs=MAX_TIMED_EPOCHS), MAX_TIMED_EPOCHS
     parameters = model.fitted_parameter_count()
-    if widened:  # more than the default width's epochs, less than its own parameters would weigh them,
-        # and never less than the default width's at the widening's edge: its fewer epochs still memorise
-        weighed = WIDENED_EPOCH_WEIGHT * memorising_load(epochs, default_parameters, train_characters)
-        load = max(weighed, memorising_load(WIDE_FROM_EPOCHS, default_parameters, train_characters))
+    if widened:
+        load = widened_load(epochs, default_parameters, train_characters)
     else:
         load = memorising_load(epochs, parameters, train_characters)
     chosen = []

@@ -14,14 +14,7 @@ import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
-from charrnn.config import (
-    MAX_TIMED_EPOCHS,
-    WIDE_FROM_EPOCHS,
-    WIDE_HIDDEN_SIZE,
-    WIDENED_EPOCH_WEIGHT,
-    ModelConfig,
-    auto_embed_size,
-)
+from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, ModelConfig, auto_embed_size
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -501,7 +494,7 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     """Where the time covers more than `WIDE_FROM_EPOCHS` epochs of the default width on a text large
     for it, the run trains `WIDE_HIDDEN_SIZE` units instead, says so, and plans that model's epochs;
     a width given is kept, and its regularisation counts each of its epochs `WIDENED_EPOCH_WEIGHT`
-    times, weighed as the default width's (and at least the default width's `WIDE_FROM_EPOCHS`).
+    times, weighed as the default width's (`widened_load`).
     (The epochs a time covers are stubbed here: a test's text is small for any model, and minutes of
     training are not what is tested.)"""
     from charrnn import config, start
@@ -515,11 +508,11 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     loads = []
 
     def weighed(epochs, parameters, train_characters):
-        loads.append((epochs, parameters, config.memorising_load(epochs, parameters, train_characters)))
+        loads.append((epochs, parameters, config.widened_load(epochs, parameters, train_characters)))
         return loads[-1][-1]
 
     monkeypatch.setattr(start, "planned_epochs", stub)
-    monkeypatch.setattr(start, "memorising_load", weighed)
+    monkeypatch.setattr(start, "widened_load", weighed)
     monkeypatch.setattr(config, "WIDE_PARAMETERS_PER_CHARACTER", math.inf)
     (tmp_path / "text.txt").write_text(periodic_text(600))
     small = ["--layers", "1", "-b", "4", "-t", "16", "--eval-every", "1000", "--time", "10m"]
@@ -529,11 +522,8 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     config_json = json.loads((tmp_path / "runs" / "text" / "config.json").read_text())
     assert (config_json["model"]["hidden_size"], config_json["train"]["epochs"]) == (WIDE_HIDDEN_SIZE, MAX_TIMED_EPOCHS)
     default_width = ModelConfig(vocab_size=config_json["model"]["vocab_size"], layers=1, embed_size=64)
-    own, edge = loads[-2:]
-    assert own[:2] == (MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())
-    assert edge[:2] == (WIDE_FROM_EPOCHS, default_width.fitted_parameter_count())
-    load = WIDENED_EPOCH_WEIGHT * own[2]
-    assert load > edge[2]
+    assert [load[:2] for load in loads] == [(MAX_TIMED_EPOCHS, default_width.fitted_parameter_count())]
+    load = loads[-1][2]
     assert config_json["train"]["weight_decay"] == config.auto_weight_decay(load)
     why = f"(the budget covers about {MAX_TIMED_EPOCHS:.1f} epochs, weighed for the wider model as {load:.1f})"
     assert why in result.stderr

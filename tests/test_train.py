@@ -20,6 +20,7 @@ from charrnn.config import (
     VAL_BURN_IN,
     WIDE_FROM_EPOCHS,
     WIDE_HIDDEN_SIZE,
+    WIDENED_EPOCH_WEIGHT,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -29,6 +30,7 @@ from charrnn.config import (
     auto_weight_decay,
     auto_weight_drop,
     memorising_load,
+    widened_load,
 )
 from charrnn.corpus import prepare
 from charrnn.loop import EvalReport, Finished, Notice, StepReport, fit, steps_per_call
@@ -146,6 +148,20 @@ def test_a_time_budget_long_for_the_default_model_widens_it_on_a_text_large_for_
     assert auto_hidden_size(12.0, shakespeare, 1_003_854) == default
     assert auto_hidden_size(119.0, quatrains, 538_289) == default
     assert auto_hidden_size(math.inf, shakespeare, 1_003_854) == WIDE_HIDDEN_SIZE
+
+
+def test_a_widened_models_load_never_falls_below_the_default_widths_at_the_edge():
+    """A widened model's epochs weigh `WIDENED_EPOCH_WEIGHT` each, but where that is less than the
+    default width's `WIDE_FROM_EPOCHS` (the budget just past the edge plans few of the wider model's
+    epochs), the load is the edge's: the regularisation does not drop where the model widens."""
+    shakespeare = ModelConfig(vocab_size=65).parameter_count()
+    edge = memorising_load(WIDE_FROM_EPOCHS, shakespeare, 1_003_854)
+    few = WIDE_FROM_EPOCHS / WIDENED_EPOCH_WEIGHT / 2
+    assert widened_load(few, shakespeare, 1_003_854) == edge
+    assert widened_load(40.0, shakespeare, 1_003_854) == WIDENED_EPOCH_WEIGHT * memorising_load(
+        40.0, shakespeare, 1_003_854
+    )
+    assert widened_load(40.0, shakespeare, 1_003_854) > edge
 
 
 def test_the_chosen_embedding_grows_with_the_log_of_the_vocabulary_up_to_the_hidden_size():
