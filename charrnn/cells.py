@@ -284,21 +284,69 @@ class CoupledLSTM(Cell):
     forget_gate = 0
 
     def step(self, carry, xp, hw, b, params):
-        activations = sigmoid((xp + (hw + per_feature(b))) * gate_scale(COUPLED_SCALE, xp.shape[0] // 3))
-        f, g, o = jnp.split(activations, 3, axis=0)
-        c = f * carry[1] + (1.0 - f) * (2.0 * g - 1.0)
-        return (o * jnp.tanh(c), c), (activations,)
+        return _coupled_step(carry, xp + (hw + per_feature(b)))
 
     def step_backward(self, saved, prev, new, d_carry, params):
-        activations = saved[0]
-        f, g, o = jnp.split(activations, 3, axis=0)
-        g = 2.0 * g - 1.0
-        dh, dc = d_carry
-        tanh_c = jnp.tanh(new[1])
-        dc = materialised(dc + dh * o * (1.0 - tanh_c * tanh_c))
-        d_activations = jnp.concatenate([dc * (prev[1] - g), 2.0 * dc * (1.0 - f), dh * tanh_c], axis=0)
-        d_gates = d_activations * gate_scale(COUPLED_SCALE, dh.shape[0]) * activations * (1.0 - activations)
-        return StepGradients(d_gates, None, None, (jnp.zeros_like(dh), dc * f))
+        d_gates, d_prev = _coupled_step_backward(saved[0], prev, new, d_carry)
+        return StepGradients(d_gates, None, None, d_prev)
+
+
+def _coupled_step(carry: Carry, z: jax.Array) -> tuple[Carry, tuple]:
+    """The coupled LSTM's gates from their pre-activations z [3H, B]."""
+    activations = sigmoid(z * gate_scale(COUPLED_SCALE, z.shape[0] // 3))
+    f, g, o = jnp.split(activations, 3, axis=0)
+    c = f * carry[1] + (1.0 - f) * (2.0 * g - 1.0)
+    return (o * jnp.tanh(c), c), (activations,)
+
+
+def _coupled_step_backward(activations: jax.Array, prev: Carry, new: Carry, d_carry: Carry) -> tuple[jax.Array, Carry]:
+    """d z and d(previous carry) but for the path through W^T h, from d(new carry)."""
+    f, g, o = jnp.split(activations, 3, axis=0)
+    g = 2.0 * g - 1.0
+    dh, dc = d_carry
+    tanh_c = jnp.tanh(new[1])
+    dc = materialised(dc + dh * o * (1.0 - tanh_c * tanh_c))
+    d_activations = jnp.concatenate([dc * (prev[1] - g), 2.0 * dc * (1.0 - f), dh * tanh_c], axis=0)
+    d_gates = d_activations * gate_scale(COUPLED_SCALE, dh.shape[0]) * activations * (1.0 - activations)
+    return d_gates, (jnp.zeros_like(dh), dc * f)
+
+
+class MultiplicativeCoupledLSTM(Cell):
+    """The coupled LSTM with multiplicative integration (Wu et al. 2016, "On multiplicative
+    integration with recurrent neural networks"): the input's and the state's products meet in a
+    Hadamard product as well as a sum, so that the character read scales the recurrence:
+
+        xp = x W_in + bias,  hp = h W + recurrent_bias,  z = xp + (interaction * xp + recurrent_gain) * hp
+
+    then f, g, o and c', h' as in `CoupledLSTM`. The paper's α, β1 and β2 are `interaction`,
+    `recurrent_gain` and 1 (W_in absorbs it). `interaction` starts at 0 and `recurrent_gain` at 1:
+    the cell starts as the coupled LSTM. Still one recurrent matmul per step; the products are kept
+    apart (the step reads each on its own), and the rest is elementwise.
+    """
+
+    name = "lstm-coupled-mi"
+    gates = CELL_SHAPES["lstm-coupled-mi"].gates
+    carry_size = 2
+    forget_gate = 0
+    step_parameters = ("interaction", "recurrent_gain")
+
+    initializers = {"interaction": ZEROS, "recurrent_gain": ONES}
+
+    def step(self, carry, xp, hw, b, params):
+        hp = hw + per_feature(b)
+        scale = per_feature(params["interaction"]) * xp + per_feature(params["recurrent_gain"])
+        new, (activations,) = _coupled_step(carry, xp + scale * hp)
+        return new, (activations, xp, hp)
+
+    def step_backward(self, saved, prev, new, d_carry, params):
+        activations, xp, hp = saved
+        d_z, d_prev = _coupled_step_backward(activations, prev, new, d_carry)
+        interaction = per_feature(params["interaction"])
+        d_scaled = d_z * hp  # the gradient of the scale multiplying hp
+        d_xp = d_z + d_scaled * interaction
+        d_hp = d_z * (interaction * xp + per_feature(params["recurrent_gain"]))
+        d_params = {"interaction": d_scaled * xp, "recurrent_gain": d_scaled}
+        return StepGradients(d_xp, d_hp, None, d_prev, d_params)
 
 
 class LayerNormLSTM(Cell):
@@ -444,7 +492,8 @@ class Elman(Cell):
 
 
 REGISTRY: dict[str, type[Cell]] = {
-    cell.name: cell for cell in (LSTM, GRU, Elman, PeepholeLSTM, CoupledLSTM, LayerNormLSTM, LayerNormGRU)
+    cell.name: cell
+    for cell in (LSTM, GRU, Elman, PeepholeLSTM, CoupledLSTM, LayerNormLSTM, LayerNormGRU, MultiplicativeCoupledLSTM)
 }
 
 

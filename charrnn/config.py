@@ -39,6 +39,7 @@ CELL_SHAPES = {
         },
     ),
     "gru-ln": CellShape(3, lambda hidden: {"input_gain": (3 * hidden,), "recurrent_gain": (3 * hidden,)}),
+    "lstm-coupled-mi": CellShape(3, lambda hidden: {"interaction": (3 * hidden,), "recurrent_gain": (3 * hidden,)}),
 }
 CELLS = tuple(CELL_SHAPES)
 DEFAULT_EPOCHS = 10.0  # a new run's budget when none of steps, epochs or time_seconds is given

@@ -162,8 +162,8 @@ def test_many_long_samples_stream_through_a_spool_and_head_ends_quietly(tiny_run
     [
         (
             ["bench", "--cell", "banana"],
-            "--cell must be one of lstm, gru, rnn, lstm-peephole, lstm-coupled, lstm-ln, gru-ln or all "
-            "(or a list of them), not 'banana'",
+            "--cell must be one of lstm, gru, rnn, lstm-peephole, lstm-coupled, lstm-ln, gru-ln, lstm-coupled-mi "
+            "or all (or a list of them), not 'banana'",
         ),
         (["bench", "--hidden", "0"], "--hidden must be between 1 and 65536, not 0"),
         (["bench", "--steps", "0"], "--steps must be between 1 and 1048576, not 0"),

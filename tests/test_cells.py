@@ -76,6 +76,15 @@ def lstm_coupled(p, x, state):
     return sigmoid(o) * tanh(c), c
 
 
+def lstm_coupled_mi(p, x, state):
+    h, c = state
+    x_part = x @ p["input_kernel"] + p["bias"]
+    h_part = recur(p, h) + p["recurrent_bias"]
+    f, g, o = blocks(p["interaction"] * x_part * h_part + p["recurrent_gain"] * h_part + x_part, 3)
+    c = sigmoid(f) * c + (1 - sigmoid(f)) * tanh(g)
+    return sigmoid(o) * tanh(c), c
+
+
 def lstm_ln(p, x, state):
     h, c = state
     x_part = ln(x @ p["input_kernel"]) * p["input_gain"] + p["bias"]
@@ -119,6 +128,7 @@ TEXTBOOK = {
     "lstm-coupled": lstm_coupled,
     "lstm-ln": lstm_ln,
     "gru-ln": gru_ln,
+    "lstm-coupled-mi": lstm_coupled_mi,
 }
 
 
