@@ -31,7 +31,9 @@ from charrnn.config import (
     LONG_RUN_EMA,
     LONG_RUN_EPOCHS,
     MAX_TIMED_EPOCHS,
+    WIDE_CELL,
     WIDE_FROM_EPOCHS,
+    WIDE_LEARNING_RATE,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -138,6 +140,7 @@ def new_run(
     choose_dropout = "dropout" not in model and parent is None
     choose_weight_drop = choose_dropout and "weight_drop" not in model  # the two were measured together
     choose_width = "hidden_size" not in model and parent is None  # a parent's width is in `model` then
+    choose_cell = "cell" not in model and parent is None
     choose_embed = "embed_size" not in model
     parent_run = parent_vocab = parent_params = None
     if parent is not None:  # its best weights are read first: a parent that has none fails before any work
@@ -173,11 +176,13 @@ def new_run(
         train_config,
         len(prepared.train),
         width=choose_width,
+        cell=choose_cell,
         embed=choose_embed,
         dropout=choose_dropout,
         weight_drop=choose_weight_drop,
         ema="ema" not in train,
         weight_decay="weight_decay" not in train,
+        learning_rate="learning_rate" not in train,
     )
     notes = list(chosen)
     with contextlib.ExitStack() as held:
@@ -285,17 +290,20 @@ def _choose_for_the_budget(
     train_characters: int,
     *,
     width: bool,
+    cell: bool,
     embed: bool,
     dropout: bool,
     weight_drop: bool,
     ema: bool,
     weight_decay: bool,
+    learning_rate: bool,
 ) -> tuple[ModelConfig, TrainConfig, list[str]]:
     """Dropout, weight drop, weight decay and the weights' average for runs long enough to memorise the
     text (see `auto_dropout_and_weight_drop`, `auto_weight_decay`, `auto_ema` below), when not given;
-    the width (`width`: not given; `auto_hidden_size`) and the epochs of a time budget that covers more
-    than `MAX_TIMED_EPOCHS` (`embed`: the embedding's width was not given, so it follows the model's);
-    and what was chosen, in words."""
+    the width (`width`: not given; `auto_hidden_size`), and with it the wider model's cell (`cell`:
+    not given) and peak learning rate (`learning_rate`: not given); the epochs of a time budget that
+    covers more than `MAX_TIMED_EPOCHS` (`embed`: the embedding's width was not given, so it follows
+    the model's); and what was chosen, in words."""
     timed = bool(train.time_seconds) and train.epochs is None and train.steps is None
     if not (dropout or ema or weight_decay or timed):  # weight drop is chosen only beside dropout
         return model, train, []
@@ -311,6 +319,12 @@ def _choose_for_the_budget(
         )
         embed_size = auto_embed_size(model.vocab_size, hidden) if embed else model.embed_size
         model = dataclasses.replace(model, hidden_size=hidden, embed_size=embed_size)
+        if cell:
+            model = dataclasses.replace(model, cell=WIDE_CELL)
+            notes[-1] += f"; cell {WIDE_CELL}"
+        if learning_rate:
+            train = dataclasses.replace(train, learning_rate=WIDE_LEARNING_RATE)
+            notes[-1] += f", peak learning rate {WIDE_LEARNING_RATE:g}"
         check_memory(model, train)
         epochs = _leaders_value(planned_epochs(model, train, train_characters))
     if timed and epochs > MAX_TIMED_EPOCHS:

@@ -14,7 +14,15 @@ import pytest
 from conftest import charrnn_in_process, periodic_text
 
 from charrnn.breakdown import PARTS
-from charrnn.config import MAX_TIMED_EPOCHS, WIDE_HIDDEN_SIZE, ModelConfig, auto_embed_size
+from charrnn.config import (
+    MAX_TIMED_EPOCHS,
+    WIDE_CELL,
+    WIDE_HIDDEN_SIZE,
+    WIDE_LEARNING_RATE,
+    ModelConfig,
+    TrainConfig,
+    auto_embed_size,
+)
 
 CHARRNN = [sys.executable, "-m", "charrnn.cli.main"]
 TINY = ["--layers", "1", "--hidden", "32", "--embed", "8", "-b", "4", "-t", "16", "--dropout", "0"]
@@ -528,9 +536,21 @@ def test_a_time_budget_the_default_model_cannot_fill_trains_a_wider_one_unless_a
     assert config_json["train"]["weight_decay"] == config.auto_weight_decay(load)
     why = f"(the budget covers about {MAX_TIMED_EPOCHS:.1f} epochs, weighed for the wider model as {load:.1f})"
     assert why in result.stderr
+    assert (config_json["model"]["cell"], config_json["train"]["learning_rate"]) == (WIDE_CELL, WIDE_LEARNING_RATE)
+    assert f"; cell {WIDE_CELL}, peak learning rate {WIDE_LEARNING_RATE:g}" in result.stderr
     given = charrnn_in_process("train", "text.txt", *small, "--hidden", "32", cwd=tmp_path)
     assert "model: the time given covers" not in given.stderr
-    assert json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())["model"]["hidden_size"] == 32
+    config_json = json.loads((tmp_path / "runs" / "text-2" / "config.json").read_text())
+    assert config_json["model"]["hidden_size"] == 32
+    assert (config_json["model"]["cell"], config_json["train"]["learning_rate"]) == (
+        ModelConfig.cell,
+        TrainConfig.learning_rate,
+    )
+    # A cell or a learning rate given is kept where the model widens.
+    charrnn_in_process("train", "text.txt", *small, "--cell", "gru", "--lr", "0.01", cwd=tmp_path)
+    config_json = json.loads((tmp_path / "runs" / "text-3" / "config.json").read_text())
+    assert config_json["model"]["hidden_size"] == WIDE_HIDDEN_SIZE
+    assert (config_json["model"]["cell"], config_json["train"]["learning_rate"]) == ("gru", 0.01)
 
 
 def test_the_embedding_widens_with_the_vocabulary_unless_given(tmp_path):
