@@ -25,7 +25,7 @@ devices, a collective per step).
 Gate blocks are laid out one after another along the feature axis, each `hidden` wide, in the order
 the class docstring gives (in the parameters, along their last axis).
 
-Longer than most modules, for a reason: seven cells, each a forward and a hand-written backward
+Longer than most modules, for a reason: eight cells, each a forward and a hand-written backward
 step, read best beside one another in the one registry.
 """
 
