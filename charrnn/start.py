@@ -313,18 +313,20 @@ def _choose_for_the_budget(
     hidden = auto_hidden_size(epochs, default_parameters, train_characters) if timed and width else None
     widened = hidden is not None and hidden != model.hidden_size
     if widened:
-        notes.append(
+        width_note = (
             f"a {model.layers}×{hidden} model: the time given covers about {epochs:.0f} epochs of the "
             f"{model.hidden_size}-unit one, more than {WIDE_FROM_EPOCHS:g}: a wider model uses them better"
         )
         embed_size = auto_embed_size(model.vocab_size, hidden) if embed else model.embed_size
         model = dataclasses.replace(model, hidden_size=hidden, embed_size=embed_size)
+        also = []
         if cell:
             model = dataclasses.replace(model, cell=WIDE_CELL)
-            notes[-1] += f"; cell {WIDE_CELL}"
+            also.append(f"cell {WIDE_CELL}")
         if learning_rate:
             train = dataclasses.replace(train, learning_rate=WIDE_LEARNING_RATE)
-            notes[-1] += f", peak learning rate {WIDE_LEARNING_RATE:g}"
+            also.append(f"peak learning rate {WIDE_LEARNING_RATE:g}")
+        notes.append("; ".join([width_note, ", ".join(also)]) if also else width_note)
         check_memory(model, train)
         epochs = _leaders_value(planned_epochs(model, train, train_characters))
     if timed and epochs > MAX_TIMED_EPOCHS:
